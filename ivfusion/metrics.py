@@ -67,10 +67,11 @@ HIGHER_IS_BETTER: Dict[str, bool] = {name: True for name in METRIC_NAMES}
 literature: EN/SD/SF/AG measure information and detail in F alone; MI, SCD, VIF, Qabf,
 SSIM, PSNR and CC measure how much of the sources F preserves (higher = closer to them)."""
 
-# OpenCV's fixed-point BGR2GRAY/RGB2GRAY weights (imgproc/src/color_rgb.simd.hpp):
-# Y = (R*4899 + G*9617 + B*1868 + 2^13) >> 14, i.e. 0.299/0.587/0.114 rounded to 14 bits.
-_GREY_SHIFT = 14
-_GREY_R, _GREY_G, _GREY_B = 4899, 9617, 1868
+# OpenCV's fixed-point 8-bit BGR2GRAY/RGB2GRAY weights (imgproc color_rgb, gray_shift = 15):
+# Y = (R*9798 + G*19235 + B*3735 + 2^14) >> 15, i.e. 0.299/0.587/0.114 rounded to 15 bits.
+# Checked against cv2.cvtColor on all 2^24 RGB triples (OpenCV 5.0).
+_GREY_SHIFT = 15
+_GREY_R, _GREY_G, _GREY_B = 9798, 19235, 3735
 
 
 # --------------------------------------------------------------------------------------
@@ -84,7 +85,7 @@ def to_grey(img: np.ndarray) -> np.ndarray:
       (float grey input is *not* rounded, so a fused float image keeps its precision).
     - ``(H, W, 3)`` arrays are **RGB** (the project's convention for numpy images) and are
       converted with OpenCV's grey weights, rounded as OpenCV does:
-      ``Y = floor((4899 R + 9617 G + 1868 B) / 2**14 + 0.5)``. For integer-valued input this
+      ``Y = floor((9798 R + 19235 G + 3735 B) / 2**15 + 0.5)``. For integer-valued input this
       equals ``cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)`` bit for bit (and hence the
       reference's ``COLOR_BGR2GRAY`` on the BGR file); float input uses the same formula.
 
