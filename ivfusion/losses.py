@@ -1,0 +1,95 @@
+"""The ISFuse training objective (Algorithm 1 of the supplementary; reference-code forms).
+
+    L = L_f + alpha * L_inv + beta * L_nec        (alpha = 0.1, beta = 0.05)
+
+All images are (B, 1, H, W) in [0, 1]; "L1(a, b)" is mean(|a - b|) over every element.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+_LAPLACIAN = torch.tensor([[1.0, 1.0, 1.0], [1.0, -8.0, 1.0], [1.0, 1.0, 1.0]]).view(1, 1, 3, 3)
+_ENTROPY_EPS = 1e-6
+
+
+def laplacian(x: Tensor) -> Tensor:
+    """8-neighbour Laplacian [[1,1,1],[1,-8,1],[1,1,1]], zero padding, same size."""
+    return F.conv2d(x, _LAPLACIAN.to(x), padding=1)
+
+
+def fusion_loss(fused: Tensor, ir: Tensor, vis_y: Tensor, lambda1: float = 1.0) -> Tensor:
+    """L_f = L1(F, IR) + L1(F, VI) + lambda1 * L1(|Lap F|, max(|Lap IR|, |Lap VI|)).
+
+    The intensity terms pull F towards both sources; the gradient term asks F to keep the
+    stronger edge of the two at every pixel.
+    """
+    edge_target = torch.maximum(laplacian(ir).abs(), laplacian(vis_y).abs())
+    return (
+        F.l1_loss(fused, ir)
+        + F.l1_loss(fused, vis_y)
+        + lambda1 * F.l1_loss(laplacian(fused).abs(), edge_target)
+    )
+
+
+def mean_gate(gates: tuple[Tensor, ...] | list[Tensor], size: tuple[int, int]) -> Tensor:
+    """G_bar: the mean of the gate maps, each bilinearly upsampled to `size` (H, W)."""
+    up = [F.interpolate(g, size=size, mode="bilinear", align_corners=False) for g in gates]
+    return torch.stack(up).mean(0)
+
+
+def gate_regulariser(g_bar: Tensor, eta: float = 0.3) -> Tensor:
+    """R(G_bar) = |mean(G_bar) - eta| - H(G_bar), per image, then averaged over the batch.
+
+    eta is the target share of gate activation (0.3: gates open on about 30% of the evidence).
+    H is the binary entropy in nats, g clamped to [1e-6, 1 - 1e-6], averaged over pixels;
+    subtracting it rewards gates that stay undecided rather than saturating early.
+    """
+    g = g_bar.flatten(1).clamp(_ENTROPY_EPS, 1 - _ENTROPY_EPS)
+    entropy = -(g * g.log() + (1 - g) * (1 - g).log()).mean(1)
+    return ((g.mean(1) - eta).abs() - entropy).mean()
+
+
+def intervention_loss(
+    fused: Tensor, intervened: list[Tensor], intervened_gates: list[Tensor], eta: float = 0.3
+) -> Tensor:
+    """L_inv = mean over d in {complementary, random} of mean(|F_d - F| * G_bar_d) + R(G_bar_d).
+
+    F_d is the output under intervention d and G_bar_d that pass's mean gate: an output that
+    changes where the gate is open (claims stability) is penalised.
+    """
+    terms = [
+        ((f_d - fused).abs() * g_d).mean() + gate_regulariser(g_d, eta)
+        for f_d, g_d in zip(intervened, intervened_gates, strict=True)
+    ]
+    return torch.stack(terms).mean()
+
+
+NECESSITY_VARIANTS = ("reference", "contribution")
+
+
+def necessity_loss(
+    fused: Tensor, ir_only: Tensor, vis_only: Tensor, variant: str = "reference", margin: float = 0.1
+) -> Tensor:
+    """L_nec from the two modality-dropout outputs F_ir-only = f(0, IR), F_vi-only = f(VI, 0).
+
+    "reference" (default, the authors' code): L1(F, F_ir-only) + L1(F, F_vi-only), which keeps
+    the output usable when one modality is missing.
+    "contribution" (the paper's wording, that each modality must contribute something of its
+    own): sum over the two of relu(margin - L1(F, F_x-only)), which penalises a fused output
+    that one modality alone already reproduces.
+    """
+    d_ir, d_vi = F.l1_loss(fused, ir_only), F.l1_loss(fused, vis_only)
+    if variant == "reference":
+        return d_ir + d_vi
+    if variant == "contribution":
+        return F.relu(margin - d_ir) + F.relu(margin - d_vi)
+    raise ValueError(f"unknown necessity variant {variant!r}; accepted: {', '.join(NECESSITY_VARIANTS)}")
+
+
+def total_loss(
+    l_f: Tensor, l_inv: Tensor, l_nec: Tensor, alpha: float = 0.1, beta: float = 0.05
+) -> Tensor:
+    """L = L_f + alpha * L_inv + beta * L_nec."""
+    return l_f + alpha * l_inv + beta * l_nec
