@@ -196,5 +196,5 @@ def load_official_checkpoint(path: str | os.PathLike, keep_unused: bool = False)
 def save_weights(model: ISFuse, folder: str | os.PathLike) -> Path:
     """Write model.safetensors + config.json (the Hub's `save_pretrained` layout)."""
     folder = Path(folder)
-    model.save_pretrained(folder)
+    model.save_pretrained(folder, config=model.config.to_dict())
     return folder / "model.safetensors"

@@ -8,7 +8,8 @@ An intervention replaces the input pair (visible, infrared) by a perturbed pair:
   modality dropout       (0, ir) or (vis, 0): what does each modality alone contribute?
 Masks here are *keep* masks: 1 keeps a pixel, 0 hides it. Each mask is 1 to 6 holes of
 `mask_size` pixels (squares; disks optionally, as the reference code does 30% of the time),
-and hides at most half of the image. Every random choice comes from the `rng` passed in, so a
+and hides at most half of the image; for complementary masking the two masks together hide at
+most half (the supplementary's "total masked area"). Every random choice comes from the `rng` passed in, so a
 seed fixes every mask.
 """
 from __future__ import annotations
@@ -56,12 +57,12 @@ def as_rng(rng: np.random.Generator | int | None) -> np.random.Generator:
     return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
 
 
-def _hole_geometry(height: int, width: int, cfg: MaskConfig) -> tuple[int, int]:
-    """Hole side and the most holes that keep the hidden area within max_fraction."""
+def _hole_geometry(height: int, width: int, cfg: MaskConfig, masks: int = 1) -> tuple[int, int]:
+    """Hole side and the most holes, over `masks` masks, that keep the hidden area within
+    max_fraction of the image (holes shrink on images too small for them)."""
     budget = cfg.max_fraction * height * width
-    side = min(cfg.mask_size, height, width, int(budget**0.5))
-    side = max(side, 1)
-    return side, max(1, min(cfg.max_holes, int(budget // (side * side))))
+    side = max(1, min(cfg.mask_size, height, width, int((budget / masks) ** 0.5)))
+    return side, max(masks, int(budget // (side * side)))
 
 
 def _stamp(mask: np.ndarray, y: int, x: int, side: int, disk: bool) -> None:
@@ -74,19 +75,27 @@ def _stamp(mask: np.ndarray, y: int, x: int, side: int, disk: bool) -> None:
         mask[y : y + side, x : x + side] = 0
 
 
-def _holes(height, width, cfg, rng, forbidden: np.ndarray | None = None) -> np.ndarray:
-    """A keep mask of n random holes; with `forbidden`, holes avoid its hidden pixels."""
-    side, most = _hole_geometry(height, width, cfg)
-    n = int(rng.integers(min(cfg.min_holes, most), most + 1))
+def _holes(height, width, side, n, cfg, rng, forbidden: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+    """A keep mask of up to n holes at uniform positions, and how many were placed. With a
+    `forbidden` keep mask, only at positions whose whole box avoids its hidden pixels (so the
+    two masks stay disjoint); there may be no such position left."""
     mask = np.ones((height, width), np.float32)
-    for _ in range(n):
-        for _try in range(100):  # rejection sampling: only complementary masks can reject
-            y = int(rng.integers(0, height - side + 1))
-            x = int(rng.integers(0, width - side + 1))
-            if forbidden is None or forbidden[y : y + side, x : x + side].all():
-                _stamp(mask, y, x, side, bool(rng.random() < cfg.disk_prob))
-                break
-    return mask
+    ny, nx = height - side + 1, width - side + 1
+    if forbidden is None:
+        free = None
+    else:  # box sums of the forbidden hidden pixels by an integral image
+        c = np.pad((forbidden == 0).astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+        boxes = c[side:, side:] - c[:-side, side:] - c[side:, :-side] + c[:-side, :-side]
+        free = np.flatnonzero(boxes[:ny, :nx].ravel() == 0)
+    for placed in range(n):
+        if free is None:
+            y, x = int(rng.integers(0, ny)), int(rng.integers(0, nx))
+        elif free.size:
+            y, x = divmod(int(free[rng.integers(0, free.size)]), nx)
+        else:
+            return mask, placed
+        _stamp(mask, y, x, side, bool(rng.random() < cfg.disk_prob))
+    return mask, n
 
 
 def sample_masks(
@@ -106,10 +115,23 @@ def sample_masks(
         return np.zeros_like(ones), ones
     if kind == "drop-ir":
         return ones, np.zeros_like(ones)
-    m_vi = _holes(height, width, config, rng)
     if kind == "random":
-        return m_vi, m_vi.copy()
-    return m_vi, _holes(height, width, config, rng, forbidden=m_vi)
+        side, most = _hole_geometry(height, width, config)
+        n = int(rng.integers(min(config.min_holes, most), min(config.max_holes, most) + 1))
+        m, _ = _holes(height, width, side, n, config, rng)
+        return m, m.copy()
+    # complementary: the union of both masks' holes stays within max_fraction too
+    side, most = _hole_geometry(height, width, config, masks=2)
+    n_vi = int(rng.integers(min(config.min_holes, most - 1), min(config.max_holes, most - 1) + 1))
+    n_ir = int(rng.integers(min(config.min_holes, most - n_vi), min(config.max_holes, most - n_vi) + 1))
+    for attempt in range(1, 31):
+        m_vi, _ = _holes(height, width, side, n_vi, config, rng)
+        m_ir, placed = _holes(height, width, side, n_ir, config, rng, forbidden=m_vi)
+        if placed == n_ir:
+            break
+        if attempt % 10 == 0:  # small images: no room beside the visible holes, so shrink
+            side = max(1, side // 2)
+    return m_vi, m_ir
 
 
 def sample_mask_batch(

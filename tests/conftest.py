@@ -21,3 +21,39 @@ def shared_dir() -> Path:
             pytrace=False,
         )
     return path
+
+
+@pytest.fixture(scope="session")
+def pairs(shared_dir):
+    """A few real registered pairs as (name, visible RGB uint8, infrared grey uint8)."""
+    from ivfusion import read_image
+
+    names = [("roadscene/test", "FLIR_00211.jpg"), ("roadscene/test", "FLIR_04269.jpg"), ("msrs/train", "00003N.png")]
+    out = []
+    for folder, name in names:
+        root = shared_dir / "data" / folder
+        out.append((name, read_image(root / "vi" / name), read_image(root / "ir" / name)))
+    return out
+
+
+@pytest.fixture(scope="session")
+def untrained():
+    """The real ISFuse network, seeded random weights (fast to build; no download)."""
+    from ivfusion import load_model
+
+    return load_model("untrained")
+
+
+@pytest.fixture()
+def pair_folder(tmp_path, shared_dir):
+    """A data folder (ir/, vi/) holding copies of four real pairs."""
+    import shutil
+
+    for sub in ("ir", "vi"):
+        (tmp_path / "data" / sub).mkdir(parents=True)
+    for folder in ("roadscene/train", "msrs/train"):
+        src = shared_dir / "data" / folder
+        for p in sorted((src / "ir").iterdir())[:2]:
+            for sub in ("ir", "vi"):
+                shutil.copy(src / sub / p.name, tmp_path / "data" / sub / p.name)
+    return tmp_path / "data"

@@ -31,8 +31,10 @@ class ISFuse(
     (model.safetensors + config.json).
     """
 
-    def __init__(self, config: ISFuseConfig | None = None):
+    def __init__(self, config: ISFuseConfig | dict | None = None):
         super().__init__()
+        if isinstance(config, dict):  # from config.json via PyTorchModelHubMixin.from_pretrained
+            config = ISFuseConfig.from_dict(config)
         self.config = config = config or ISFuseConfig()
         c, s = config.dim, config.negative_slope
         self.encoder_vi = Encoder(c, s)

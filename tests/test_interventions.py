@@ -1,0 +1,97 @@
+"""Interventions: complementary masks are disjoint, areas bounded, everything seeded."""
+import numpy as np
+import pytest
+import torch
+
+from ivfusion.interventions import KINDS, MaskConfig, apply_masks, sample_mask_batch, sample_masks
+
+SIZES = [(64, 64), (37, 91), (240, 320), (20, 20), (8, 30)]
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("disk_prob", [0.0, 0.3, 1.0])
+def test_complementary_masks_never_hide_the_same_pixel(size, disk_prob):
+    cfg = MaskConfig(disk_prob=disk_prob)
+    for seed in range(40):
+        m_vi, m_ir = sample_masks("complementary", *size, seed, cfg)
+        assert not np.any((m_vi == 0) & (m_ir == 0))
+        assert (m_vi == 0).any() and (m_ir == 0).any()
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("kind", ["complementary", "random"])
+def test_masked_area_is_at_most_half_and_within_hole_counts(size, kind):
+    h, w = size
+    side = min(16, h, w, int((0.5 * h * w / (2 if kind == "complementary" else 1)) ** 0.5))
+    for seed in range(40):
+        masks = sample_masks(kind, h, w, seed)
+        for m in masks:
+            hidden = int((m == 0).sum())
+            assert 0 < hidden <= 0.5 * h * w
+            assert hidden <= 6 * side * side
+            assert set(np.unique(m)) <= {0.0, 1.0} and m.dtype == np.float32
+        assert ((masks[0] == 0) | (masks[1] == 0)).sum() <= 0.5 * h * w
+
+
+def test_default_holes_are_16_pixel_squares():
+    m, _ = sample_masks("random", 200, 200, 0, MaskConfig(min_holes=1, max_holes=1))
+    ys, xs = np.nonzero(m == 0)
+    assert ys.max() - ys.min() + 1 == 16 and xs.max() - xs.min() + 1 == 16 and len(ys) == 256
+
+
+def test_number_of_holes_follows_the_config():
+    areas = {int((sample_masks("random", 400, 400, s, MaskConfig(min_holes=3, max_holes=3))[0] == 0).sum())
+             for s in range(10)}
+    assert max(areas) == 3 * 256  # three separate holes happen; never more than three
+    assert min(areas) >= 256
+
+
+def test_random_mask_is_shared_and_dropouts_zero_one_modality():
+    m_vi, m_ir = sample_masks("random", 50, 60, 1)
+    np.testing.assert_array_equal(m_vi, m_ir)
+    vi0, ir1 = sample_masks("drop-vis", 50, 60, 1)
+    assert vi0.max() == 0 and ir1.min() == 1
+    vi1, ir0 = sample_masks("drop-ir", 50, 60, 1)
+    assert vi1.min() == 1 and ir0.max() == 0
+    a, b = sample_masks("none", 5, 5, 1)
+    assert a.min() == 1 and b.min() == 1
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_seed_fixes_every_mask(kind):
+    a = sample_masks(kind, 64, 96, 123)
+    b = sample_masks(kind, 64, 96, 123)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_different_seeds_give_different_masks():
+    masks = {sample_masks("complementary", 64, 96, s)[0].tobytes() for s in range(10)}
+    assert len(masks) == 10
+
+
+def test_batch_masks_are_per_sample_and_seeded():
+    m_vi, m_ir = sample_mask_batch("complementary", 4, 32, 48, 7)
+    assert m_vi.shape == m_ir.shape == (4, 1, 32, 48) and m_vi.dtype == torch.float32
+    assert len({m_vi[i].numpy().tobytes() for i in range(4)}) == 4
+    again, _ = sample_mask_batch("complementary", 4, 32, 48, 7)
+    torch.testing.assert_close(m_vi, again)
+    assert not torch.any((m_vi == 0) & (m_ir == 0))
+
+
+def test_apply_masks_works_on_numpy_and_torch():
+    m_vi, m_ir = sample_masks("complementary", 16, 16, 0, MaskConfig(mask_size=4))
+    vis, ir = np.full((16, 16), 0.5, np.float32), np.ones((16, 16), np.float32)
+    v, i = apply_masks(vis, ir, m_vi, m_ir)
+    assert v[m_vi == 0].max() == 0 and v[m_vi == 1].min() == 0.5 and i[m_ir == 0].max() == 0
+    tv, ti = apply_masks(torch.from_numpy(vis), torch.from_numpy(ir), torch.from_numpy(m_vi), torch.from_numpy(m_ir))
+    np.testing.assert_array_equal(tv.numpy(), v)
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="unknown intervention 'mask'; accepted: none, complementary"):
+        sample_masks("mask", 8, 8)
+    with pytest.raises(ValueError, match="min_holes"):
+        MaskConfig(min_holes=4, max_holes=2)
+    with pytest.raises(ValueError, match="mask_size"):
+        MaskConfig(mask_size=0)
