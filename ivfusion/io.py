@@ -78,8 +78,10 @@ def to_unit_float(img: np.ndarray, name: str) -> tuple[np.ndarray, str | None]:
     if img.dtype == np.uint16:
         return img.astype(np.float32) / 65535.0, None
     if np.issubdtype(img.dtype, np.floating):
-        lo, hi = float(np.nanmin(img)), float(np.nanmax(img))
-        if not (np.isfinite(img).all() and lo >= 0.0 and hi <= 1.0):
+        if not np.isfinite(img).all():
+            raise ImageError(f"{name}: float images must be finite and in [0, 1]; this one holds NaN or inf")
+        lo, hi = float(img.min()), float(img.max())
+        if lo < 0.0 or hi > 1.0:
             raise ImageError(f"{name}: float images must be finite and in [0, 1], got range [{lo:g}, {hi:g}]")
         return img.astype(np.float32), None
     raise ImageError(f"{name}: unsupported dtype {img.dtype}; accepted: uint8, uint16, or float in [0, 1]")
