@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Dict, Tuple, Union
+from typing import Dict, List, Tuple, Union
 
 import cv2
 import numpy as np
@@ -291,22 +291,32 @@ def SCD(ir: np.ndarray, visible: np.ndarray, fused: np.ndarray) -> float:
     return _corr2(f - b, a) + _corr2(f - a, b)
 
 
-def _vifp(ref: np.ndarray, dist: np.ndarray) -> Tuple[float, float]:
+def _vif_stats(img: np.ndarray) -> List[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per scale of vifp_mscale.m: (image at that scale, local mean, local variance >= 0).
+
+    Each image's pyramid and moments depend on that image alone, so the fused image's are
+    computed once and shared by both sources.
+    """
+    out = []
+    x = img
+    for scale, win in enumerate(_VIF_WINS, start=1):
+        if scale > 1:
+            x = _filter_valid(x, win)[::2, ::2]
+        mu = _filter_valid(x, win)
+        var = _filter_valid(x * x, win) - mu * mu
+        var[var < 0] = 0.0
+        out.append((x, mu, var))
+    return out
+
+
+def _vifp(ref_stats, dist_stats) -> Tuple[float, float]:
     """Numerator and denominator of vifp_mscale.m (Sheikh & Bovik, pixel domain)."""
     sigma_nsq = 2.0
     num = 0.0
     den = 0.0
-    for scale, win in enumerate(_VIF_WINS, start=1):
-        if scale > 1:
-            ref = _filter_valid(ref, win)[::2, ::2]
-            dist = _filter_valid(dist, win)[::2, ::2]
-        mu1 = _filter_valid(ref, win)
-        mu2 = _filter_valid(dist, win)
-        s1 = _filter_valid(ref * ref, win) - mu1 * mu1
-        s2 = _filter_valid(dist * dist, win) - mu2 * mu2
+    for win, (ref, mu1, s1), (dist, mu2, s2) in zip(_VIF_WINS, ref_stats, dist_stats):
+        s1 = s1.copy()  # modified below; the stats are shared between calls
         s12 = _filter_valid(ref * dist, win) - mu1 * mu2
-        s1[s1 < 0] = 0.0
-        s2[s2 < 0] = 0.0
         g = s12 / (s1 + 1e-10)
         sv = s2 - g * s12
         m = s1 < 1e-10
@@ -341,8 +351,9 @@ def VIF(ir: np.ndarray, visible: np.ndarray, fused: np.ndarray) -> float:
     if min(f.shape) < 33:
         raise ValueError(f"VIF needs images of at least 33 x 33 pixels, got {f.shape}")
     with np.errstate(divide="ignore", invalid="ignore"):
-        na, da = _vifp(a, f)
-        nb, db = _vifp(b, f)
+        fs = _vif_stats(f)
+        na, da = _vifp(_vif_stats(a), fs)
+        nb, db = _vifp(_vif_stats(b), fs)
         return float(na / da + nb / db)
 
 
@@ -405,19 +416,20 @@ def Qabf(ir: np.ndarray, visible: np.ndarray, fused: np.ndarray) -> float:
     return float((q_af * g_a + q_bf * g_b).sum() / den)
 
 
-def _ssim(x: np.ndarray, y: np.ndarray) -> float:
+def _ssim_stats(x: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(image, local mean, local variance) with the SSIM window; shared between sources."""
+    mu = _filter_valid(x, _SSIM_WIN)
+    return x, mu, _filter_valid(x * x, _SSIM_WIN) - mu * mu
+
+
+def _ssim(xs, ys) -> float:
     c1 = (0.01 * 255.0) ** 2
     c2 = (0.03 * 255.0) ** 2
-    w = _SSIM_WIN
-    mu1 = _filter_valid(x, w)
-    mu2 = _filter_valid(y, w)
-    mu1_sq = mu1 * mu1
-    mu2_sq = mu2 * mu2
+    x, mu1, s1 = xs
+    y, mu2, s2 = ys
     mu12 = mu1 * mu2
-    s1 = _filter_valid(x * x, w) - mu1_sq
-    s2 = _filter_valid(y * y, w) - mu2_sq
-    s12 = _filter_valid(x * y, w) - mu12
-    ssim_map = ((2 * mu12 + c1) * (2 * s12 + c2)) / ((mu1_sq + mu2_sq + c1) * (s1 + s2 + c2))
+    s12 = _filter_valid(x * y, _SSIM_WIN) - mu12
+    ssim_map = ((2 * mu12 + c1) * (2 * s12 + c2)) / ((mu1 * mu1 + mu2 * mu2 + c1) * (s1 + s2 + c2))
     return float(ssim_map.mean())
 
 
@@ -432,7 +444,8 @@ def SSIM(ir: np.ndarray, visible: np.ndarray, fused: np.ndarray) -> float:
     _check_same_size(ir=a, visible=b, fused=f)
     if min(f.shape) < 11:
         raise ValueError(f"SSIM needs images of at least 11 x 11 pixels, got {f.shape}")
-    return _ssim(a, f) + _ssim(b, f)
+    fs = _ssim_stats(f)
+    return _ssim(_ssim_stats(a), fs) + _ssim(_ssim_stats(b), fs)
 
 
 def PSNR(ir: np.ndarray, visible: np.ndarray, fused: np.ndarray) -> float:
