@@ -188,3 +188,10 @@ def test_to_grey_float_path_equals_opencv_on_random_colours():
     expected = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float64)
     assert np.array_equal(M.to_grey(rgb), expected)
     assert np.array_equal(M.to_grey(rgb.astype(np.float32)), expected)
+
+
+def test_time_metrics_runs_and_reports(shared_dir, capsys):
+    out = M.time_metrics(repeats=1, shared_dir=shared_dir)
+    assert set(out) == set(M.METRIC_NAMES) | {"evaluate_pair", "evaluate_pair_cpu"}
+    assert all(v > 0 for v in out.values())
+    assert "640x480" in capsys.readouterr().out
