@@ -4,18 +4,35 @@
     fuser = ivfusion.Fuser()                      # bundled trained weights, CPU or CUDA
     result = fuser.fuse(visible_rgb, infrared)    # numpy in, numpy out
     result.fused_rgb, result.gates
+
+Names are imported on first use, so that `ivfusion.metrics` (numpy/OpenCV only) does not pay
+for importing torch.
 """
-from .config import ISFuseConfig
-from .hub import WeightsError, load_model
-from .interventions import KINDS as INTERVENTIONS
-from .interventions import MaskConfig
-from .io import ImageError, read_image
-from .modeling import ISFuse
-from .predictor import Fuser, FusionResult
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "INTERVENTIONS", "Fuser", "FusionResult", "ISFuse", "ISFuseConfig", "ImageError",
-    "MaskConfig", "WeightsError", "load_model", "read_image",
-]
+_EXPORTS = {
+    "ISFuseConfig": "ivfusion.config",
+    "WeightsError": "ivfusion.hub",
+    "load_model": "ivfusion.hub",
+    "MaskConfig": "ivfusion.interventions",
+    "ImageError": "ivfusion.io",
+    "read_image": "ivfusion.io",
+    "ISFuse": "ivfusion.modeling",
+    "Fuser": "ivfusion.predictor",
+    "FusionResult": "ivfusion.predictor",
+}
+__all__ = ["INTERVENTIONS", *_EXPORTS]
+
+
+def __getattr__(name):
+    if name == "INTERVENTIONS":
+        return importlib.import_module("ivfusion.interventions").KINDS
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'ivfusion' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(__all__ + ["__version__"])

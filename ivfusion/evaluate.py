@@ -525,6 +525,40 @@ def evaluate_model(
     return EvaluationResults(stems, [method], dict(sorted(pair_problems.items())), report)
 
 
+BASELINES = {
+    "mean": ("(IR+VI)/2", lambda a, b: np.round((a + b) / 2)),  # numpy rounds half to even
+    "max": ("max(IR,VI)", np.maximum),
+}
+
+
+def evaluate_baseline(ir_dir: PathLike, vis_dir: PathLike, kind: str, workers: Optional[int] = None,
+                      progress: bool = False) -> EvaluationResults:
+    """Score a pixel-wise baseline (``mean`` = round((IR+VI)/2), ``max``) on the grey sources."""
+    if kind not in BASELINES:
+        raise ValueError(f"unknown baseline {kind!r}; accepted: {', '.join(BASELINES)}")
+    name, combine = BASELINES[kind]
+    pairs, pair_problems = _match_pairs(Path(ir_dir), Path(vis_dir))
+    method = MethodResult(name, f"baseline: {name}")
+    pool = _make_pool(workers, len(pairs)) if pairs else _Inline()
+    try:
+        futures = []
+        with _progress(len(pairs), kind, progress) as bar:
+            for stem, ir_path, vis_path in pairs:
+                a, b = read_grey(ir_path), read_grey(vis_path)
+                if a.shape != b.shape:
+                    pair_problems[stem] = f"infrared is {_size(a.shape)} but visible is {_size(b.shape)}"
+                else:
+                    futures.append(pool.submit(_score_arrays, stem, a, b, combine(a, b)))
+                bar.update(1)
+        for fut in futures:
+            stem, scores = fut.result()
+            method.scores[stem] = scores
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    stems = [s for s, _, _ in pairs if s not in pair_problems]
+    return EvaluationResults(stems, [method], dict(sorted(pair_problems.items())))
+
+
 # --------------------------------------------------------------------------------------
 # Reporting
 # --------------------------------------------------------------------------------------
@@ -672,9 +706,13 @@ def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "several methods")
     p.add_argument("--names", metavar="A,B", help="comma-separated method names, one per --fused "
                                                    "(default: folder names)")
-    p.add_argument("--weights", metavar="SPEC",
+    p.add_argument("--weights", metavar="SPEC", action="append", default=[],
                    help=f"also run ISFuse with these weights (method '{MODEL_METHOD}'): a "
-                        "folder, .safetensors, best.pth, hf://owner/repo, or 'default'")
+                        "folder, .safetensors, best.pth, hf://owner/repo, 'untrained' or "
+                        "'default'; repeat to compare several (named by their spec)")
+    p.add_argument("--baseline", action="append", default=[], choices=sorted(BASELINES),
+                   help="also score a pixel-wise baseline: mean = round((IR+VI)/2), max = "
+                        "max(IR, VI); repeatable")
     p.add_argument("--interventions", action="store_true",
                    help="with --weights: also fuse under each intervention and report the "
                         "relative metric changes and the gate means")
@@ -715,11 +753,11 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Run ``ivfusion evaluate`` with parsed arguments; returns the exit status."""
     err = sys.stderr
-    if not args.fused and not args.weights:
-        print("ivfusion evaluate: give at least one --fused DIR or --weights SPEC", file=err)
+    if not args.fused and not args.weights and not args.baseline:
+        print("ivfusion evaluate: give at least one --fused DIR, --weights SPEC or --baseline", file=err)
         return 2
-    if args.interventions and not args.weights:
-        print("ivfusion evaluate: --interventions needs --weights SPEC", file=err)
+    if args.interventions and len(args.weights) != 1:
+        print("ivfusion evaluate: --interventions needs exactly one --weights SPEC", file=err)
         return 2
     names = None
     if args.names:
@@ -732,28 +770,37 @@ def run(args: argparse.Namespace) -> int:
         print("ivfusion evaluate: --workers must be >= 1", file=err)
         return 2
     progress = not args.no_progress
+    parts: List[EvaluationResults] = []
     try:
-        results: Optional[EvaluationResults] = None
         if args.fused:
-            results = evaluate_folders(args.ir, args.vis, args.fused, names=names,
-                                       workers=args.workers, progress=progress)
-        if args.weights:
-            spec = None if args.weights == "default" else args.weights
-            model_res = evaluate_model(args.ir, args.vis, spec, interventions=args.interventions,
-                                       seed=args.seed, device=args.device, workers=args.workers,
-                                       progress=progress)
-            if results is None:
-                results = model_res
-            else:
-                m = model_res.methods[0]
-                taken = {x.name for x in results.methods}
-                while m.name in taken:
-                    m.name += " (model)"
-                results.methods.append(m)
-                results.interventions = model_res.interventions
+            parts.append(evaluate_folders(args.ir, args.vis, args.fused, names=names,
+                                          workers=args.workers, progress=progress))
+        for spec in args.weights:
+            name = MODEL_METHOD if len(args.weights) == 1 else f"{MODEL_METHOD} [{spec}]"
+            parts.append(evaluate_model(args.ir, args.vis, None if spec == "default" else spec,
+                                        interventions=args.interventions, seed=args.seed,
+                                        device=args.device, workers=args.workers,
+                                        progress=progress, name=name))
+        for kind in args.baseline:
+            parts.append(evaluate_baseline(args.ir, args.vis, kind, workers=args.workers,
+                                           progress=progress))
     except (FileNotFoundError, ValueError) as e:
         print(f"ivfusion evaluate: {e}", file=err)
         return 2
+    except Exception as e:  # weights that cannot be loaded, a CUDA request without CUDA
+        print(f"ivfusion evaluate: {type(e).__name__}: {e}", file=err)
+        return 2
+    results = parts[0]
+    for other in parts[1:]:
+        taken = {x.name for x in results.methods}
+        for m in other.methods:
+            while m.name in taken:
+                m.name += " (2)"
+            results.methods.append(m)
+        results.pairs = [p for p in results.pairs if p in set(other.pairs)]
+        results.pair_problems = {**other.pair_problems, **results.pair_problems}
+        if other.interventions is not None:
+            results.interventions = other.interventions
 
     if not results.pairs:
         print(f"ivfusion evaluate: no pair to score (no file stem in both {args.ir} and "
