@@ -203,6 +203,18 @@ def test_markdown_table_bold_ties_and_nan():
     assert not any(c.startswith("**") for c in single["a"])
 
 
+def test_baselines_equal_the_folder_scores_and_merge_into_one_table(folders, expected, capsys):
+    root, arrays = folders
+    for kind, name in (("mean", "avg"), ("max", "max")):
+        res = E.evaluate_baseline(root / "ir", root / "vi", kind, workers=1)
+        for stem in STEMS:
+            assert res.methods[0].scores[stem] == expected[stem, name]
+    code = E.main(["--ir", str(root / "ir"), "--vis", str(root / "vi"), "--fused", str(root / "max"),
+                   "--baseline", "mean", "--no-progress"])
+    out = capsys.readouterr().out
+    assert code == 0 and "| max | 3 |" in out and "| (IR+VI)/2 | 3 |" in out
+
+
 def test_usage_errors(folders, tmp_path, capsys):
     root, _ = folders
     base = ["--ir", str(root / "ir"), "--vis", str(root / "vi"), "--no-progress"]
@@ -213,7 +225,7 @@ def test_usage_errors(folders, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--names gives 2 names for 1 --fused folders" in err
     assert "fused folder not found" in err
-    assert "--interventions needs --weights" in err
+    assert "--interventions needs exactly one --weights" in err
 
 
 def test_add_parser_registers_subcommand():
