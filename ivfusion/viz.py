@@ -1,0 +1,369 @@
+"""Figures for people: heat maps with colour bars and captions, overlays, difference maps.
+
+Everything here returns (H, W, 3) uint8 RGB numpy images, drawn with numpy, OpenCV and
+Pillow only (no matplotlib figure, no pyplot): the Intervention Lab draws seven of these per
+request inside its latency budget. Matplotlib is used only as a source of its colour maps
+and of the DejaVu Sans font it ships.
+
+A *panel* is a picture that explains itself without the paper:
+
+    +-------------------------------------------+
+    | Title                                      |
+    | caption (mean value, what to compare with) |
+    +------------------------------+--+----------+
+    | heat map (optionally over    |  | 1.0      |
+    | the visible image in grey)   |  | - eta    |
+    |                              |  | 0.0      |
+    +------------------------------+--+----------+
+
+Conventions: values are floats; `vmin`/`vmax` fix the colour scale (so two panels with the
+same scale can be compared); `marks` draws reference lines on the colour bar (e.g. the
+gate target eta = 0.3).
+"""
+from __future__ import annotations
+
+import functools
+import os
+from typing import Iterable, Sequence
+
+import cv2
+import numpy as np
+
+GATE_CMAP = "viridis"  # perceptually uniform; dark = low gate, yellow = high gate
+CHANGE_CMAP = "magma"  # black = no change, bright = large change
+ETA = 0.3  # the gate regulariser's target mean (paper, supplementary Sec. 3)
+LEVEL_NAMES = (
+    "level 1 (1/4 resolution, coarse)",
+    "level 2 (1/2 resolution)",
+    "level 3 (full resolution, fine)",
+)
+PANEL_MAX_SIDE = 640  # heat map panels are drawn at most this large (long side)
+PANEL_MIN_SIDE = 400  # and at least this large, so that captions fit
+
+_BG = (255, 255, 255)
+_INK = (20, 20, 20)
+_MUTED = (85, 85, 85)
+
+
+# ----------------------------------------------------------------------------- basics
+@functools.lru_cache(maxsize=16)
+def colormap_lut(name: str) -> np.ndarray:
+    """(256, 3) uint8 lookup table of a matplotlib colour map (read-only)."""
+    from matplotlib import colormaps
+
+    try:
+        cmap = colormaps[name]
+    except KeyError as e:
+        raise ValueError(f"unknown colour map {name!r}") from e
+    lut = np.rint(cmap(np.linspace(0.0, 1.0, 256))[:, :3] * 255.0).astype(np.uint8)
+    lut.setflags(write=False)
+    return lut
+
+
+def colorize(values: np.ndarray, vmin: float = 0.0, vmax: float = 1.0, cmap: str = GATE_CMAP) -> np.ndarray:
+    """Map a 2-D float array to RGB with a colour map; values outside [vmin, vmax] saturate,
+    NaN shows as vmin."""
+    values = np.asarray(values, np.float32)
+    if values.ndim != 2:
+        raise ValueError(f"colorize takes a 2-D array, got shape {values.shape}")
+    if not vmax > vmin:
+        raise ValueError(f"need vmax > vmin, got vmin={vmin}, vmax={vmax}")
+    scale = 255.0 / (vmax - vmin)
+    idx = values * np.float32(scale)
+    idx += np.float32(0.5 - vmin * scale)  # + 0.5: round to the nearest level on truncation
+    np.clip(idx, 0.0, 255.0, out=idx)
+    if np.isnan(idx.sum()):  # NaN -> vmin
+        idx[np.isnan(idx)] = 0.0
+    idx = idx.astype(np.uint8)
+    return cv2.LUT(cv2.merge([idx, idx, idx]), _lut3(cmap))
+
+
+@functools.lru_cache(maxsize=16)
+def _lut3(name: str) -> np.ndarray:
+    return np.ascontiguousarray(colormap_lut(name).reshape(256, 1, 3))
+
+
+def to_uint8(x: np.ndarray) -> np.ndarray:
+    """Float in [0, 1] (or uint8) -> uint8, rounding to the nearest grey level."""
+    x = np.asarray(x)
+    if x.dtype == np.uint8:
+        return x
+    return np.clip(np.rint(x.astype(np.float32) * 255.0), 0, 255).astype(np.uint8)
+
+
+def to_rgb(img: np.ndarray) -> np.ndarray:
+    """Grey (H, W) or (H, W, 1) -> (H, W, 3); RGB(A) -> RGB; always uint8."""
+    img = to_uint8(img)
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[..., 0]
+    if img.ndim == 2:
+        return np.repeat(img[..., None], 3, axis=2)
+    return np.ascontiguousarray(img[..., :3])
+
+
+def overlay(base: np.ndarray, heat_rgb: np.ndarray, alpha: float = 0.6) -> np.ndarray:
+    """Blend a colour heat map over `base` shown in grey (so that the only colour on the
+    picture is the heat map's). base: grey or RGB, resized to the heat map's size if needed."""
+    base = to_rgb(base)
+    if base.shape[:2] != heat_rgb.shape[:2]:
+        base = cv2.resize(base, (heat_rgb.shape[1], heat_rgb.shape[0]), interpolation=cv2.INTER_AREA)
+    grey = cv2.cvtColor(base, cv2.COLOR_RGB2GRAY)
+    grey3 = cv2.cvtColor(grey, cv2.COLOR_GRAY2RGB)
+    return cv2.addWeighted(grey3, 1.0 - alpha, heat_rgb, alpha, 0.0)
+
+
+def display_size(h: int, w: int, max_side: int = PANEL_MAX_SIDE, min_side: int = PANEL_MIN_SIDE) -> tuple[int, int]:
+    """(height, width) for showing an h x w image: the long side brought into [min_side, max_side]."""
+    long = max(h, w)
+    s = max_side / long if long > max_side else (min_side / long if long < min_side else 1.0)
+    return max(1, round(h * s)), max(1, round(w * s))
+
+
+def resize_for_display(img: np.ndarray, size: tuple[int, int], smooth: bool = True) -> np.ndarray:
+    """Resize to (height, width): area averaging to shrink; bilinear (smooth) or nearest
+    (to show true pixels, e.g. a coarse gate map) to enlarge."""
+    h, w = size
+    if img.shape[:2] == (h, w):
+        return img
+    if h * w < img.shape[0] * img.shape[1]:
+        interp = cv2.INTER_AREA
+    else:
+        interp = cv2.INTER_LINEAR if smooth else cv2.INTER_NEAREST
+    return cv2.resize(img, (w, h), interpolation=interp)
+
+
+# ----------------------------------------------------------------------------- text
+@functools.lru_cache(maxsize=32)
+def _font(size: int, bold: bool = False):
+    from PIL import ImageFont
+
+    try:
+        import matplotlib
+
+        name = "DejaVuSans-Bold.ttf" if bold else "DejaVuSans.ttf"
+        return ImageFont.truetype(os.path.join(matplotlib.get_data_path(), "fonts", "ttf", name), size)
+    except (ImportError, OSError):  # pragma: no cover - matplotlib always ships DejaVu
+        return ImageFont.load_default(size)
+
+
+@functools.lru_cache(maxsize=512)
+def _text_width_cached(text: str, size: int, bold: bool) -> int:
+    return int(np.ceil(_font(size, bold).getlength(text)))
+
+
+def _text_width(text: str, font) -> int:
+    return _text_width_cached(text, font.size, "Bold" in str(getattr(font, "path", "")))
+
+
+def _fit_text(text: str, font_size: int, width: int, bold: bool = False):
+    """The largest font (down to 60% of font_size) in which `text` fits `width`; the text is
+    shortened with an ellipsis if even that is too wide."""
+    size = font_size
+    while size > max(9, int(font_size * 0.6)) and _text_width(text, _font(size, bold)) > width:
+        size -= 1
+    font = _font(size, bold)
+    while _text_width(text, font) > width and len(text) > 4:
+        text = text[:-2].rstrip() + "…"
+    return text, font
+
+
+def _font_sizes(width: int) -> tuple[int, int, int]:
+    """Title, caption and tick font sizes for a panel `width` pixels wide."""
+    title = int(np.clip(round(width / 26), 14, 30))
+    return title, int(round(title * 0.85)), int(round(title * 0.8))
+
+
+# ----------------------------------------------------------------------------- colour bar
+def _nice_ticks(vmin: float, vmax: float) -> list[float]:
+    span = vmax - vmin
+    raw = span / 4
+    mag = 10 ** np.floor(np.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    first = np.ceil(vmin / step) * step
+    return [float(t) for t in np.arange(first, vmax + step * 1e-6, step)]
+
+
+def _fmt(v: float) -> str:
+    if v == 0:
+        return "0"
+    if abs(v) >= 100 or float(v).is_integer():
+        return f"{v:.0f}"
+    if abs(v) >= 10:
+        return f"{v:.1f}"
+    return f"{v:.2g}" if abs(v) < 0.1 else f"{v:.2f}".rstrip("0").rstrip(".")
+
+
+def colorbar(height: int, vmin: float = 0.0, vmax: float = 1.0, cmap: str = GATE_CMAP, *,
+             ticks: Sequence[float] | None = None, marks: Iterable[tuple[float, str]] = (),
+             font_size: int = 16, bar_width: int | None = None) -> np.ndarray:
+    """A vertical colour bar `height` pixels tall (vmax at the top) with tick labels on its
+    right and reference `marks` [(value, label)] drawn as red lines across the bar.
+    Returns a read-only array (bars are cached: panels on one scale share one)."""
+    ticks = tuple(_nice_ticks(vmin, vmax) if ticks is None else ticks)
+    return _colorbar(int(height), float(vmin), float(vmax), cmap, ticks, tuple(marks), int(font_size), bar_width)
+
+
+@functools.lru_cache(maxsize=64)
+def _colorbar(height, vmin, vmax, cmap, ticks, marks, font_size, bar_width) -> np.ndarray:
+    from PIL import Image, ImageDraw
+
+    font = _font(font_size)
+    bar_w = bar_width or max(14, font_size)
+    labels = [_fmt(t) for t in ticks] + [lab for _, lab in marks]
+    label_w = max([_text_width(s, font) for s in labels] + [0])
+    pad_top = font_size // 2 + 2
+    inner = max(8, height - 2 * pad_top)
+    width = 6 + bar_w + 8 + label_w + 6
+    canvas = np.full((height, width, 3), _BG, np.uint8)
+    ramp = np.linspace(vmax, vmin, inner, dtype=np.float32)[:, None].repeat(bar_w, 1)
+    canvas[pad_top : pad_top + inner, 6 : 6 + bar_w] = colorize(ramp, vmin, vmax, cmap)
+    img = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(img)
+    draw.rectangle([6, pad_top, 6 + bar_w - 1, pad_top + inner - 1], outline=_INK)
+
+    def y_of(v: float) -> int:
+        return int(round(pad_top + (vmax - v) / (vmax - vmin) * (inner - 1)))
+
+    x_text = 6 + bar_w + 8
+    for t in ticks:
+        if vmin - 1e-9 <= t <= vmax + 1e-9:
+            y = y_of(t)
+            draw.line([6 + bar_w, y, 6 + bar_w + 4, y], fill=_INK, width=1)
+            draw.text((x_text, y), _fmt(t), fill=_INK, font=font, anchor="lm")
+    for v, lab in marks:
+        if vmin <= v <= vmax:
+            y = y_of(v)
+            draw.line([2, y, 6 + bar_w + 4, y], fill=(230, 30, 30), width=3)
+            draw.text((x_text, y), lab, fill=(200, 20, 20), font=_font(font_size, True), anchor="lm")
+    out = np.asarray(img).copy()
+    out.setflags(write=False)
+    return out
+
+
+# ----------------------------------------------------------------------------- panels
+def titled(image: np.ndarray, title: str, caption: str = "", right: np.ndarray | None = None) -> np.ndarray:
+    """`image` with a title and a caption above it and an optional strip (a colour bar) on its right."""
+    from PIL import Image, ImageDraw
+
+    image = to_rgb(image)
+    h, w = image.shape[:2]
+    if right is not None:
+        if right.shape[0] != h:
+            raise ValueError("the right-hand strip must be as tall as the image")
+        image = np.concatenate([image, np.full((h, 4, 3), _BG, np.uint8), to_rgb(right)], axis=1)
+    total_w = image.shape[1]
+    t_size, c_size, _ = _font_sizes(w)
+    title, t_font = _fit_text(title, t_size, total_w - 12, bold=True)
+    caption, c_font = _fit_text(caption, c_size, total_w - 12) if caption else ("", None)
+    head_h = 8 + t_size + 6 + ((c_size + 6) if caption else 0) + 2
+    head = Image.new("RGB", (total_w, head_h), _BG)  # only the header goes through Pillow
+    draw = ImageDraw.Draw(head)
+    draw.text((6, 6), title, fill=_INK, font=t_font)
+    if caption:
+        draw.text((6, 8 + t_size + 6), caption, fill=_MUTED, font=c_font)
+    return np.concatenate([np.asarray(head), image], axis=0)
+
+
+def heatmap_panel(values: np.ndarray, title: str, caption: str = "", *, base: np.ndarray | None = None,
+                  vmin: float = 0.0, vmax: float = 1.0, cmap: str = GATE_CMAP,
+                  ticks: Sequence[float] | None = None, marks: Iterable[tuple[float, str]] = (),
+                  alpha: float = 0.6, smooth: bool = True,
+                  max_side: int = PANEL_MAX_SIDE, min_side: int = PANEL_MIN_SIDE) -> np.ndarray:
+    """A heat map of `values` (2-D float) with a colour bar, a title and a caption.
+
+    base: an image (grey or RGB, any size) shown in grey under the heat map (alpha = the
+    heat map's opacity); None shows the heat map alone. The panel's long side is brought into
+    [min_side, max_side] pixels; smooth=False enlarges with nearest neighbours (true pixels).
+    """
+    values = np.asarray(values, np.float32)
+    if values.ndim != 2:
+        raise ValueError(f"heatmap_panel takes a 2-D array, got shape {values.shape}")
+    ref = base if base is not None else values
+    size = display_size(*ref.shape[:2], max_side=max_side, min_side=min_side)
+    heat = colorize(resize_for_display(values, size, smooth), vmin, vmax, cmap)
+    if base is not None:
+        heat = overlay(resize_for_display(to_rgb(base), size), heat, alpha)
+    _, _, tick_size = _font_sizes(size[1])
+    bar = colorbar(size[0], vmin, vmax, cmap, ticks=ticks, marks=marks, font_size=tick_size)
+    return titled(heat, title, caption, right=bar)
+
+
+def gate_panel(gate: np.ndarray, visible_rgb: np.ndarray, level: int, pass_name: str,
+               mean: float | None = None, eta: float = ETA, **kwargs) -> np.ndarray:
+    """One invariance gate map over the visible image: colour bar 0..1 with eta marked, and a
+    caption giving the gate's mean activation next to eta.
+
+    gate: (h, w) in [0, 1], any resolution (it is resized to the image). level: 0, 1, 2
+    (coarsest first, as `FusionResult.gates`). mean: the value to print (default gate.mean()).
+    """
+    mean = float(np.mean(gate)) if mean is None else float(mean)
+    rel = "above" if mean > eta + 0.005 else ("below" if mean < eta - 0.005 else "at")
+    title = f"Gate, {LEVEL_NAMES[level]}: {pass_name}"
+    caption = f"mean activation {mean:.3f}, {rel} the target \u03b7 = {eta:g}"
+    return heatmap_panel(gate, title, caption, base=visible_rgb, vmin=0.0, vmax=1.0, cmap=GATE_CMAP,
+                         ticks=(0.0, 0.5, 1.0), marks=[(eta, f"\u03b7={eta:g}")], **kwargs)
+
+
+def grey_level_scale(values_255: np.ndarray, floor: float = 1.0) -> float:
+    """A round upper end for a colour scale of grey-level differences (at least `floor`)."""
+    top = float(np.max(values_255)) if np.size(values_255) else 0.0
+    top = max(top, floor)
+    for nice in (1, 2, 4, 8, 16, 32, 64, 128, 255):
+        if top <= nice:
+            return float(nice)
+    return 255.0
+
+
+def difference_panel(fused_a: np.ndarray, fused_b: np.ndarray, title: str = "Change caused by the intervention",
+                     **kwargs) -> np.ndarray:
+    """|fused_a - fused_b| as a heat map, in grey levels (0..255 scale) with a colour bar.
+
+    fused_a, fused_b: (H, W) luminance in [0, 1] (e.g. F_intervened and F_clean).
+    """
+    diff = difference_map(fused_a, fused_b) * 255.0
+    vmax = grey_level_scale(diff)
+    changed = float((diff >= 1.0).mean()) * 100.0
+    caption = (f"|F_intervened - F_clean| in grey levels: mean {diff.mean():.2f}, max {diff.max():.0f}; "
+               f"{changed:.1f}% of pixels moved by 1 or more")
+    return heatmap_panel(diff, title, caption, vmin=0.0, vmax=vmax, cmap=CHANGE_CMAP, **kwargs)
+
+
+def difference_map(fused_a: np.ndarray, fused_b: np.ndarray) -> np.ndarray:
+    """|a - b| for two (H, W) float images of the same size, float32."""
+    a, b = np.asarray(fused_a, np.float32), np.asarray(fused_b, np.float32)
+    if a.shape != b.shape:
+        raise ValueError(f"difference of images of different sizes: {a.shape} and {b.shape}")
+    return np.abs(a - b)
+
+
+def instability_panel(std_map: np.ndarray, k: int, **kwargs) -> np.ndarray:
+    """Per-pixel standard deviation of the fused luminance over `k` interventions (input in
+    [0, 1] units), shown in grey levels."""
+    std = np.asarray(std_map, np.float32) * 255.0
+    vmax = grey_level_scale(std)
+    title = f"Instability: std of the fused image over {k} interventions"
+    caption = f"in grey levels: mean {std.mean():.2f}, max {std.max():.1f} (dark = stable)"
+    return heatmap_panel(std, title, caption, vmin=0.0, vmax=vmax, cmap=CHANGE_CMAP, **kwargs)
+
+
+def mean_gate_panel(gate_mean: np.ndarray, visible_rgb: np.ndarray, k: int, eta: float = ETA, **kwargs) -> np.ndarray:
+    """The gate map averaged over the three levels and over `k` intervened passes, over the visible image."""
+    m = float(np.mean(gate_mean))
+    title = f"Mean gate over 3 levels and {k} interventions"
+    caption = f"mean activation {m:.3f} next to the target \u03b7 = {eta:g} (bright = gate open)"
+    return heatmap_panel(gate_mean, title, caption, base=visible_rgb, vmin=0.0, vmax=1.0, cmap=GATE_CMAP,
+                         ticks=(0.0, 0.5, 1.0), marks=[(eta, f"\u03b7={eta:g}")], **kwargs)
+
+
+def side_by_side(images: Sequence[np.ndarray], gap: int = 6) -> np.ndarray:
+    """Images (grey or RGB) next to each other, top-aligned, on white."""
+    rgb = [to_rgb(i) for i in images]
+    h = max(i.shape[0] for i in rgb)
+    parts = []
+    for k, i in enumerate(rgb):
+        if i.shape[0] < h:
+            i = np.concatenate([i, np.full((h - i.shape[0], i.shape[1], 3), _BG, np.uint8)], 0)
+        parts.append(i)
+        if k < len(rgb) - 1:
+            parts.append(np.full((h, gap, 3), _BG, np.uint8))
+    return np.concatenate(parts, axis=1)

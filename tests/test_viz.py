@@ -1,0 +1,132 @@
+"""ivfusion.viz: colour maps, colour bars, overlays and self-explaining heat map panels."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ivfusion import read_image, viz
+
+WHITE = np.array([255, 255, 255], np.uint8)
+
+
+@pytest.fixture(scope="module")
+def visible():
+    return read_image(Path(__file__).resolve().parents[1] / "assets" / "examples" / "vi" / "msrs_00001D.png")
+
+
+def test_colorize_maps_ends_saturates_and_handles_nan():
+    lut = viz.colormap_lut("viridis")
+    x = np.array([[0.0, 1.0, -3.0, 7.0, np.nan, 0.5]], np.float32)
+    rgb = viz.colorize(x, 0.0, 1.0, "viridis")
+    assert rgb.shape == (1, 6, 3) and rgb.dtype == np.uint8
+    np.testing.assert_array_equal(rgb[0, 0], lut[0])
+    np.testing.assert_array_equal(rgb[0, 1], lut[255])
+    np.testing.assert_array_equal(rgb[0, 2], lut[0])  # below vmin saturates
+    np.testing.assert_array_equal(rgb[0, 3], lut[255])  # above vmax saturates
+    np.testing.assert_array_equal(rgb[0, 4], lut[0])  # NaN shows as vmin
+    np.testing.assert_array_equal(rgb[0, 5], lut[128])  # 127.5 rounds to the nearest level
+
+
+def test_colorize_respects_the_scale():
+    x = np.full((2, 2), 10.0, np.float32)
+    lut = viz.colormap_lut("magma")
+    np.testing.assert_array_equal(viz.colorize(x, 0, 20, "magma")[0, 0], lut[128])
+    np.testing.assert_array_equal(viz.colorize(x, 10, 20, "magma")[0, 0], lut[0])
+
+
+@pytest.mark.parametrize("bad", [dict(values=np.zeros((2, 2, 2))), dict(values=np.zeros((2, 2)), vmin=1, vmax=1)])
+def test_colorize_rejects_bad_input(bad):
+    with pytest.raises(ValueError):
+        viz.colorize(**bad)
+
+
+def test_unknown_colormap_is_a_readable_error():
+    with pytest.raises(ValueError, match="unknown colour map"):
+        viz.colormap_lut("no-such-map")
+
+
+def test_overlay_blends_heat_over_grey_base(visible):
+    heat = viz.colorize(np.ones(visible.shape[:2], np.float32))
+    grey = viz.overlay(visible, heat, alpha=0.0)
+    assert (grey[..., 0] == grey[..., 1]).all() and (grey[..., 1] == grey[..., 2]).all()  # base shown in grey
+    np.testing.assert_array_equal(viz.overlay(visible, heat, alpha=1.0), heat)
+    half = viz.overlay(visible, heat, alpha=0.5).astype(int)
+    assert np.abs(half - (grey.astype(int) + heat.astype(int)) / 2).max() <= 1
+
+
+def test_colorbar_runs_from_vmax_at_top_to_vmin_at_bottom_with_red_eta_mark():
+    bar = viz.colorbar(300, 0.0, 1.0, "viridis", ticks=(0, 0.5, 1), marks=[(0.3, "eta")], font_size=14)
+    assert bar.shape[0] == 300 and bar.dtype == np.uint8
+    lut = viz.colormap_lut("viridis")
+    col = bar[:, 6 + 7]  # middle of the bar
+    top, bottom = col[15], col[-15]
+    assert np.abs(top.astype(int) - lut[250]).max() < 30
+    assert np.abs(bottom.astype(int) - lut[5]).max() < 30
+    red = (bar[..., 0] > 200) & (bar[..., 1] < 60) & (bar[..., 2] < 60)
+    rows = np.flatnonzero(red.any(1))
+    pad = 14 // 2 + 2
+    y_eta = pad + (1 - 0.3) * (300 - 2 * pad - 1)
+    assert rows.size and abs(rows.mean() - y_eta) < 4  # the mark sits at eta = 0.3
+
+
+def test_heatmap_panel_adds_title_and_colour_bar_and_fits_display_size(visible):
+    values = np.linspace(0, 1, 120 * 160, dtype=np.float32).reshape(120, 160)
+    panel = viz.heatmap_panel(values, "A title", "a caption")
+    h, w = viz.display_size(120, 160)
+    assert max(h, w) == viz.PANEL_MIN_SIDE  # small maps are enlarged so that text fits
+    assert panel.shape[0] > h and panel.shape[1] > w and panel.dtype == np.uint8
+    head = panel[: panel.shape[0] - h]
+    assert (head != WHITE).any(axis=-1).sum() > 200  # text was drawn in the header
+    big = viz.heatmap_panel(np.zeros((2000, 3000), np.float32), "big", base=np.zeros((2000, 3000), np.uint8))
+    assert big.shape[1] < viz.PANEL_MAX_SIDE + 200  # large maps are reduced
+
+
+def test_long_titles_are_shrunk_or_shortened_not_overflowing():
+    panel = viz.heatmap_panel(np.zeros((100, 100), np.float32), "x" * 400, "y" * 400)
+    assert panel.shape[1] < viz.PANEL_MIN_SIDE + 200
+
+
+def test_gate_panel_colours_follow_the_gate_and_differ_between_gates(visible):
+    h, w = visible.shape[:2]
+    low = viz.gate_panel(np.full((h // 4, w // 4), 0.05, np.float32), visible, 0, "clean pass")
+    high = viz.gate_panel(np.full((h // 4, w // 4), 0.95, np.float32), visible, 0, "clean pass")
+    assert low.shape == high.shape
+    dh, dw = viz.display_size(h, w)
+    body_low, body_high = low[-dh:, :dw].astype(int), high[-dh:, :dw].astype(int)
+    # viridis: high gates are yellow (R and G high), low gates purple (B > G)
+    assert body_high[..., 1].mean() > body_low[..., 1].mean() + 40
+    assert body_low[..., 2].mean() > body_low[..., 1].mean()
+
+
+def test_difference_map_and_panel_scale():
+    a = np.zeros((60, 80), np.float32)
+    b = a.copy()
+    b[10:20, 10:20] = 10 / 255
+    d = viz.difference_map(a, b)
+    assert d.max() == pytest.approx(10 / 255) and d[0, 0] == 0
+    assert viz.grey_level_scale(d * 255) == 16  # 10 grey levels -> a colour bar up to 16
+    assert viz.grey_level_scale(np.zeros(3)) == 1
+    panel = viz.difference_panel(b, a)
+    dh, dw = viz.display_size(60, 80)
+    body = panel[-dh:, :dw]
+    lut = viz.colormap_lut(viz.CHANGE_CMAP)
+    np.testing.assert_array_equal(body[-1, 0], lut[0])  # unchanged pixels: the colour of 0
+    with pytest.raises(ValueError, match="different sizes"):
+        viz.difference_map(a, b[:10])
+
+
+def test_stability_panels(visible):
+    std = np.zeros(visible.shape[:2], np.float32)
+    std[:50] = 2 / 255
+    p1 = viz.instability_panel(std, 8)
+    p2 = viz.mean_gate_panel(np.full(visible.shape[:2], 0.3, np.float32), visible, 8)
+    assert p1.ndim == 3 and p2.ndim == 3 and p1.shape[0] == p2.shape[0]
+
+
+def test_to_rgb_to_uint8_side_by_side():
+    g = np.array([[0.0, 0.5, 1.0]], np.float32)
+    np.testing.assert_array_equal(viz.to_uint8(g), [[0, 128, 255]])
+    assert viz.to_rgb(g).shape == (1, 3, 3)
+    assert viz.to_rgb(np.zeros((2, 2, 4), np.uint8)).shape == (2, 2, 3)
+    s = viz.side_by_side([np.zeros((4, 5), np.uint8), np.zeros((6, 2, 3), np.uint8)], gap=3)
+    assert s.shape == (6, 5 + 3 + 2, 3)
