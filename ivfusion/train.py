@@ -47,6 +47,7 @@ class TrainConfig:
     # the network
     r: int = 8
     shared_encoder: bool = False
+    init: str | None = None  # weights spec to start from (fine-tuning); None = random init
     # the interventions
     mask_size: int = 16
     min_holes: int = 1
@@ -116,8 +117,13 @@ def main(cfg: TrainConfig) -> dict:
         torch.set_rng_state(state["torch_rng"])
         history = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if line.strip()]
         history = [h for h in history if h["step"] <= step]
-    elif cfg.resume and master:
-        print(f"--resume: no {state_path} yet, starting from step 0")
+    else:
+        if cfg.resume and master:
+            print(f"--resume: no {state_path} yet, starting from step 0")
+        if cfg.init:
+            from .hub import load_model
+
+            model.load_state_dict(load_model(cfg.init).state_dict())
     net = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
     if master:
         out.mkdir(parents=True, exist_ok=True)

@@ -20,8 +20,8 @@ def train_cmd(data, out, steps, *extra):
 
 def test_short_run_writes_checkpoints_logs_and_plot(pair_folder, tmp_path):
     out = tmp_path / "run"
-    res = subprocess.run(train_cmd(pair_folder, out, 3, "--val-every", "2"), capture_output=True, text=True,
-                         timeout=600)
+    res = subprocess.run(train_cmd(pair_folder, out, 3, "--val-every", "2", "--init", "untrained"),
+                         capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr
     for name in ("last/model.safetensors", "last/config.json", "best/model.safetensors", "resume.pt",
                  "log.jsonl", "curves.png", "train_config.json", "summary.json"):
@@ -32,7 +32,8 @@ def test_short_run_writes_checkpoints_logs_and_plot(pair_folder, tmp_path):
     assert [r["step"] for r in val] == [2, 3] and {"val_Qabf", "val_SSIM", "val_VIF", "val_MI"} <= set(val[0])
     state = torch.load(out / "resume.pt", weights_only=True)  # loadable safely
     assert state["step"] == 3
-    assert json.loads((out / "train_config.json").read_text())["crop"] == 48
+    saved = json.loads((out / "train_config.json").read_text())
+    assert saved["crop"] == 48 and saved["init"] == "untrained"
 
 
 def test_resume_after_kill_continues_the_same_run(pair_folder, tmp_path):
