@@ -1,0 +1,385 @@
+"""ivfusion.lab: the Intervention Lab's logic on real pairs with the real network and metrics."""
+import json
+import os
+import struct
+import time
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from ivfusion import ImageError, WeightsError, lab, read_image
+from ivfusion.hub import DEFAULT_WEIGHTS
+from ivfusion.metrics import METRIC_NAMES, evaluate_pair
+
+EXAMPLES = lab.EXAMPLES_DIR
+SIDE = 128  # tests run the network on small real images: the machine is shared and CPU-only
+
+
+@pytest.fixture(scope="module")
+def fuser():
+    return lab.make_fuser("untrained", device="cpu", max_side=SIDE)
+
+
+@pytest.fixture(scope="module")
+def pair():
+    """A real night pair (MSRS 00037N), downscaled to 128x96."""
+    vis = read_image(EXAMPLES / "vi" / "msrs_00037N.png")
+    ir = read_image(EXAMPLES / "ir" / "msrs_00037N.png")
+    return cv2.resize(vis, (128, 96), interpolation=cv2.INTER_AREA), cv2.resize(ir, (128, 96), interpolation=cv2.INTER_AREA)
+
+
+def huge_png(path: Path, w: int = 30000, h: int = 30000) -> Path:
+    """A PNG whose header declares w x h pixels (a decompression bomb: tiny file, huge image)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    return path
+
+
+# ----------------------------------------------------------------------------- examples
+def test_examples_are_real_registered_pairs_day_and_night_documented():
+    pairs = lab.example_pairs()
+    assert len(pairs) >= 6 and len(pairs) == len(lab.EXAMPLES)
+    names = [Path(v).stem for v, _, _ in pairs]
+    assert any(n.endswith("D") or "Day" in lab.EXAMPLES[n] for n in names)
+    assert sum("Night" in lab.EXAMPLES[n] for n in names) >= 3 and sum("Day" in lab.EXAMPLES[n] for n in names) >= 2
+    readme = (EXAMPLES / "README.md").read_text()
+    total = 0
+    for v, i, label in pairs:
+        vis, ir = read_image(v), read_image(i)
+        assert vis.shape[:2] == ir.shape[:2] and vis.ndim == 3 and ir.ndim == 2
+        assert Path(v).stem in readme and label
+        total += Path(v).stat().st_size + Path(i).stat().st_size
+    assert total < 3_000_000
+    assert "MIT" in readme and "RoadScene" in readme and "licence" in readme
+
+
+# ----------------------------------------------------------------------------- inputs
+def test_load_image_reads_paths_payloads_and_arrays():
+    path = EXAMPLES / "ir" / "msrs_00001D.png"
+    a = lab.load_image(str(path), "infrared image")
+    b = lab.load_image({"path": str(path), "orig_name": "x.png"}, "infrared image")
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == (480, 640) and a.dtype == np.uint8
+    assert lab.load_image(a, "infrared image") is not None
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "visible image: missing"),
+    ("no-path", "no file was received"),
+    ("corrupt", "not a readable image"),
+    ("empty", "the file is empty"),
+    ("huge", "too large"),
+    ("channels", "5 channels"),
+])
+def test_bad_inputs_give_readable_errors(tmp_path, case, message):
+    src = {
+        "missing": lambda: None,
+        "no-path": lambda: {"path": None},
+        "corrupt": lambda: _write(tmp_path / "corrupt.png", b"\x89PNG\r\n\x1a\n this is not an image" * 10),
+        "empty": lambda: _write(tmp_path / "empty.png", b""),
+        "huge": lambda: str(huge_png(tmp_path / "huge.png")),
+        "channels": lambda: np.zeros((10, 10, 5), np.uint8),
+    }[case]()
+    with pytest.raises(ImageError, match=message) as err:
+        lab.load_image(src, "visible image")
+    assert "Traceback" not in str(err.value) and str(tmp_path) not in str(err.value)  # no server paths leak
+
+
+def _write(path: Path, data: bytes) -> str:
+    path.write_bytes(data)
+    return str(path)
+
+
+def test_pair_info_explains_sizes_and_downscaling(tmp_path):
+    vis = EXAMPLES / "vi" / "msrs_00001D.png"
+    ir_small = tmp_path / "ir_small.png"
+    cv2.imwrite(str(ir_small), cv2.resize(read_image(EXAMPLES / "ir" / "msrs_00001D.png"), (320, 240)))
+    text = lab.pair_info(str(vis), str(ir_small), max_side=SIDE)
+    assert "640x480, colour, 8-bit" in text and "320x240" in text
+    assert "resized to the visible size" in text and "downscaled to 128x96" in text
+    ir_wide = tmp_path / "ir_wide.png"
+    cv2.imwrite(str(ir_wide), np.zeros((100, 400), np.uint8))
+    assert "aspect ratios" in lab.pair_info(str(vis), str(ir_wide))
+    assert "Now add the infrared image" in lab.pair_info(str(vis), None)
+    assert "Ready" in lab.pair_info(str(vis), str(EXAMPLES / "ir" / "msrs_00001D.png"), max_side=1024)
+
+
+def test_display_copy_turns_16bit_tiff_into_lossless_16bit_png(tmp_path):
+    ir = read_image(EXAMPLES / "ir" / "msrs_00009N.png").astype(np.uint16) * 257
+    tif = tmp_path / "ir16.tiff"
+    assert cv2.imwrite(str(tif), ir)
+    png = lab.display_copy(str(tif), tmp_path)
+    assert png and png.endswith(".png")
+    np.testing.assert_array_equal(read_image(png), ir)
+    assert lab.display_copy(str(EXAMPLES / "ir" / "msrs_00009N.png"), tmp_path) is None
+
+
+def test_drawn_keep_mask_from_editor_layers(tmp_path):
+    layer = np.zeros((40, 60, 4), np.uint8)
+    layer[10:20, 30:50] = (255, 0, 255, 255)
+    path = tmp_path / "layer.png"
+    cv2.imwrite(str(path), cv2.cvtColor(layer, cv2.COLOR_RGBA2BGRA))
+    for value in (layer, {"background": None, "layers": [{"path": str(path)}], "composite": None}):
+        keep = lab.drawn_keep_mask(value)
+        assert keep.shape == (40, 60) and keep.dtype == np.float32
+        assert keep[10:20, 30:50].max() == 0 and keep.sum() == 40 * 60 - 200
+    assert lab.drawn_keep_mask({"background": None, "layers": [np.zeros((4, 4, 4), np.uint8)]}) is None
+    assert lab.drawn_keep_mask(None) is None
+
+
+# ----------------------------------------------------------------------------- settings and masks
+def test_settings_validate_and_name_themselves():
+    s = lab.Settings(complementary=True, dropout="drop IR", mask_size=8.0, holes=2, seed=3)
+    assert s.kinds == ["complementary", "drop-ir"] and s.mask_size == 8 and isinstance(s.mask_size, int)
+    assert s.label() == "complementary masking + drop IR" and s.label(drawn=True).endswith("drawn mask")
+    assert lab.Settings(dropout="drop-vis").dropout == "drop visible"
+    assert lab.Settings().label() == "none"
+    for bad in (dict(holes=7), dict(holes=0), dict(mask_size=0), dict(seed=-1), dict(dropout="drop both"), dict(holes=2.5)):
+        with pytest.raises(ValueError):
+            lab.Settings(**bad)
+
+
+def test_intervention_masks_combine_multiplicatively_and_are_seeded():
+    s = lab.Settings(complementary=True, holes=4, mask_size=8, seed=5)
+    m_vi, m_ir = lab.intervention_masks(s, 64, 96)
+    assert m_vi.min() == 0 and m_ir.min() == 0
+    assert not ((m_vi == 0) & (m_ir == 0)).any()  # complementary: never the same pixel
+    again = lab.intervention_masks(s, 64, 96)
+    np.testing.assert_array_equal(m_vi, again[0])
+    other = lab.intervention_masks(lab.Settings(complementary=True, holes=4, mask_size=8, seed=6), 64, 96)
+    assert not np.array_equal(m_vi, other[0])
+    m_vi2, m_ir2 = lab.intervention_masks(lab.Settings(complementary=True, dropout="drop IR", holes=4, mask_size=8, seed=5), 64, 96)
+    np.testing.assert_array_equal(m_vi2, m_vi)
+    assert m_ir2.max() == 0
+    r_vi, r_ir = lab.intervention_masks(lab.Settings(random=True, seed=1), 64, 96)
+    np.testing.assert_array_equal(r_vi, r_ir)  # random masking: one mask for both
+    drawn = np.ones((32, 48), np.float32)
+    drawn[:16] = 0  # top half hidden, drawn at half resolution
+    d_vi, d_ir = lab.intervention_masks(lab.Settings(), 64, 96, drawn=(None, drawn))
+    assert d_vi.min() == 1 and d_ir[:30].max() == 0 and d_ir[34:].min() == 1
+
+
+# ----------------------------------------------------------------------------- runs
+def test_run_pair_matches_two_separate_fuses(fuser, pair):
+    vis, ir = pair
+    s = lab.Settings(complementary=True, holes=3, mask_size=16, seed=2)
+    run = lab.run_pair(fuser, vis, ir, s)
+    clean = fuser.fuse(vis, ir)
+    np.testing.assert_allclose(run.clean.fused_y, clean.fused_y, atol=1e-5)
+    np.testing.assert_allclose(run.clean.gates_full, clean.gates_full, atol=1e-5)
+    m_vi, m_ir = lab.intervention_masks(s, *clean.fused_y.shape)
+    inter = fuser.fuse(vis, ir, masks=(m_vi, m_ir))
+    np.testing.assert_allclose(run.intervened.fused_y, inter.fused_y, atol=1e-5)
+    for k in range(3):
+        np.testing.assert_allclose(run.intervened.gates[k], inter.gates[k], atol=1e-5)
+    np.testing.assert_array_equal(run.intervened.inputs["visible_y"], clean.inputs["visible_y"] * m_vi)
+    assert run.intervened.intervention == "complementary masking" and run.has_intervention
+    assert any("Hidden:" in n for n in run.notices)
+    assert run.difference.shape == run.clean.fused_y.shape
+
+
+def test_drop_ir_feeds_zero_infrared_and_changes_the_output(fuser, pair):
+    run = lab.run_pair(fuser, *pair, lab.Settings(dropout="drop IR"))
+    assert run.intervened.inputs["infrared"].max() == 0
+    np.testing.assert_array_equal(run.intervened.inputs["visible_y"], run.clean.inputs["visible_y"])
+    assert run.difference.max() > 0
+
+
+def test_no_intervention_runs_once_and_says_so(fuser, pair):
+    run = lab.run_pair(fuser, *pair, lab.Settings())
+    assert run.intervened is run.clean and not run.has_intervention
+    assert any("No intervention" in n for n in run.notices)
+    assert run.difference.max() == 0
+
+
+def test_sizes_that_differ_and_oversized_pairs_are_handled_with_notices(fuser):
+    vis = read_image(EXAMPLES / "vi" / "msrs_00010N.png")  # 640x480: more than max_side
+    ir = cv2.resize(read_image(EXAMPLES / "ir" / "msrs_00010N.png"), (200, 100))  # another shape
+    run = lab.run_pair(fuser, vis, ir, lab.Settings(random=True))
+    assert run.clean.fused_rgb.shape == (96, 128, 3)
+    text = " ".join(run.notices)
+    assert "Infrared resized from 200x100" in text and "Downscaled from 640x480" in text
+    assert "aspect ratios" in text
+
+
+def test_sixteen_bit_tiff_infrared_and_grey_visible(fuser, tmp_path, pair):
+    vis, ir = pair
+    tif = tmp_path / "ir16.tif"
+    cv2.imwrite(str(tif), ir.astype(np.uint16) * 200 + 1000)
+    ir16 = lab.load_image(str(tif), "infrared image")
+    assert ir16.dtype == np.uint16
+    grey_vis = cv2.cvtColor(vis, cv2.COLOR_RGB2GRAY)
+    run = lab.run_pair(fuser, grey_vis, ir16, lab.Settings(random=True))
+    assert any("16-bit infrared stretched" in n for n in run.notices)
+    rgb = run.clean.fused_rgb
+    assert (rgb[..., 0] == rgb[..., 1]).all()  # a grey visible image gives a grey fusion
+
+
+def test_render_gives_lossless_fused_images_inputs_and_six_gate_panels(fuser, pair):
+    run = lab.run_pair(fuser, *pair, lab.Settings(complementary=True, seed=1))
+    figs = lab.render(run)
+    assert figs.fused_clean is run.clean.fused_rgb and figs.fused_intervened is run.intervened.fused_rgb
+    np.testing.assert_array_equal(figs.input_infrared, np.rint(run.intervened.inputs["infrared"] * 255).astype(np.uint8))
+    assert len(figs.gates) == 6 and len(figs.gate_labels) == 6
+    assert all(g.ndim == 3 and g.dtype == np.uint8 for g in figs.gates)
+    assert figs.gate_labels[0].startswith("clean pass") and figs.gate_labels[3].startswith("intervened pass")
+    mean = float(run.clean.gates[0].mean())
+    assert f"{mean:.3f}" in figs.gate_labels[0] and "0.3" in figs.gate_labels[0]
+    assert figs.difference.ndim == 3
+
+
+def test_metrics_table_matches_evaluate_pair(fuser, pair):
+    run = lab.run_pair(fuser, *pair, lab.Settings(dropout="drop visible"))
+    rows = lab.metrics_table(run)
+    assert [r[0] for r in rows] == list(METRIC_NAMES)
+    ref = evaluate_pair(np.rint(run.clean.inputs["infrared"] * 255).astype(np.uint8), run.clean.visible_rgb,
+                        run.intervened.fused_rgb)
+    for name, clean, inter, change, _ in rows:
+        if np.isfinite(ref[name]):
+            assert inter == pytest.approx(ref[name], rel=1e-3, abs=1e-9)
+        if np.isfinite(clean) and np.isfinite(inter):
+            assert change == pytest.approx(inter - clean, rel=1e-2, abs=1e-3 * max(1.0, abs(clean)))
+    assert any(r[3] != 0 for r in rows)  # dropping the visible image changes the metrics
+    same = lab.metrics_table(lab.metric_sources(lab.run_pair(fuser, *pair, lab.Settings())))
+    assert all(r[3] == 0 or not np.isfinite(r[3]) for r in same)
+
+
+def test_downloads_are_lossless_pngs_and_an_npz_of_gates(fuser, pair, tmp_path):
+    run = lab.run_pair(fuser, *pair, lab.Settings(random=True, seed=4))
+    files = lab.write_downloads(run, tmp_path)
+    assert [Path(f).name for f in files] == ["fused_clean.png", "fused_intervened.png", "gates.npz"]
+    np.testing.assert_array_equal(read_image(files[0]), run.clean.fused_rgb)
+    np.testing.assert_array_equal(read_image(files[1]), run.intervened.fused_rgb)
+    with np.load(files[2]) as z:
+        for name, res in (("clean", run.clean), ("intervened", run.intervened)):
+            for k in range(3):
+                np.testing.assert_array_equal(z[f"{name}_gate_level{k + 1}"], res.gates[k])
+        np.testing.assert_array_equal(z["mask_infrared"], run.intervened.masks[1])
+        info = json.loads(str(z["info"]))
+    assert info["intervention"] == "random masking" and info["settings"]["seed"] == 4 and info["eta"] == 0.3
+
+
+def test_request_dirs_are_fresh_and_old_ones_are_pruned(tmp_path):
+    a = lab.request_dir(tmp_path)
+    b = lab.request_dir(tmp_path)
+    assert a != b and a.is_dir() and b.is_dir()
+    old = time.time() - 7200
+    os.utime(a, (old, old))
+    lab.request_dir(tmp_path, max_age_s=3600)
+    assert not a.exists() and b.exists()
+
+
+# ----------------------------------------------------------------------------- stability
+def test_correlation_and_its_interpretation():
+    x = np.arange(100, dtype=np.float64)
+    assert lab.correlation(x, 2 * x + 1) == pytest.approx(1.0)
+    assert lab.correlation(x, -x) == pytest.approx(-1.0)
+    assert np.isnan(lab.correlation(x, np.ones(100)))
+    assert "negative" in lab.interpret_correlation(-0.5) and "as the paper claims" in lab.interpret_correlation(-0.5)
+    assert "does not hold" in lab.interpret_correlation(0.4)
+    assert "no clear relation" in lab.interpret_correlation(0.01)
+    assert "undefined" in lab.interpret_correlation(float("nan"))
+
+
+def test_stability_is_seeded_batched_correctly_and_reports_progress(fuser, pair):
+    pair = tuple(cv2.resize(x, (64, 48), interpolation=cv2.INTER_AREA) for x in pair)
+    s = lab.Settings(complementary=True, holes=4, mask_size=8, seed=7)
+    calls = []
+    res = lab.stability(fuser, *pair, s, k=4, batch_pixels=2 * 64 * 48, progress=lambda d, t: calls.append((d, t)))
+    assert calls == [(2, 4), (4, 4)]
+    assert res.std.shape == (48, 64) and res.gate_mean.shape == (48, 64) and res.k == 4
+    assert res.std.max() > 0 and 0 <= res.gate_mean.min() and res.gate_mean.max() <= 1
+    assert -1 <= res.correlation <= 1
+    # one sample per forward gives the same statistics as two per forward
+    single = lab.stability(fuser, *pair, s, k=4, batch_pixels=1)
+    np.testing.assert_allclose(single.std, res.std, atol=1e-5)
+    np.testing.assert_allclose(single.gate_mean, res.gate_mean, atol=1e-5)
+    # and they are what K separate fuses give
+    outs, gates = [], []
+    for i in range(4):
+        m = lab.intervention_masks(s, 48, 64, rng=np.random.default_rng([7, i]))
+        r = fuser.fuse(*pair, masks=m)
+        outs.append(r.fused_y)
+        gates.append(r.gates_full.mean(0))
+    np.testing.assert_allclose(res.std, np.std(outs, axis=0), atol=1e-5)
+    np.testing.assert_allclose(res.gate_mean, np.mean(gates, axis=0), atol=1e-5)
+    other = lab.stability(fuser, *pair, lab.Settings(complementary=True, holes=4, mask_size=8, seed=8), k=4)
+    assert not np.allclose(other.std, res.std)
+
+
+def test_stability_without_masking_alternates_the_two_masking_interventions(fuser, pair):
+    res = lab.stability(fuser, *pair, lab.Settings(dropout="drop IR"), k=4)
+    assert res.kinds == ["complementary", "random", "drop-ir"]
+    assert any("alternate" in n for n in res.notices)
+    inst, gate, text = lab.stability_figures(res)
+    assert inst.ndim == 3 and gate.ndim == 3 and "r = " in text and "4 interventions" in text
+    with pytest.raises(ValueError):
+        lab.stability(fuser, *pair, k=1)
+
+
+# ----------------------------------------------------------------------------- models
+def test_model_bank_offers_choices_from_the_environment_and_caches(tmp_path):
+    from tests.official import synthetic_official_state_dict
+
+    bank = lab.ModelBank(env={}, device="cpu", max_side=SIDE)
+    assert bank.choices() == [lab.DEFAULT_CHOICE, lab.UNTRAINED_CHOICE]
+    f1, notes = bank.get(lab.UNTRAINED_CHOICE)
+    f2, _ = bank.get(lab.UNTRAINED_CHOICE)
+    assert f1 is f2 and "random weights" in notes[0] and f1.max_side == SIDE
+    with pytest.raises(WeightsError, match="unknown model"):
+        bank.get("no such model")
+    with pytest.raises(WeightsError, match="not configured"):
+        bank.get(lab.OFFICIAL_CHOICE)
+    ckpt = tmp_path / "best.pth"
+    torch.save(synthetic_official_state_dict(), ckpt)
+    bank = lab.ModelBank(env={"IVFUSION_OFFICIAL_WEIGHTS": str(ckpt), "IVFUSION_MAX_SIDE": "64"}, device="cpu")
+    assert bank.choices() == [lab.DEFAULT_CHOICE, lab.OFFICIAL_CHOICE, lab.UNTRAINED_CHOICE] and bank.max_side == 64
+    fuser, _ = bank.get(lab.OFFICIAL_CHOICE)
+    assert fuser.weights_source.endswith("best.pth")
+    assert "Authors' checkpoint" in bank.describe(lab.OFFICIAL_CHOICE)
+    bad = lab.ModelBank(env={"IVFUSION_OFFICIAL_WEIGHTS": str(tmp_path / "missing.pth")}, device="cpu")
+    with pytest.raises(WeightsError, match="not found"):
+        bad.get(lab.OFFICIAL_CHOICE)
+
+
+def test_unloadable_ivfusion_weights_fall_back_to_the_bundled_file_with_a_notice(tmp_path):
+    bank = lab.ModelBank(env={"IVFUSION_WEIGHTS": str(tmp_path / "nowhere.safetensors")}, device="cpu")
+    if (DEFAULT_WEIGHTS / "model.safetensors").is_file():
+        fuser, notes = bank.get(lab.DEFAULT_CHOICE)
+        assert str(DEFAULT_WEIGHTS) in fuser.weights_source
+        assert "could not be loaded" in notes[0] and "bundled" in notes[0]
+    else:  # before the bundled weights exist: a readable error, and the app falls back to untrained
+        with pytest.raises(WeightsError, match="weights not found"):
+            bank.get(lab.DEFAULT_CHOICE)
+        choice, notes = bank.default_choice()
+        assert choice == lab.UNTRAINED_CHOICE and "No trained weights" in notes[0]
+
+
+def test_bundled_weights_load():
+    """The app's default model: the bundled trained weights (assets/weights/isfuse-ivfusion)."""
+    if not (DEFAULT_WEIGHTS / "model.safetensors").is_file():
+        pytest.fail(f"the bundled trained weights are missing: {DEFAULT_WEIGHTS / 'model.safetensors'} "
+                    "(the training run writes them there); the app falls back to the untrained network "
+                    "without them", pytrace=False)
+    bank = lab.ModelBank(env={}, device="cpu", max_side=SIDE)
+    choice, notes = bank.default_choice()
+    assert choice == lab.DEFAULT_CHOICE and notes == []
+    fuser, _ = bank.get(choice)
+    assert not getattr(fuser.model, "is_untrained", False) and str(DEFAULT_WEIGHTS) in fuser.weights_source
+
+
+# ----------------------------------------------------------------------------- benchmark
+def test_benchmark_app_reports_latency_and_memory():
+    res = lab.benchmark_app(weights="untrained", height=48, width=64, requests=4, threads=1, warmup=1)
+    for key in ("median_s", "p90_s", "rss_start_mib", "rss_end_mib", "rss_growth_mib", "rss_growth_second_half_mib"):
+        assert isinstance(res[key], float)
+    assert 0 < res["min_s"] <= res["median_s"] <= res["p90_s"] <= res["max_s"]
+    assert res["size"] == "64x48" and res["requests"] == 4 and res["threads"] == 1
+    assert res["rss_start_mib"] > 50
