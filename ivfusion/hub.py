@@ -70,7 +70,7 @@ def _load_local(path: Path) -> ISFuse:
     if path.is_dir():
         if not (path / "model.safetensors").is_file():
             raise WeightsError(f"{path} holds no model.safetensors")
-        model = ISFuse.from_pretrained(path)
+        model = _load_safetensors(path / "model.safetensors")
     elif path.suffix == ".safetensors":
         model = _load_safetensors(path)
     elif path.suffix in (".pth", ".pt"):
