@@ -31,12 +31,14 @@ import numpy as np
 
 GATE_CMAP = "viridis"  # perceptually uniform; dark = low gate, yellow = high gate
 CHANGE_CMAP = "magma"  # black = no change, bright = large change
+GATE_ALPHA = 0.7  # opacity of gate colours over the (grey) visible image
 ETA = 0.3  # the gate regulariser's target mean (paper, supplementary Sec. 3)
 LEVEL_NAMES = (
-    "level 1 (1/4 resolution, coarse)",
-    "level 2 (1/2 resolution)",
-    "level 3 (full resolution, fine)",
+    "level 1 (1/4 res., coarse)",
+    "level 2 (1/2 res.)",
+    "level 3 (full res., fine)",
 )
+TITLE_RESERVE = 56  # pixels kept free at the top right of a title (for a viewer's icons)
 PANEL_MAX_SIDE = 640  # heat map panels are drawn at most this large (long side)
 PANEL_MIN_SIDE = 400  # and at least this large, so that captions fit
 
@@ -253,7 +255,7 @@ def titled(image: np.ndarray, title: str, caption: str = "", right: np.ndarray |
         image = np.concatenate([image, np.full((h, 4, 3), _BG, np.uint8), to_rgb(right)], axis=1)
     total_w = image.shape[1]
     t_size, c_size, _ = _font_sizes(w)
-    title, t_font = _fit_text(title, t_size, total_w - 12, bold=True)
+    title, t_font = _fit_text(title, t_size, total_w - 12 - TITLE_RESERVE, bold=True)
     caption, c_font = _fit_text(caption, c_size, total_w - 12) if caption else ("", None)
     head_h = 8 + t_size + 6 + ((c_size + 6) if caption else 0) + 2
     head = Image.new("RGB", (total_w, head_h), _BG)  # only the header goes through Pillow
@@ -298,8 +300,9 @@ def gate_panel(gate: np.ndarray, visible_rgb: np.ndarray, level: int, pass_name:
     """
     mean = float(np.mean(gate)) if mean is None else float(mean)
     rel = "above" if mean > eta + 0.005 else ("below" if mean < eta - 0.005 else "at")
-    title = f"Gate, {LEVEL_NAMES[level]}: {pass_name}"
+    title = f"{pass_name[:1].upper() + pass_name[1:]}: gate {LEVEL_NAMES[level]}"
     caption = f"mean activation {mean:.3f}, {rel} the target \u03b7 = {eta:g}"
+    kwargs.setdefault("alpha", GATE_ALPHA)
     return heatmap_panel(gate, title, caption, base=visible_rgb, vmin=0.0, vmax=1.0, cmap=GATE_CMAP,
                          ticks=(0.0, 0.5, 1.0), marks=[(eta, f"\u03b7={eta:g}")], **kwargs)
 
@@ -314,7 +317,7 @@ def grey_level_scale(values_255: np.ndarray, floor: float = 1.0) -> float:
     return 255.0
 
 
-def difference_panel(fused_a: np.ndarray, fused_b: np.ndarray, title: str = "Change caused by the intervention",
+def difference_panel(fused_a: np.ndarray, fused_b: np.ndarray, title: str = "Change: |F_intervened - F_clean|",
                      **kwargs) -> np.ndarray:
     """|fused_a - fused_b| as a heat map, in grey levels (0..255 scale) with a colour bar.
 
@@ -323,8 +326,7 @@ def difference_panel(fused_a: np.ndarray, fused_b: np.ndarray, title: str = "Cha
     diff = difference_map(fused_a, fused_b) * 255.0
     vmax = grey_level_scale(diff)
     changed = float((diff >= 1.0).mean()) * 100.0
-    caption = (f"|F_intervened - F_clean| in grey levels: mean {diff.mean():.2f}, max {diff.max():.0f}; "
-               f"{changed:.1f}% of pixels moved by 1 or more")
+    caption = f"grey levels: mean {diff.mean():.2f}, max {diff.max():.0f}; {changed:.1f}% of pixels changed"
     return heatmap_panel(diff, title, caption, vmin=0.0, vmax=vmax, cmap=CHANGE_CMAP, **kwargs)
 
 
@@ -351,6 +353,7 @@ def mean_gate_panel(gate_mean: np.ndarray, visible_rgb: np.ndarray, k: int, eta:
     m = float(np.mean(gate_mean))
     title = f"Mean gate over 3 levels and {k} interventions"
     caption = f"mean activation {m:.3f} next to the target \u03b7 = {eta:g} (bright = gate open)"
+    kwargs.setdefault("alpha", GATE_ALPHA)
     return heatmap_panel(gate_mean, title, caption, base=visible_rgb, vmin=0.0, vmax=1.0, cmap=GATE_CMAP,
                          ticks=(0.0, 0.5, 1.0), marks=[(eta, f"\u03b7={eta:g}")], **kwargs)
 

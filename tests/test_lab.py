@@ -185,6 +185,24 @@ def test_run_pair_matches_two_separate_fuses(fuser, pair):
     assert run.difference.shape == run.clean.fused_y.shape
 
 
+def test_session_cache_reuses_the_clean_pass_of_the_same_pair_only(fuser, pair):
+    cache = {}
+    first = lab.run_pair(fuser, *pair, lab.Settings(random=True, seed=1), model="m", cache=cache)
+    assert not any("reused" in n for n in first.notices) and cache["key"]
+    second = lab.run_pair(fuser, *pair, lab.Settings(dropout="drop IR"), model="m", cache=cache)
+    assert any("reused" in n for n in second.notices)
+    fresh = lab.run_pair(fuser, *pair, lab.Settings(dropout="drop IR"), model="m")
+    np.testing.assert_allclose(second.clean.fused_y, fresh.clean.fused_y, atol=1e-5)
+    np.testing.assert_allclose(second.intervened.fused_y, fresh.intervened.fused_y, atol=1e-5)
+    for k in range(3):
+        np.testing.assert_allclose(second.clean.gates[k], fresh.clean.gates[k], atol=1e-5)
+    flipped = (pair[0][::-1].copy(), pair[1][::-1].copy())  # another pair: not reused
+    third = lab.run_pair(fuser, *flipped, lab.Settings(random=True), model="m", cache=cache)
+    assert not any("reused" in n for n in third.notices)
+    other_model = lab.run_pair(fuser, *flipped, lab.Settings(random=True), model="other", cache=cache)
+    assert not any("reused" in n for n in other_model.notices)
+
+
 def test_drop_ir_feeds_zero_infrared_and_changes_the_output(fuser, pair):
     run = lab.run_pair(fuser, *pair, lab.Settings(dropout="drop IR"))
     assert run.intervened.inputs["infrared"].max() == 0
@@ -285,6 +303,8 @@ def test_correlation_and_its_interpretation():
     assert "negative" in lab.interpret_correlation(-0.5) and "as the paper claims" in lab.interpret_correlation(-0.5)
     assert "does not hold" in lab.interpret_correlation(0.4)
     assert "no clear relation" in lab.interpret_correlation(0.01)
+    assert "untrained" in lab.interpret_correlation(0.01, untrained=True)
+    assert "untrained" not in lab.interpret_correlation(0.01)
     assert "undefined" in lab.interpret_correlation(float("nan"))
 
 
@@ -378,7 +398,7 @@ def test_bundled_weights_load():
 # ----------------------------------------------------------------------------- benchmark
 def test_benchmark_app_reports_latency_and_memory():
     res = lab.benchmark_app(weights="untrained", height=48, width=64, requests=4, threads=1, warmup=1)
-    for key in ("median_s", "p90_s", "rss_start_mib", "rss_end_mib", "rss_growth_mib", "rss_growth_second_half_mib"):
+    for key in ("median_s", "p90_s", "cpu_median_s", "warm_median_s", "rss_start_mib", "rss_end_mib", "rss_growth_mib", "rss_growth_second_half_mib"):
         assert isinstance(res[key], float)
     assert 0 < res["min_s"] <= res["median_s"] <= res["p90_s"] <= res["max_s"]
     assert res["size"] == "64x48" and res["requests"] == 4 and res["threads"] == 1
