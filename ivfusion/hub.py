@@ -88,17 +88,27 @@ def _load_safetensors(path: Path) -> ISFuse:
     import json
 
     from safetensors import SafetensorError
-    from safetensors.torch import load_model as st_load
+    from safetensors.torch import load_file
 
     cfg_path = path.with_name("config.json")
     config = ISFuseConfig.from_dict(json.loads(cfg_path.read_text())) if cfg_path.is_file() else ISFuseConfig()
     model = ISFuse(config)
     try:
-        st_load(model, str(path), strict=True)
+        state = load_file(str(path))
     except (SafetensorError, OSError) as e:
         raise WeightsError(f"{path}: not a readable safetensors file ({e})") from e
-    except RuntimeError as e:
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches
         raise WeightsError(f"{path}: weights do not fit the ISFuse config {config.to_dict()} ({e})") from e
+    if config.shared_encoder:  # the file holds a shared tensor under one of its two names
+        alias = {"encoder_ir.": "encoder_vi.", "encoder_vi.": "encoder_ir."}
+        missing = [k for k in missing if not any(k.startswith(a) and b + k[len(a):] in state for a, b in alias.items())]
+    if missing or unexpected:
+        raise WeightsError(
+            f"{path}: weights do not fit the ISFuse config {config.to_dict()} "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
     return model
 
 
