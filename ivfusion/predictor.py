@@ -83,14 +83,25 @@ class Fuser:
     model: an ISFuse module, or a weights spec for `load_model` (None: the bundled default).
     device: "auto" (CUDA if available), "cpu" or "cuda".
     max_side: images whose longer side exceeds this are downscaled, with a notice.
+    path: the inference path (`ivfusion.fast`): "auto" (default: the fastest path that holds
+        the 2/255 deviation bound on this device), "reference" (the modules in
+        ivfusion.modeling, op by op as the authors' forward pass), "fast" (fp32 fast path) or
+        "fast-bf16". The fast paths copy the weights: after changing `model`'s weights, build a
+        new Fuser (or call `set_path`).
     """
 
     def __init__(self, model: ISFuse | str | None = None, device: str | torch.device = "auto",
-                 max_side: int | None = DEFAULT_MAX_SIDE):
+                 max_side: int | None = DEFAULT_MAX_SIDE, path: str = "auto"):
         self.device = resolve_device(device)
         self.model = (model if isinstance(model, torch.nn.Module) else load_model(model)).to(self.device).eval()
         self.max_side = max_side
-        self.net = self.model  # the module that runs inference: (vis_y, ir) -> (fused, gates)
+        self.set_path(path)
+
+    def set_path(self, path: str = "auto") -> None:
+        """Choose the module that runs inference, `self.net`: (vis_y, ir) -> (fused, gates)."""
+        from .fast import make_net
+
+        self.net, self.path = make_net(self.model, self.device, path)
 
     @property
     def weights_source(self) -> str:
