@@ -25,6 +25,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--max-side", type=int, default=2048, help="downscale images whose longer side exceeds this")
     p.add_argument("--resize-ir", action="store_true", help="resize an infrared image of another size to the visible size")
+    p.add_argument("--path", default="auto",
+                   help="inference path (ivfusion.fast.PATHS): auto (the fastest within 2/255 of the reference on "
+                        "this device), reference (the modules that follow the authors' forward pass op by op), "
+                        "fast or fast-bf16")
     p.set_defaults(func=run_fuse)
 
     q = subparsers.add_parser("info", help="print the network's configuration, parameter count and MACs")
@@ -60,11 +64,12 @@ def run_fuse(args) -> int:
         print("no pairs to fuse", file=sys.stderr)
         return 1
     try:
-        fuser = Fuser(args.weights, device=args.device, max_side=args.max_side)
-    except (WeightsError, RuntimeError) as e:
+        fuser = Fuser(args.weights, device=args.device, max_side=args.max_side, path=args.path)
+    except (WeightsError, RuntimeError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"weights: {fuser.weights_source}; device: {fuser.device}; intervention: {args.intervention}")
+    print(f"weights: {fuser.weights_source}; device: {fuser.device}; path: {fuser.path}; "
+          f"intervention: {args.intervention}")
     failed = []
     for name, ir_path, vis_path, target in tqdm(jobs, disable=len(jobs) < 2, unit="pair"):
         try:

@@ -46,9 +46,9 @@ def test_single_pair_output_is_lossless_and_matches_the_library(folders, tmp_pat
     out = tmp_path / "single" / "fused.png"
     res = ivfusion("fuse", "--ir", ir / "FLIR_04269.jpg", "--vis", vi / "FLIR_04269.jpg", "--out", out,
                    "--weights", "untrained", "--intervention", "complementary", "--seed", "5", "--save-gates",
-                   "--max-side", "200")
+                   "--max-side", "200", "--path", "reference")
     assert res.returncode == 0, res.stderr
-    expected = Fuser("untrained", device="cpu", max_side=200).fuse(
+    expected = Fuser("untrained", device="cpu", max_side=200, path="reference").fuse(
         read_image(vi / "FLIR_04269.jpg"), read_image(ir / "FLIR_04269.jpg"), "complementary", 5)
     np.testing.assert_array_equal(read_image(out), expected.fused_rgb)
     gates = np.load(out.with_name("fused_gates.npz"))
