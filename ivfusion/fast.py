@@ -16,15 +16,21 @@ function with fewer and cheaper operations:
     of H*W pixels);
   - the query projection is folded into the keys:
     (Wq f + bq)^T k / sqrt(C) = f^T (Wq^T k / sqrt(C)) + bq^T k / sqrt(C), so no Q map is
-    ever computed and the scale costs nothing;
-  - both directions share one output buffer: cross = A_vi V_ir + A_ir V_vi via bmm + baddbmm;
-  - the attention runs in row chunks so the (pixels x 64) logits stay in cache;
-* the encoders' first convolution (1 -> 32 channels) as one small GEMM on 3x3 patches;
+    ever computed and the scale costs nothing; one tiny GEMM per modality gives the folded
+    keys, their per-token bias and the values from the pooled features;
+  - logits (addmm), softmax and attention-times-values (mm, then addmm_ for the second
+    direction) run on (pixels x channels) views of the channels-last maps, into reused buffers;
+* scratch buffers (logits, cross, the gate mix) reused across calls (`Workspace`, per thread):
+  a fresh 40-80 MB tensor costs page faults on every call;
+* the encoders' first convolution (1 -> 32 channels) as one GEMM on 3x3 patches and the gate's
+  1x1 (16 -> 1) projection as a matrix-vector product: oneDNN is slow with one channel;
 * batch de-duplication: in a batch whose visible (or infrared) images repeat, as in a clean
   pass plus passes that intervene on the other modality only, each distinct image is
   encoded once.
 
-Precision: "fp32" (default) or "bf16" (autocast-free: weights and activations cast once).
+Precision: fp32 (default) or bf16 (weights cast once, activations in bf16; convolutions go
+through oneDNN only where bf16 is native, else through plain conv2d, about 10x slower than
+fp32 on an AVX2 CPU).
 See docs/PERFORMANCE.md for what each step bought, what did not pay, and the measured
 deviation from the reference on real pairs.
 """
@@ -206,9 +212,9 @@ class FastCFI(nn.Module):
         kq_vi, beta_vi, v_vi = self._keys(f_vi, "vi")  # serve the infrared queries
         x_vi = f_vi.permute(0, 2, 3, 1).reshape(b, n, c)  # views of the channels-last maps
         x_ir = f_ir.permute(0, 2, 3, 1).reshape(b, n, c)
-        cross = ws.get(f"cross{self.level}", (b, n, c), f_vi)
-        a_vi = ws.get(f"a_vi{self.level}", (n, kq_ir.shape[2]), f_vi)
-        a_ir = ws.get(f"a_ir{self.level}", (n, kq_vi.shape[2]), f_vi)
+        cross = ws.get("cross", (b, n, c), f_vi)
+        a_vi = ws.get("a_vi", (n, kq_ir.shape[2]), f_vi)
+        a_ir = ws.get("a_ir", (n, kq_vi.shape[2]), f_vi)
         for i in range(b):  # the keys differ per image
             torch.addmm(beta_ir[i], x_vi[i], kq_ir[i], out=a_vi)
             torch.softmax(a_vi, -1, out=a_vi)
@@ -221,7 +227,7 @@ class FastCFI(nn.Module):
     def forward(self, f_vi: Tensor, f_ir: Tensor, ws: "Workspace") -> tuple[Tensor, Tensor]:
         cross = self.attention(f_vi, f_ir, ws)
         g = self.gate_proj(self.gate_conv(cross))
-        mixed = torch.add(f_vi, f_ir, out=ws.get(f"mixed{self.level}", f_vi.shape, f_vi, channels_last=True))
+        mixed = torch.add(f_vi, f_ir, out=ws.get("mixed", f_vi.shape, f_vi, channels_last=True))
         mixed.lerp_(cross, g)  # g * cross + (1 - g) * local, local = f_vi + f_ir
         return self.refine(mixed), g
 
@@ -229,21 +235,29 @@ class FastCFI(nn.Module):
 class Workspace:
     """Reused scratch buffers, one set per thread: a fresh 40-80 MB tensor costs page faults on
     every call (about a third of a softmax pass over it), a reused one does not. Buffers never
-    escape a forward call, so reuse is invisible to callers."""
+    escape a forward call, so reuse is invisible to callers; the three levels share them (they
+    run one after the other). A buffer larger than `max_mb` is not kept (allocated per call),
+    so that huge inputs do not pin memory: at 640x480 the kept buffers hold about 240 MB."""
 
-    def __init__(self):
+    def __init__(self, max_mb: float = 256):
         self._local = threading.local()
+        self.max_bytes = int(max_mb * 2**20)
 
     def get(self, name: str, shape, like: Tensor, channels_last: bool = False) -> Tensor:
+        shape = tuple(shape)
+        numel = math.prod(shape)
         bufs = self._local.__dict__.setdefault("bufs", {})
-        key = (name, tuple(shape), like.dtype, like.device, channels_last)
+        key = (name, like.dtype, like.device)
         buf = bufs.get(key)
-        if buf is None:
-            for k in [k for k in bufs if k[0] == name]:  # keep one size per name
-                del bufs[k]
-            mf = torch.channels_last if channels_last else torch.contiguous_format
-            buf = bufs[key] = torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=mf)
-        return buf
+        if buf is None or buf.numel() < numel:
+            buf = torch.empty(numel, dtype=like.dtype, device=like.device)
+            if numel * buf.element_size() <= self.max_bytes:
+                bufs[key] = buf
+        flat = buf[:numel]
+        if channels_last:
+            b, c, h, w = shape
+            return flat.view(b, h, w, c).permute(0, 3, 1, 2)
+        return flat.view(shape)
 
     def clear(self) -> None:
         self._local.__dict__.pop("bufs", None)
