@@ -167,6 +167,23 @@ class LabApp:
     def info(self, visible, infrared):
         return lab.pair_info(visible, infrared, self.bank.max_side)
 
+    def prefetch(self, visible, infrared, model, session):
+        """A pair was loaded (or the model changed): compute its clean pass now, into this
+        session's state, so that Fuse only has the intervened pass left to run. Silent: bad
+        inputs are reported by the pair info and by Fuse."""
+        if visible is None or infrared is None:
+            return gr.skip()
+        try:
+            fuser, _ = self.bank.get(model)
+            vis, ir = lab.load_image(visible, "visible image"), lab.load_image(infrared, "infrared image")
+            session = dict(session or {})
+            if not lab.prefetch_clean(fuser, vis, ir, model or lab.DEFAULT_CHOICE, session.setdefault("cache", {})):
+                return gr.skip()
+        except Exception:  # noqa: BLE001 - a prefetch must never bother the user
+            log.debug("prefetch skipped", exc_info=True)
+            return gr.skip()
+        return session
+
     def model_info(self, model):
         try:
             fuser, notes = self.bank.get(model)
@@ -300,9 +317,9 @@ class LabApp:
                 gr.Markdown("### What the network saw, and what changed\nThe inputs after the intervention "
                             "(black = hidden), and |F_intervened - F_clean|.")
                 with gr.Row(equal_height=True):
-                    in_vis = gr.Image(label="Visible input fed to the network (luminance Y)", interactive=False,
+                    in_vis = gr.Image(label="Visible input as fed (Y)", interactive=False,
                                       elem_id="input-visible", **png)
-                    in_ir = gr.Image(label="Infrared input fed to the network", interactive=False,
+                    in_ir = gr.Image(label="Infrared input as fed", interactive=False,
                                      elem_id="input-infrared", **png)
                     diff = gr.Image(label="Difference map", elem_id="difference", **panel)
                 gr.Markdown("### Invariance gates\nWhere each CFI level uses cross-attended features (yellow, gate open) "
@@ -345,6 +362,10 @@ class LabApp:
                 src.change(lambda s: _editor_value(lab.source_path(s)), [src], [editor], api_visibility="private",
                            queue=False, preprocess=False)
             model.change(self.model_info, [model], [model_md], api_visibility="private")
+            for trigger in (visible.change, infrared.change, model.change):
+                trigger(self.prefetch, [visible, infrared, model, state], [state], preprocess=False,
+                        concurrency_id="compute", show_progress="hidden", trigger_mode="always_last",
+                        api_visibility="private")
             common = [visible, infrared, model, complementary, random_masking, dropout, mask_size, holes, seed,
                       draw_vis, draw_ir]
             fuse_outputs = [compare, fused_clean, fused_int, in_vis, in_ir, diff, *gate_imgs, notices, files, state]

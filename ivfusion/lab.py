@@ -114,6 +114,23 @@ def make_fuser(spec: str | os.PathLike | None = None, device: str = "auto", max_
     return fuser
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face Hub answers a TCP connection within `timeout` seconds (True
+    when HF_HUB_OFFLINE is set: then only the local cache is used, which is fast). Saves the
+    Hub client's half a minute of retries on a machine without network."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return True
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    try:
+        with socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout):
+            return True
+    except OSError:
+        return False
+
+
 class ModelBank:
     """The models the lab offers, each loaded at most once (thread-safe) and then shared.
 
@@ -146,6 +163,9 @@ class ModelBank:
             fuser = None
             if self.trained_spec:
                 try:
+                    if str(self.trained_spec).startswith("hf://") and not hub_reachable():
+                        raise WeightsError("the Hugging Face Hub cannot be reached (offline?); set HF_HUB_OFFLINE=1 "
+                                           "to use a copy in the local Hub cache")
                     fuser = make_fuser(self.trained_spec, self.device, self.max_side, self.fast)
                 except WeightsError as e:
                     notes.append(f"IVFUSION_WEIGHTS={self.trained_spec} could not be loaded ({e}); "
@@ -535,6 +555,20 @@ def run_pair(fuser: Fuser, visible: np.ndarray, infrared: np.ndarray, settings: 
     return LabRun(clean, intervened, settings, model, notices, time.perf_counter() - t0)
 
 
+def prefetch_clean(fuser: Fuser, visible: np.ndarray, infrared: np.ndarray, model: str, cache: dict) -> bool:
+    """Run the clean pass of a pair into a session's `cache` (see `run_pair`), unless it is
+    there already; True if it ran. The app calls it as soon as a pair is loaded, so that
+    pressing Fuse then only runs the intervened pass."""
+    pair = fuser.prepare(visible, infrared, resize_ir=True)
+    vis_y, ir = pair.ycrcb[..., 0], pair.infrared
+    key = clean_key(f"{model}|{fuser.weights_source}", vis_y, ir)
+    if cache.get("key") == key:
+        return False
+    fused, gates = fuser.run(torch.from_numpy(vis_y)[None, None], torch.from_numpy(ir)[None, None])
+    cache["key"], cache["clean"] = key, (fused, gates)
+    return True
+
+
 @dataclass
 class LabFigures:
     """What the lab shows for one request; all (H, W, 3) or (H, W) uint8."""
@@ -659,6 +693,7 @@ class StabilityResult:
     notices: list[str] = field(default_factory=list)
     seconds: float = 0.0
     untrained: bool = False
+    alternate: bool = False  # True: samples alternate between the masking kinds (none was on)
 
 
 def correlation(a: np.ndarray, b: np.ndarray) -> float:
@@ -733,7 +768,7 @@ def stability(fuser: Fuser, visible: np.ndarray, infrared: np.ndarray, settings:
     used = pool if pool is not None else list(MASKED_KINDS)
     return StabilityResult(std, gate_mean, r, k, [*used, *([settings.dropout_kind] if settings.dropout_kind else [])],
                            pair.visible_rgb, notices, time.perf_counter() - t0,
-                           bool(getattr(fuser.model, "is_untrained", False)))
+                           bool(getattr(fuser.model, "is_untrained", False)), pool is None)
 
 
 def interpret_correlation(r: float, untrained: bool = False) -> str:
@@ -759,9 +794,12 @@ def stability_figures(res: StabilityResult) -> tuple[np.ndarray, np.ndarray, str
     gate = viz.mean_gate_panel(res.gate_mean, res.visible_rgb, res.k)
     names = {"complementary": "complementary masking", "random": "random masking", "drop-vis": "drop visible",
              "drop-ir": "drop IR"}
+    masking = [names[k] for k in res.kinds if k in MASKED_KINDS]
+    rest = [names[k] for k in res.kinds if k not in MASKED_KINDS]
+    what = (" and ".join(masking) + " alternately") if res.alternate else " + ".join(masking)
+    what = " + ".join([what, *rest])
     text = (f"**Correlation between instability and mean gate: r = {res.correlation:+.3f}** "
-            f"(Pearson, over all {res.std.size:,} pixels; {res.k} interventions: "
-            f"{' / '.join(names[k] for k in res.kinds)}; {res.seconds:.1f} s)  \n"
+            f"(Pearson, over all {res.std.size:,} pixels; {res.k} interventions: {what}; {res.seconds:.1f} s)  \n"
             + interpret_correlation(res.correlation, res.untrained))
     if res.notices:
         text += "  \n" + " ".join(res.notices)

@@ -107,6 +107,16 @@ def test_other_callbacks(lab_app, tmp_path):
     assert "untrained" in lab_app.model_info(lab.UNTRAINED_CHOICE)
 
 
+def test_prefetch_callback_prepares_the_clean_pass_for_fuse(lab_app):
+    assert lab_app.prefetch(str(VIS), None, lab.UNTRAINED_CHOICE, None) == gr.skip()
+    session = lab_app.prefetch(str(VIS), str(IR), lab.UNTRAINED_CHOICE, None)
+    assert session["cache"]["key"]
+    assert lab_app.prefetch(str(VIS), str(IR), lab.UNTRAINED_CHOICE, session) == gr.skip()  # already there
+    out = lab_app.fuse(str(VIS), str(IR), lab.UNTRAINED_CHOICE, True, False, "none", 16, 3, 0, None, None, session)
+    assert "reused" in out[12]
+    assert lab_app.prefetch(str(VIS), "/no/such/file.png", lab.UNTRAINED_CHOICE, None) == gr.skip()  # silent
+
+
 def test_stability_callback(lab_app):
     inst, gate, text = lab_app.stability(str(VIS), str(IR), lab.UNTRAINED_CHOICE, True, False, "none", 16, 3, 0,
                                          None, None, 4)

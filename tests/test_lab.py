@@ -203,6 +203,15 @@ def test_session_cache_reuses_the_clean_pass_of_the_same_pair_only(fuser, pair):
     assert not any("reused" in n for n in other_model.notices)
 
 
+def test_prefetch_fills_the_cache_once_and_fuse_then_runs_only_the_intervened_pass(fuser, pair):
+    cache = {}
+    assert lab.prefetch_clean(fuser, *pair, "m", cache) is True
+    assert lab.prefetch_clean(fuser, *pair, "m", cache) is False
+    run = lab.run_pair(fuser, *pair, lab.Settings(complementary=True), model="m", cache=cache)
+    assert any("reused" in n for n in run.notices)
+    np.testing.assert_allclose(run.clean.fused_y, fuser.fuse(*pair).fused_y, atol=1e-5)
+
+
 def test_drop_ir_feeds_zero_infrared_and_changes_the_output(fuser, pair):
     run = lab.run_pair(fuser, *pair, lab.Settings(dropout="drop IR"))
     assert run.intervened.inputs["infrared"].max() == 0
@@ -339,7 +348,10 @@ def test_stability_without_masking_alternates_the_two_masking_interventions(fuse
     assert res.kinds == ["complementary", "random", "drop-ir"]
     assert any("alternate" in n for n in res.notices)
     inst, gate, text = lab.stability_figures(res)
-    assert inst.ndim == 3 and gate.ndim == 3 and "r = " in text and "4 interventions" in text
+    assert inst.ndim == 3 and gate.ndim == 3 and "r = " in text
+    assert "4 interventions: complementary masking and random masking alternately + drop IR" in text
+    both = lab.stability(fuser, *pair, lab.Settings(complementary=True, random=True), k=4)
+    assert not both.alternate and "complementary masking + random masking;" in lab.stability_figures(both)[2]
     with pytest.raises(ValueError):
         lab.stability(fuser, *pair, k=1)
 
@@ -369,14 +381,16 @@ def test_model_bank_offers_choices_from_the_environment_and_caches(tmp_path):
         bad.get(lab.OFFICIAL_CHOICE)
 
 
-def test_unloadable_ivfusion_weights_fall_back_to_the_bundled_file_with_a_notice(tmp_path):
-    bank = lab.ModelBank(env={"IVFUSION_WEIGHTS": str(tmp_path / "nowhere.safetensors")}, device="cpu")
+@pytest.mark.parametrize("spec", ["local", "hf://ivfusion-tests/no-such-repo"])
+def test_unloadable_ivfusion_weights_fall_back_to_the_bundled_file_with_a_notice(tmp_path, spec):
+    spec = str(tmp_path / "nowhere.safetensors") if spec == "local" else spec
+    bank = lab.ModelBank(env={"IVFUSION_WEIGHTS": spec}, device="cpu")
     if (DEFAULT_WEIGHTS / "model.safetensors").is_file():
         fuser, notes = bank.get(lab.DEFAULT_CHOICE)
         assert str(DEFAULT_WEIGHTS) in fuser.weights_source
         assert "could not be loaded" in notes[0] and "bundled" in notes[0]
     else:  # before the bundled weights exist: a readable error, and the app falls back to untrained
-        with pytest.raises(WeightsError, match="weights not found"):
+        with pytest.raises(WeightsError, match="bundled default weights are missing|weights not found"):
             bank.get(lab.DEFAULT_CHOICE)
         choice, notes = bank.default_choice()
         assert choice == lab.UNTRAINED_CHOICE and "No trained weights" in notes[0]
