@@ -163,9 +163,13 @@ class LabApp:
         png = lab.display_copy(source, lab.request_dir())
         return png if png else gr.update()
 
-    @_user_errors
     def info(self, visible, infrared):
-        return lab.pair_info(visible, infrared, self.bank.max_side)
+        """The pair description under the inputs; a bad image is described there (the upload
+        handler and Fuse raise the error)."""
+        try:
+            return lab.pair_info(visible, infrared, self.bank.max_side)
+        except (ImageError, ValueError) as e:
+            return f"**Cannot use this pair:** {e}"
 
     def prefetch(self, visible, infrared, model, session):
         """A pair was loaded (or the model changed): compute its clean pass now, into this

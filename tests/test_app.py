@@ -295,3 +295,30 @@ def test_browser_upload_intervene_fuse_and_see_gates(browser_server):
         finally:
             browser.close()
     assert shot.is_file() and shot.stat().st_size > 50_000
+
+
+def test_browser_shows_a_readable_error_for_a_corrupt_upload(browser_server, tmp_path):
+    if not Path(CHROMIUM).is_file():
+        pytest.fail(f"Chromium is missing at {CHROMIUM}: install Debian's chromium package", pytrace=False)
+    from playwright.sync_api import expect, sync_playwright
+
+    OUT.mkdir(exist_ok=True)
+    bad = tmp_path / "photo.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 200)  # a PNG signature and nothing valid after it
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(browser_server)
+            page.wait_for_selector("#fuse-btn", timeout=60_000)
+            page.locator("#visible-input input[type=file]").set_input_files(str(bad))
+            page.locator("#infrared-input input[type=file]").set_input_files(str(IR))
+            expect(page.locator("#pair-info")).to_contain_text("Cannot use this pair", timeout=60_000)
+            page.locator("#fuse-btn").click()
+            toast = page.locator(".toast-body").filter(has_text="not a readable image").first
+            expect(toast).to_be_visible(timeout=60_000)
+            assert "photo.png" in toast.inner_text() and "Traceback" not in page.content()
+            page.screenshot(path=str(OUT / "app-browser-error.png"))
+        finally:
+            browser.close()
