@@ -551,7 +551,8 @@ def run_pair(fuser: Fuser, visible: np.ndarray, infrared: np.ndarray, settings: 
         notices.append(f"Intervention: {label}. Hidden: {_pct(hidden_vi)} of the visible input, "
                        f"{_pct(hidden_ir)} of the infrared input.")
     if cached is not None:
-        notices.append("The clean pass of this pair was reused from your previous request.")
+        notices.append("Clean pass reused (computed when this pair was loaded, or by your previous request): "
+                       "only the intervened pass ran.")
     return LabRun(clean, intervened, settings, model, notices, time.perf_counter() - t0)
 
 
