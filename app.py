@@ -193,7 +193,7 @@ class LabApp:
             fuser, notes = self.bank.get(model)
         except WeightsError as e:
             return f"**{model}** cannot be loaded: {e}"
-        return f"Weights: `{fuser.weights_source}` · {lab.accelerate_name(fuser)} path on {fuser.device}. " + " ".join(notes)
+        return f"Weights: `{fuser.weights_source}` · {fuser.path} path on {fuser.device}. " + " ".join(notes)
 
     def _inputs(self, visible, infrared, model, complementary, random_masking, dropout, mask_size, holes, seed,
                 draw_visible, draw_infrared):

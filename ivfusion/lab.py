@@ -86,32 +86,11 @@ def example_pairs(folder: Path = EXAMPLES_DIR) -> list[tuple[str, str, str]]:
 
 
 # ----------------------------------------------------------------------------- models
-def accelerate(fuser: Fuser) -> str:
-    """Give `fuser` the fast inference path (`ivfusion.fast`) when the package has one and the
-    fuser still runs the reference module; returns the name of the path in use. A Fuser that
-    chooses its own path (it has a `path` attribute) is left as it is."""
-    if getattr(fuser, "path", None):
-        return fuser.path
-    if getattr(fuser, "net", None) is fuser.model:
-        try:
-            from .fast import build_fast
-        except ImportError:
-            return "reference"
-        try:
-            fuser.net = build_fast(fuser.model, device=fuser.device)
-        except Exception as e:  # noqa: BLE001 - the reference path always works
-            fuser.fast_error = f"{type(e).__name__}: {e}"
-            return "reference"
-    return getattr(fuser.net, "path", "reference" if fuser.net is fuser.model else type(fuser.net).__name__)
-
-
 def make_fuser(spec: str | os.PathLike | None = None, device: str = "auto", max_side: int | None = APP_MAX_SIDE,
                fast: bool = True) -> Fuser:
-    """A Fuser for a weights spec (see `ivfusion.load_model`), on the fast path when available."""
-    fuser = Fuser(load_model(spec), device=device, max_side=max_side)
-    if fast:
-        accelerate(fuser)
-    return fuser
+    """A Fuser for a weights spec (see `ivfusion.load_model`), on the fastest path that holds
+    the deviation bound (`ivfusion.fast`), or on the reference path when fast=False."""
+    return Fuser(load_model(spec), device=device, max_side=max_side, path="auto" if fast else "reference")
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
@@ -217,14 +196,7 @@ class ModelBank:
 
     def describe(self, choice: str | None = None) -> str:
         fuser, _ = self.get(choice)
-        return f"{choice or DEFAULT_CHOICE}: weights from {fuser.weights_source}, {accelerate_name(fuser)} path, {fuser.device}"
-
-
-def accelerate_name(fuser: Fuser) -> str:
-    if getattr(fuser, "path", None):
-        return fuser.path
-    net = getattr(fuser, "net", fuser.model)
-    return "reference" if net is fuser.model else getattr(net, "path", type(net).__name__)
+        return f"{choice or DEFAULT_CHOICE}: weights from {fuser.weights_source}, {fuser.path} path, {fuser.device}"
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -485,7 +457,7 @@ class LabRun:
 def _results_from_batch(pair, fused, gates, inputs, masks, kinds) -> list[FusionResult]:
     out = []
     for i, ((vis_y, ir), m, kind) in enumerate(zip(inputs, masks, kinds)):
-        out.append(Fuser._result(pair, fused[i : i + 1], tuple(g[i : i + 1] for g in gates), vis_y, ir, m, kind))
+        out.append(Fuser.build_result(pair, fused[i : i + 1], tuple(g[i : i + 1] for g in gates), vis_y, ir, m, kind))
     return out
 
 
@@ -875,7 +847,7 @@ def benchmark_app(weights: str | None = None, height: int = 480, width: int = 64
     return {
         "what": "clean + intervened fuse with gates and heat maps (ivfusion.lab.run_pair + render)",
         "size": f"{width}x{height}", "threads": int(threads), "requests": int(requests),
-        "weights": fuser.weights_source, "path": accelerate_name(fuser), "device": str(fuser.device),
+        "weights": fuser.weights_source, "path": fuser.path, "device": str(fuser.device),
         "load_s": round(t_load, 3),
         "median_s": round(float(np.median(lat)), 4), "p90_s": round(p90, 4),
         "min_s": round(lat_sorted[0], 4), "max_s": round(lat_sorted[-1], 4),

@@ -168,10 +168,13 @@ class Fuser:
                           ((m_vi, masks[0], "visible mask"), (m_ir, masks[1], "infrared mask")))
         vis_y, ir = apply_masks(pair.ycrcb[..., 0], pair.infrared, m_vi, m_ir)
         fused, gates = self.run(torch.from_numpy(vis_y)[None, None], torch.from_numpy(ir)[None, None])
-        return self._result(pair, fused, gates, vis_y, ir, (m_vi, m_ir), kind)
+        return self.build_result(pair, fused, gates, vis_y, ir, (m_vi, m_ir), kind)
 
     @staticmethod
-    def _result(pair, fused, gates, vis_y, ir, masks, kind) -> FusionResult:
+    def build_result(pair: PreparedPair, fused, gates, vis_y, ir, masks, kind: str) -> FusionResult:
+        """A FusionResult from one network output: fused (1, 1, H, W) and gates (1, 1, h, w)
+        tensors (as `run` returns them, sliced to one item), the inputs fed (H, W) and the
+        keep masks. For callers that batch several passes through `run` themselves."""
         h, w = pair.shape
         fused_y = fused[0, 0].numpy()
         full = torch.cat([F.interpolate(g[:1], size=(h, w), mode="bilinear", align_corners=False) for g in gates], 1)
