@@ -36,9 +36,9 @@ deviation from the reference on real pairs.
 """
 from __future__ import annotations
 
+import functools
 import math
 import threading
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -57,6 +57,7 @@ def _mkldnn_ok(device: torch.device, dtype: torch.dtype) -> bool:
     return dtype == torch.float32 or (dtype == torch.bfloat16 and bf16_native())
 
 
+@functools.lru_cache(maxsize=None)
 def bf16_native() -> bool:
     """True where this CPU runs bf16 convolutions natively (AVX512-BF16 or AMX)."""
     try:
@@ -173,8 +174,9 @@ class FastCFI(nn.Module):
         logits = (Wq f_q + bq)^T (Wk p_m + bk) / sqrt(C) = f_q^T Kq + beta
     with p_m the r x r pooled features of m, Kq = (Wk p_m + bk)^T Wq / sqrt(C) and
     beta = (Wk p_m + bk)^T bq / sqrt(C). One small GEMM per modality gives [Kq | beta | V]
-    from the pooled features; the full-resolution work is then a 1x1 convolution with bias
-    (logits), a softmax over the r*r tokens and a GEMM (attention times values).
+    from the pooled features; the full-resolution work is then one GEMM with bias (logits,
+    pixels x r*r), a softmax over the r*r tokens and one GEMM (attention times values) per
+    direction, the second accumulating into the first's output.
     """
 
     def __init__(self, cfi, level: int = 0):
@@ -314,8 +316,8 @@ class FastISFuse(nn.Module):
         if len(first) == b:
             return self.encode(x, which)
         feats = self.encode(x[first], which)
-        idx = torch.tensor(index, device=x.device)
-        return [f.index_select(0, idx) for f in feats]
+        # torch.cat of channels-last slices is a plain memory copy (index_select is not)
+        return [torch.cat([f[u:u + 1] for u in index]) for f in feats]
 
     @torch.inference_mode()
     def forward(self, vis_y: Tensor, ir: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
