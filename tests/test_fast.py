@@ -209,7 +209,7 @@ def test_bench_command_end_to_end(tmp_path, shared_dir):
         assert set(e["paths"]) == {"reference", "fast"}
         assert 0 < e["macs"]["fast"] < e["macs"]["reference"]
         for p in e["paths"].values():
-            assert {"median_s", "p90_s", "cpu_median_s", "images_per_s", "speedup", "max_dev", "memory"} <= set(p)
+            assert {"median_s", "p90_s", "cpu_median_s", "images_per_s", "speedup", "speedup_min", "max_dev", "memory"} <= set(p)
             assert len(p["wall_s"]) == 3 and p["p90_s"] >= p["median_s"] > 0
         assert e["paths"]["reference"]["speedup"] == 1.0 and e["paths"]["reference"]["max_dev"] == 0
         assert e["paths"]["fast"]["max_dev"] < FP32_TOL
