@@ -77,9 +77,7 @@ def test_fast_matches_reference_on_real_pairs(model, fast, pairs):
 def test_fast_matches_reference_with_trained_weights(fast, pairs):
     from ivfusion.hub import DEFAULT_WEIGHTS, load_model
 
-    if not (DEFAULT_WEIGHTS / "model.safetensors").is_file():
-        pytest.skip("no bundled weights")
-    trained = load_model(None)
+    trained = load_model(DEFAULT_WEIGHTS)  # the shipped weights must exist: fail if they do not
     d = max_deviation(trained, build_fast(trained), pairs[:1])
     assert d["fused"] < FP32_TOL and d["gates"] < FP32_TOL, d
 
