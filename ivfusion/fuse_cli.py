@@ -92,18 +92,10 @@ def run_fuse(args) -> int:
     return 1 if failed else 0
 
 
-def count_macs(model, height: int, width: int) -> int:
-    """Multiply-accumulates of one forward at (height, width), from torch's FLOP counter / 2."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    x = torch.zeros(1, 1, height, width, device=next(model.parameters()).device)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(x, x)
-    return counter.get_total_flops() // 2
-
-
 def run_info(args) -> int:
+    import torch
+
+    from .bench import count_macs
     from .config import ISFuseConfig
     from .hub import describe, load_model
     from .modeling import ISFuse
@@ -115,5 +107,6 @@ def run_info(args) -> int:
     print(f"config: {model.config.to_dict()}")
     print(f"parameters (with the reference's 3 unused modules): {with_unused.num_parameters(used_only=False):,}")
     print(f"parameters (forward path): {model.num_parameters():,}")
-    print(f"MACs at {h}x{w}: {count_macs(model, h, w) / 1e9:.3f} G")
+    x = torch.zeros(1, 1, h, w)
+    print(f"MACs at {h}x{w}: {count_macs(model, x, x) / 1e9:.3f} G")
     return 0

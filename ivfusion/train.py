@@ -29,6 +29,7 @@ from .data import PairDataset, find_pairs, load_pair
 from .hub import save_weights
 from .interventions import MaskConfig, sample_mask_batch
 from .modeling import ISFuse
+from .predictor import resolve_device
 
 
 @dataclass
@@ -75,8 +76,7 @@ class TrainConfig:
 def main(cfg: TrainConfig) -> dict:
     # ---- processes, devices, seeds -------------------------------------------------------
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if cfg.device == "auto" else cfg.device))
+    device = resolve_device(cfg.device)
     if distributed:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         rank, world = dist.get_rank(), dist.get_world_size()

@@ -247,6 +247,15 @@ def test_sessions_do_not_share_state(server):
 
 
 # ----------------------------------------------------------------------------- a real browser
+def _chromium(playwright):
+    """Debian's Chromium (Playwright's own browser download cannot work here); fails if absent."""
+    if not Path(CHROMIUM).is_file():
+        pytest.fail(f"Chromium is missing at {CHROMIUM}: install Debian's chromium package (apt-get install "
+                    "chromium)", pytrace=False)
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=[
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+
+
 def test_browser_upload_intervene_fuse_and_see_gates(browser_server):
     if not Path(CHROMIUM).is_file():
         pytest.fail(f"Chromium is missing at {CHROMIUM}: install Debian's chromium package (apt-get install "
@@ -257,8 +266,7 @@ def test_browser_upload_intervene_fuse_and_see_gates(browser_server):
     shot = OUT / "app-browser.png"
     shot.unlink(missing_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        browser = _chromium(p)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(browser_server)
@@ -306,8 +314,7 @@ def test_browser_shows_a_readable_error_for_a_corrupt_upload(browser_server, tmp
     bad = tmp_path / "photo.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 200)  # a PNG signature and nothing valid after it
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        browser = _chromium(p)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             page.goto(browser_server)
