@@ -92,6 +92,9 @@ def main(cfg: TrainConfig) -> dict:
         raise ValueError(f"batch_size {cfg.batch_size} must divide by the {world} processes")
     per_rank = cfg.batch_size // world
     torch.manual_seed(cfg.seed)
+    if device.type == "cuda":
+        # fixed crop sizes: let cuDNN pick the fastest kernels (determinism is promised on CPU only)
+        torch.backends.cudnn.benchmark = True
     out = Path(cfg.out)
 
     # ---- data ----------------------------------------------------------------------------
