@@ -2,8 +2,9 @@
 
 Thresholds are what was measured plus margin: fp32 fast vs reference deviates by at most
 ~1e-6 on real pairs (float rounding of a different summation order), so 1e-5 is asserted;
-bf16 deviated by at most 0.0022 (0.55/255) on real pairs, so 1/255 is asserted, within the
-issue's 2/255 bound.
+bf16 (with the first layer in fp32) stays under 1/255 with these synthetic weights on the
+crops below, which is asserted; with the shipped weights it exceeds 2/255 on some pairs, which
+is why "auto" never picks it (docs/PERFORMANCE.md).
 """
 import json
 
@@ -145,8 +146,10 @@ def test_fuser_paths(model, shared_dir):
 
     from ivfusion import io
 
-    assert resolve_path("auto", "cpu") in ("fast", "fast-bf16")
+    assert resolve_path("auto", "cpu") == "fast"  # also where bf16 is native: it breaks the bound
     assert resolve_path("reference", "cpu") == "reference"
+    assert resolve_path("auto", "cuda") == "reference"  # measured slower on an H200 (docs/PERFORMANCE.md)
+    assert resolve_path("fast", "cuda") == "fast"
     with pytest.raises(ValueError, match="unknown inference path"):
         resolve_path("turbo", "cpu")
     net, name = make_net(model, torch.device("cpu"), "reference")
@@ -201,7 +204,7 @@ def test_bench_command_end_to_end(tmp_path, shared_dir):
     assert rc == 0
     r = json.loads(out.read_text())
     assert r["params"] == {"used": 192388, "with_unused": 231780}
-    assert r["threads"] == 1 and r["auto_path"] in ("fast", "fast-bf16")
+    assert r["threads"] == 1 and r["auto_path"] == "fast"
     assert [e["size"] for e in r["sizes"]] == ["40x36", "33x21"]
     for e in r["sizes"]:
         assert set(e["paths"]) == {"reference", "fast"}
