@@ -21,7 +21,7 @@ import logging  # noqa: E402
 
 import gradio as gr  # noqa: E402
 
-from ivfusion import lab  # noqa: E402
+from ivfusion import lab, viz  # noqa: E402
 from ivfusion.hub import WeightsError  # noqa: E402
 from ivfusion.io import ImageError  # noqa: E402
 
@@ -140,6 +140,18 @@ def _user_errors(fn):
     return wrapper
 
 
+# the gate colour scales as the page names them, in the order of viz.GATE_SCALES
+GATE_SCALE_CHOICES = ("stretched per level", "fixed 0 to 1")
+
+
+def _gate_scale(choice: str | None) -> str:
+    """viz.GATE_SCALES name of a page choice (the viz names are accepted too, for API callers)."""
+    names = dict(zip(GATE_SCALE_CHOICES, viz.GATE_SCALES)) | {n: n for n in viz.GATE_SCALES}
+    if choice not in names:
+        raise ValueError(f"gate colour scale must be one of {', '.join(GATE_SCALE_CHOICES)}, got {choice!r}")
+    return names[choice]
+
+
 def _editor_value(path: str | None):
     return {"background": path, "layers": [], "composite": path} if path else None
 
@@ -207,19 +219,21 @@ class LabApp:
     # -- actions
     @_user_errors
     def fuse(self, visible, infrared, model=lab.DEFAULT_CHOICE, complementary=True, random_masking=False,
-             dropout="none", mask_size=16, holes=3, seed=0, draw_visible=None, draw_infrared=None, session=None):
+             dropout="none", mask_size=16, holes=3, seed=0, draw_visible=None, draw_infrared=None, session=None,
+             gate_scale=GATE_SCALE_CHOICES[0]):
         """Fuse the pair without and with the interventions. Returns, in order: the compare
         slider (clean, intervened), fused clean, fused intervened, the visible and infrared
         inputs the network saw, the difference heat map, six gate heat maps (clean levels 1-3,
         intervened levels 1-3), notices (Markdown), the download files, and the session state
-        (this user's last run for the metrics, and the clean pass to reuse; never shared)."""
+        (this user's last run for the metrics, and the clean pass to reuse; never shared).
+        gate_scale: the gate maps' colour scale, "stretched per level" or "fixed 0 to 1"."""
         fuser, notes, vis, ir, settings, drawn = self._inputs(
             visible, infrared, model, complementary, random_masking, dropout, mask_size, holes, seed,
             draw_visible, draw_infrared)
         session = dict(session or {})
         cache = session.setdefault("cache", {})
         run = lab.run_pair(fuser, vis, ir, settings, drawn, model=model or lab.DEFAULT_CHOICE, cache=cache)
-        figs = lab.render(run)
+        figs = lab.render(run, _gate_scale(gate_scale))
         files = lab.write_downloads(run, lab.request_dir())
         notices = [n for n in notes if not n.startswith("The untrained")] + run.notices
         notices.append(f"Model: {model or lab.DEFAULT_CHOICE}. Computed in {run.seconds:.2f} s.")
@@ -246,7 +260,7 @@ class LabApp:
     @_user_errors
     def stability(self, visible, infrared, model=lab.DEFAULT_CHOICE, complementary=True, random_masking=False,
                   dropout="none", mask_size=16, holes=3, seed=0, draw_visible=None, draw_infrared=None, k=8,
-                  progress=gr.Progress()):
+                  gate_scale=GATE_SCALE_CHOICES[0], progress=gr.Progress()):
         """Run K seeded interventions. Returns the instability map, the mean gate map, and a
         Markdown summary with their correlation."""
         fuser, notes, vis, ir, settings, drawn = self._inputs(
@@ -258,7 +272,7 @@ class LabApp:
         progress(0.0, desc=f"0 of {k} interventions")
         res = lab.stability(fuser, vis, ir, settings, k, drawn,
                             progress=lambda done, total: progress(done / total, desc=f"{done} of {total} interventions"))
-        inst, gate, text = lab.stability_figures(res)
+        inst, gate, text = lab.stability_figures(res, _gate_scale(gate_scale))
         return inst, gate, text
 
     # -- layout
@@ -328,7 +342,12 @@ class LabApp:
                     diff = gr.Image(label="Difference map", elem_id="difference", **panel)
                 gr.Markdown("### Invariance gates\nWhere each CFI level uses cross-attended features (yellow, gate open) "
                             "instead of the plain sum (dark). Top: clean pass. Bottom: intervened pass. "
-                            "The red line on each colour bar is the target mean \u03b7 = 0.3.")
+                            "The red line on each colour bar is the target mean \u03b7 = 0.3, when it falls "
+                            "inside the scale. Trained gates stay within a few hundredths of \u03b7, so the "
+                            "stretched scale (the default) spans each level's 1st to 99th percentile, shared "
+                            "by its clean and intervened maps; the fixed scale spans 0 to 1.")
+                gate_scale = gr.Radio(list(GATE_SCALE_CHOICES), value=GATE_SCALE_CHOICES[0],
+                                      label="Gate colour scale", elem_id="gate-scale")
                 gate_imgs = []
                 for row_name in ("clean", "intervened"):
                     with gr.Row(equal_height=True):
@@ -374,12 +393,12 @@ class LabApp:
                       draw_vis, draw_ir]
             fuse_outputs = [compare, fused_clean, fused_int, in_vis, in_ir, diff, *gate_imgs, notices, files, state]
             fuse_btn.click(
-                gpu(self.fuse), [*common, state], fuse_outputs, api_name="fuse", preprocess=False, concurrency_id="compute",
+                gpu(self.fuse), [*common, state, gate_scale], fuse_outputs, api_name="fuse", preprocess=False, concurrency_id="compute",
                 api_description="Fuse a visible/infrared pair without and with interventions; returns images, gate "
                                 "heat maps, notices and download files.",
             ).success(self.metrics, [state], [table], api_name="metrics", concurrency_id="metrics")
             stab_btn.click(
-                gpu(self.stability), [*common, k_slider], [inst_img, gmean_img, stab_md], api_name="stability",
+                gpu(self.stability), [*common, k_slider, gate_scale], [inst_img, gmean_img, stab_md], api_name="stability",
                 preprocess=False, concurrency_id="compute",
                 api_description="Run K seeded interventions; returns the instability map, the mean gate map and "
                                 "their correlation.",

@@ -555,14 +555,17 @@ class LabFigures:
     gate_labels: list[str]
 
 
-def render(run: LabRun) -> LabFigures:
-    """The figures of one request (fused images are the exact pixels; heat maps are panels)."""
+def render(run: LabRun, gate_scale: str = "stretched") -> LabFigures:
+    """The figures of one request (fused images are the exact pixels; heat maps are panels).
+    gate_scale: one of `viz.GATE_SCALES`; a stretched scale is shared by a level's clean and
+    intervened maps."""
     vis = run.clean.visible_rgb
+    ranges = [viz.gate_range([run.clean.gates[k], run.intervened.gates[k]], gate_scale) for k in range(3)]
     gates, labels = [], []
     for name, res in (("clean pass", run.clean), ("intervened pass", run.intervened)):
         for k in range(3):
             mean = float(res.gates[k].mean())
-            gates.append(viz.gate_panel(res.gates_full[k], vis, k, name, mean=mean))
+            gates.append(viz.gate_panel(res.gates_full[k], vis, k, name, mean=mean, vmin=ranges[k][0], vmax=ranges[k][1]))
             labels.append(f"{name}, gate {viz.LEVEL_NAMES[k]}: mean {mean:.3f} (\u03b7 = {ETA:g})")
     diff = viz.difference_panel(run.intervened.fused_y, run.clean.fused_y)
     return LabFigures(
@@ -761,10 +764,12 @@ def interpret_correlation(r: float, untrained: bool = False) -> str:
             "on this image" + (" (expected for the untrained network)." if untrained else "."))
 
 
-def stability_figures(res: StabilityResult) -> tuple[np.ndarray, np.ndarray, str]:
-    """The instability panel, the mean gate panel and a Markdown summary of a stability run."""
+def stability_figures(res: StabilityResult, gate_scale: str = "stretched") -> tuple[np.ndarray, np.ndarray, str]:
+    """The instability panel, the mean gate panel (colour scale: one of `viz.GATE_SCALES`) and
+    a Markdown summary of a stability run."""
     inst = viz.instability_panel(res.std, res.k)
-    gate = viz.mean_gate_panel(res.gate_mean, res.visible_rgb, res.k)
+    lo, hi = viz.gate_range([res.gate_mean], gate_scale)
+    gate = viz.mean_gate_panel(res.gate_mean, res.visible_rgb, res.k, vmin=lo, vmax=hi)
     names = {"complementary": "complementary masking", "random": "random masking", "drop-vis": "drop visible",
              "drop-ir": "drop IR"}
     masking = [names[k] for k in res.kinds if k in MASKED_KINDS]

@@ -41,6 +41,11 @@ LEVEL_NAMES = (
 TITLE_RESERVE = 56  # pixels kept free at the top right of a title (for a viewer's icons)
 PANEL_MAX_SIDE = 640  # heat map panels are drawn at most this large (long side)
 PANEL_MIN_SIDE = 400  # and at least this large, so that captions fit
+# Gate colour scales: "stretched" spans the maps' own 1st-99th percentiles, because trained
+# gates sit within a few hundredths of eta, where a 0..1 scale shows one flat colour;
+# "fixed" is the gates' whole range 0..1, comparable across images and models.
+GATE_SCALES = ("stretched", "fixed")
+MIN_GATE_SPAN = 0.01  # a stretched scale never spans less: smaller differences are noise-like
 
 _BG = (255, 255, 255)
 _INK = (20, 20, 20)
@@ -185,6 +190,16 @@ def _nice_ticks(vmin: float, vmax: float) -> list[float]:
     return [float(t) for t in np.arange(first, vmax + step * 1e-6, step)]
 
 
+def _tick_labels(ticks: Sequence[float]) -> list[str]:
+    """Labels for `ticks`, with as many decimals as it takes to tell them apart."""
+    labels = [_fmt(t) for t in ticks]
+    digits = 2
+    while len(set(labels)) < len(labels) and digits < 6:
+        digits += 1
+        labels = [f"{t:.{digits}f}" for t in ticks]
+    return labels
+
+
 def _fmt(v: float) -> str:
     if v == 0:
         return "0"
@@ -211,7 +226,8 @@ def _colorbar(height, vmin, vmax, cmap, ticks, marks, font_size, bar_width) -> n
 
     font = _font(font_size)
     bar_w = bar_width or max(14, font_size)
-    labels = [_fmt(t) for t in ticks] + [lab for _, lab in marks]
+    tick_labels = _tick_labels(ticks)
+    labels = tick_labels + [lab for _, lab in marks]
     label_w = max([_text_width(s, font) for s in labels] + [0])
     pad_top = font_size // 2 + 2
     inner = max(8, height - 2 * pad_top)
@@ -227,11 +243,13 @@ def _colorbar(height, vmin, vmax, cmap, ticks, marks, font_size, bar_width) -> n
         return int(round(pad_top + (vmax - v) / (vmax - vmin) * (inner - 1)))
 
     x_text = 6 + bar_w + 8
-    for t in ticks:
+    mark_ys = [y_of(v) for v, _ in marks if vmin <= v <= vmax]
+    for t, label in zip(ticks, tick_labels):
         if vmin - 1e-9 <= t <= vmax + 1e-9:
             y = y_of(t)
             draw.line([6 + bar_w, y, 6 + bar_w + 4, y], fill=_INK, width=1)
-            draw.text((x_text, y), _fmt(t), fill=_INK, font=font, anchor="lm")
+            if all(abs(y - ym) > font_size for ym in mark_ys):  # a mark's label wins the space
+                draw.text((x_text, y), label, fill=_INK, font=font, anchor="lm")
     for v, lab in marks:
         if vmin <= v <= vmax:
             y = y_of(v)
@@ -290,9 +308,35 @@ def heatmap_panel(values: np.ndarray, title: str, caption: str = "", *, base: np
     return titled(heat, title, caption, right=bar)
 
 
+def gate_range(maps: Iterable[np.ndarray], scale: str = "stretched") -> tuple[float, float]:
+    """(vmin, vmax) of a gate colour scale (see GATE_SCALES) shared by `maps`, so that maps
+    shown side by side (a level's clean and intervened gates) can be compared."""
+    if scale == "fixed":
+        return 0.0, 1.0
+    if scale != "stretched":
+        raise ValueError(f"unknown gate colour scale {scale!r}; accepted: {', '.join(GATE_SCALES)}")
+    values = np.concatenate([np.asarray(m, np.float32).ravel() for m in maps])
+    lo, hi = (float(v) for v in np.percentile(values, [1, 99]))
+    if hi - lo < MIN_GATE_SPAN:
+        mid = min(max((lo + hi) / 2, MIN_GATE_SPAN / 2), 1 - MIN_GATE_SPAN / 2)
+        lo, hi = mid - MIN_GATE_SPAN / 2, mid + MIN_GATE_SPAN / 2
+    return lo, hi
+
+
+def _gate_panel(gate, visible_rgb, title, caption, eta, vmin, vmax, kwargs) -> np.ndarray:
+    fixed = (vmin, vmax) == (0.0, 1.0)
+    if not fixed:
+        caption += f"; colours span {vmin:.3f} to {vmax:.3f}"
+    kwargs.setdefault("alpha", GATE_ALPHA)
+    return heatmap_panel(gate, title, caption, base=visible_rgb, vmin=vmin, vmax=vmax, cmap=GATE_CMAP,
+                         ticks=(0.0, 0.5, 1.0) if fixed else None, marks=[(eta, f"\u03b7={eta:g}")], **kwargs)
+
+
 def gate_panel(gate: np.ndarray, visible_rgb: np.ndarray, level: int, pass_name: str,
-               mean: float | None = None, eta: float = ETA, **kwargs) -> np.ndarray:
-    """One invariance gate map over the visible image: colour bar 0..1 with eta marked, and a
+               mean: float | None = None, eta: float = ETA, vmin: float = 0.0, vmax: float = 1.0,
+               **kwargs) -> np.ndarray:
+    """One invariance gate map over the visible image: a colour bar from vmin to vmax (default
+    0..1; `gate_range` gives a stretched one) with eta marked where it falls inside, and a
     caption giving the gate's mean activation next to eta.
 
     gate: (h, w) in [0, 1], any resolution (it is resized to the image). level: 0, 1, 2
@@ -302,9 +346,7 @@ def gate_panel(gate: np.ndarray, visible_rgb: np.ndarray, level: int, pass_name:
     rel = "above" if mean > eta + 0.005 else ("below" if mean < eta - 0.005 else "at")
     title = f"{pass_name[:1].upper() + pass_name[1:]}: gate {LEVEL_NAMES[level]}"
     caption = f"mean activation {mean:.3f}, {rel} the target \u03b7 = {eta:g}"
-    kwargs.setdefault("alpha", GATE_ALPHA)
-    return heatmap_panel(gate, title, caption, base=visible_rgb, vmin=0.0, vmax=1.0, cmap=GATE_CMAP,
-                         ticks=(0.0, 0.5, 1.0), marks=[(eta, f"\u03b7={eta:g}")], **kwargs)
+    return _gate_panel(gate, visible_rgb, title, caption, eta, vmin, vmax, kwargs)
 
 
 def grey_level_scale(values_255: np.ndarray, floor: float = 1.0) -> float:
@@ -348,14 +390,14 @@ def instability_panel(std_map: np.ndarray, k: int, **kwargs) -> np.ndarray:
     return heatmap_panel(std, title, caption, vmin=0.0, vmax=vmax, cmap=CHANGE_CMAP, **kwargs)
 
 
-def mean_gate_panel(gate_mean: np.ndarray, visible_rgb: np.ndarray, k: int, eta: float = ETA, **kwargs) -> np.ndarray:
-    """The gate map averaged over the three levels and over `k` intervened passes, over the visible image."""
+def mean_gate_panel(gate_mean: np.ndarray, visible_rgb: np.ndarray, k: int, eta: float = ETA,
+                    vmin: float = 0.0, vmax: float = 1.0, **kwargs) -> np.ndarray:
+    """The gate map averaged over the three levels and over `k` intervened passes, over the
+    visible image; colour scale as `gate_panel`."""
     m = float(np.mean(gate_mean))
     title = f"Mean gate over 3 levels and {k} interventions"
     caption = f"mean activation {m:.3f} next to the target \u03b7 = {eta:g} (bright = gate open)"
-    kwargs.setdefault("alpha", GATE_ALPHA)
-    return heatmap_panel(gate_mean, title, caption, base=visible_rgb, vmin=0.0, vmax=1.0, cmap=GATE_CMAP,
-                         ticks=(0.0, 0.5, 1.0), marks=[(eta, f"\u03b7={eta:g}")], **kwargs)
+    return _gate_panel(gate_mean, visible_rgb, title, caption, eta, vmin, vmax, kwargs)
 
 
 def side_by_side(images: Sequence[np.ndarray], gap: int = 6) -> np.ndarray:

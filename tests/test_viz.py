@@ -98,6 +98,44 @@ def test_gate_panel_colours_follow_the_gate_and_differ_between_gates(visible):
     assert body_low[..., 2].mean() > body_low[..., 1].mean()
 
 
+def test_gate_range_fixed_stretched_and_narrow():
+    rng = np.random.default_rng(0)
+    a = (0.29 + 0.02 * rng.random((50, 60))).astype(np.float32)
+    b = (0.30 + 0.04 * rng.random((25, 30))).astype(np.float32)
+    assert viz.gate_range([a, b], "fixed") == (0.0, 1.0)
+    lo, hi = viz.gate_range([a, b])  # stretched: the shared 1st-99th percentile
+    both = np.concatenate([a.ravel(), b.ravel()])
+    assert lo == pytest.approx(np.percentile(both, 1)) and hi == pytest.approx(np.percentile(both, 99))
+    assert 0.29 <= lo < 0.30 and 0.33 < hi <= 0.34
+    flat = np.full((10, 10), 0.3, np.float32)
+    lo, hi = viz.gate_range([flat])
+    assert hi - lo == pytest.approx(viz.MIN_GATE_SPAN) and lo < 0.3 < hi
+    lo, hi = viz.gate_range([np.zeros((4, 4), np.float32)])  # widened inside [0, 1]
+    assert lo == pytest.approx(0.0) and hi == pytest.approx(viz.MIN_GATE_SPAN)
+    with pytest.raises(ValueError, match="gate colour scale"):
+        viz.gate_range([a], "log")
+
+
+def test_stretched_gate_panel_shows_what_a_fixed_scale_hides(visible):
+    h, w = visible.shape[:2]
+    gate = np.full((h, w), 0.30, np.float32)
+    gate[:, w // 2 :] = 0.31  # a 0.01 step: one colour on a 0..1 scale
+    dh, dw = viz.display_size(h, w)
+    lo, hi = viz.gate_range([gate])
+    bodies = {}
+    for name, (vmin, vmax) in (("fixed", (0.0, 1.0)), ("stretched", (lo, hi))):
+        panel = viz.gate_panel(gate, None, 2, "clean pass", vmin=vmin, vmax=vmax, alpha=1.0)
+        body = panel[-dh:, :dw].astype(int)
+        bodies[name] = np.abs(body[:, : dw // 3].mean((0, 1)) - body[:, -dw // 3 :].mean((0, 1))).sum()
+    assert bodies["fixed"] < 10 < 100 < bodies["stretched"]
+
+
+def test_colour_bar_tick_labels_tell_narrow_ticks_apart():
+    assert viz._tick_labels([0.0, 0.5, 1.0]) == ["0", "0.5", "1"]
+    labels = viz._tick_labels(viz._nice_ticks(0.2652, 0.2711))
+    assert len(set(labels)) == len(labels) == 3 and labels[0] == "0.266"
+
+
 def test_difference_map_and_panel_scale():
     a = np.zeros((60, 80), np.float32)
     b = a.copy()
