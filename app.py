@@ -141,7 +141,7 @@ def _user_errors(fn):
 
 
 # the gate colour scales as the page names them, in the order of viz.GATE_SCALES
-GATE_SCALE_CHOICES = ("stretched per level", "fixed 0 to 1")
+GATE_SCALE_CHOICES = ("fixed 0 to 1", "stretched per level")
 
 
 def _gate_scale(choice: str | None) -> str:
@@ -342,10 +342,10 @@ class LabApp:
                     diff = gr.Image(label="Difference map", elem_id="difference", **panel)
                 gr.Markdown("### Invariance gates\nWhere each CFI level uses cross-attended features (yellow, gate open) "
                             "instead of the plain sum (dark). Top: clean pass. Bottom: intervened pass. "
-                            "The red line on each colour bar is the target mean \u03b7 = 0.3, when it falls "
-                            "inside the scale. Trained gates stay within a few hundredths of \u03b7, so the "
-                            "stretched scale (the default) spans each level's 1st to 99th percentile, shared "
-                            "by its clean and intervened maps; the fixed scale spans 0 to 1.")
+                            "The red line on each colour bar is the target mean \u03b7 = 0.3. Trained gates "
+                            "stay within a few hundredths of \u03b7, which the 0 to 1 scale shows as nearly one "
+                            "colour: the stretched scale spans each level's 1st to 99th percentile (shared by "
+                            "its clean and intervened maps) and shows where the gates open more.")
                 gate_scale = gr.Radio(list(GATE_SCALE_CHOICES), value=GATE_SCALE_CHOICES[0],
                                       label="Gate colour scale", elem_id="gate-scale")
                 gate_imgs = []

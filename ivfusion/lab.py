@@ -555,7 +555,7 @@ class LabFigures:
     gate_labels: list[str]
 
 
-def render(run: LabRun, gate_scale: str = "stretched") -> LabFigures:
+def render(run: LabRun, gate_scale: str = "fixed") -> LabFigures:
     """The figures of one request (fused images are the exact pixels; heat maps are panels).
     gate_scale: one of `viz.GATE_SCALES`; a stretched scale is shared by a level's clean and
     intervened maps."""
@@ -764,7 +764,7 @@ def interpret_correlation(r: float, untrained: bool = False) -> str:
             "on this image" + (" (expected for the untrained network)." if untrained else "."))
 
 
-def stability_figures(res: StabilityResult, gate_scale: str = "stretched") -> tuple[np.ndarray, np.ndarray, str]:
+def stability_figures(res: StabilityResult, gate_scale: str = "fixed") -> tuple[np.ndarray, np.ndarray, str]:
     """The instability panel, the mean gate panel (colour scale: one of `viz.GATE_SCALES`) and
     a Markdown summary of a stability run."""
     inst = viz.instability_panel(res.std, res.k)

@@ -41,10 +41,10 @@ LEVEL_NAMES = (
 TITLE_RESERVE = 56  # pixels kept free at the top right of a title (for a viewer's icons)
 PANEL_MAX_SIDE = 640  # heat map panels are drawn at most this large (long side)
 PANEL_MIN_SIDE = 400  # and at least this large, so that captions fit
-# Gate colour scales: "stretched" spans the maps' own 1st-99th percentiles, because trained
-# gates sit within a few hundredths of eta, where a 0..1 scale shows one flat colour;
-# "fixed" is the gates' whole range 0..1, comparable across images and models.
-GATE_SCALES = ("stretched", "fixed")
+# Gate colour scales: "fixed" is the gates' whole range 0..1, comparable across images and
+# models (the default); "stretched" spans the maps' own 1st-99th percentiles, because trained
+# gates sit within a few hundredths of eta, where a 0..1 scale shows one flat colour.
+GATE_SCALES = ("fixed", "stretched")
 MIN_GATE_SPAN = 0.01  # a stretched scale never spans less: smaller differences are noise-like
 
 _BG = (255, 255, 255)
@@ -308,7 +308,7 @@ def heatmap_panel(values: np.ndarray, title: str, caption: str = "", *, base: np
     return titled(heat, title, caption, right=bar)
 
 
-def gate_range(maps: Iterable[np.ndarray], scale: str = "stretched") -> tuple[float, float]:
+def gate_range(maps: Iterable[np.ndarray], scale: str = "fixed") -> tuple[float, float]:
     """(vmin, vmax) of a gate colour scale (see GATE_SCALES) shared by `maps`, so that maps
     shown side by side (a level's clean and intervened gates) can be compared."""
     if scale == "fixed":

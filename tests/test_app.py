@@ -119,14 +119,14 @@ def test_prefetch_callback_prepares_the_clean_pass_for_fuse(lab_app):
 
 def test_gate_colour_scale_choice(lab_app):
     args = (str(VIS), str(IR), lab.DEFAULT_CHOICE, True, False, "none", 16, 2, 1)
-    stretched = lab_app.fuse(*args)[6:12]
-    fixed = lab_app.fuse(*args, gate_scale="fixed 0 to 1")[6:12]
+    fixed = lab_app.fuse(*args)[6:12]
+    stretched = lab_app.fuse(*args, gate_scale="stretched per level")[6:12]
     assert all(not np.array_equal(a, b) for a, b in zip(stretched, fixed))
     np.testing.assert_array_equal(lab_app.fuse(*args, gate_scale="stretched")[6], stretched[0])
     with pytest.raises(gr.Error, match="gate colour scale must be one of"):
         lab_app.fuse(*args, gate_scale="rainbow")
-    _, gate_fixed, _ = lab_app.stability(*args, k=4, gate_scale="fixed 0 to 1")
-    _, gate_stretched, _ = lab_app.stability(*args, k=4)
+    _, gate_fixed, _ = lab_app.stability(*args, k=4)
+    _, gate_stretched, _ = lab_app.stability(*args, k=4, gate_scale="stretched per level")
     assert not np.array_equal(gate_fixed, gate_stretched)
 
 
@@ -302,16 +302,16 @@ def test_browser_upload_intervene_fuse_and_see_gates(browser_server):
             gate_png = np.frombuffer(page.locator("#gate-intervened-3 img").first.screenshot(), np.uint8)
             gate = cv2.imdecode(gate_png, cv2.IMREAD_COLOR)
             assert gate.std() > 10  # a rendered heat map, not a blank box
-            # the fixed 0..1 gate scale redraws the gates (the default stretches each level)
+            # the stretched gate scale redraws the gates (the default is the fixed 0..1 scale)
             shot_gate = lambda: cv2.imdecode(np.frombuffer(page.locator("#gate-clean-3 img").first.screenshot(),
                                                            np.uint8), cv2.IMREAD_COLOR).astype(int)
-            stretched, before = shot_gate(), page.locator("#gate-clean-3 img").first.get_attribute("src")
-            page.get_by_label("fixed 0 to 1").check()
+            fixed, before = shot_gate(), page.locator("#gate-clean-3 img").first.get_attribute("src")
+            page.get_by_label("stretched per level").check()
             page.locator("#fuse-btn").click()
             page.wait_for_function("([i, s]) => i.src !== s && i.complete && i.naturalWidth > 320",
                                    arg=[page.locator("#gate-clean-3 img").first.element_handle(), before],
                                    timeout=120_000)
-            fixed = shot_gate()
+            stretched = shot_gate()
             assert fixed.shape == stretched.shape and np.abs(fixed - stretched).mean() > 5
             expect(page.locator("#metrics")).to_contain_text("Qabf", timeout=120_000)
             k_box = page.locator("#k-slider input[type=number]")

@@ -260,15 +260,15 @@ def test_render_gives_lossless_fused_images_inputs_and_six_gate_panels(fuser, pa
     mean = float(run.clean.gates[0].mean())
     assert f"{mean:.3f}" in figs.gate_labels[0] and "0.3" in figs.gate_labels[0]
     assert figs.difference.ndim == 3
-    # the default gate scale is stretched per level and shared by the clean and intervened maps
-    fixed = lab.render(run, "fixed")
+    # the stretched gate scale is per level and shared by the clean and intervened maps
+    stretched = lab.render(run, "stretched")
     for k in range(3):
-        lo, hi = viz.gate_range([run.clean.gates[k], run.intervened.gates[k]])
+        lo, hi = viz.gate_range([run.clean.gates[k], run.intervened.gates[k]], "stretched")
         assert (lo, hi) != (0.0, 1.0)
-        assert np.array_equal(figs.gates[k], viz.gate_panel(run.clean.gates_full[k], run.clean.visible_rgb, k,
-                                                            "clean pass", mean=float(run.clean.gates[k].mean()),
-                                                            vmin=lo, vmax=hi))
-        assert not np.array_equal(figs.gates[k], fixed.gates[k])
+        assert np.array_equal(stretched.gates[k], viz.gate_panel(run.clean.gates_full[k], run.clean.visible_rgb, k,
+                                                                 "clean pass", mean=float(run.clean.gates[k].mean()),
+                                                                 vmin=lo, vmax=hi))
+        assert not np.array_equal(figs.gates[k], stretched.gates[k])  # the default is the fixed 0..1 scale
     with pytest.raises(ValueError, match="gate colour scale"):
         lab.render(run, "rainbow")
 

@@ -103,14 +103,15 @@ def test_gate_range_fixed_stretched_and_narrow():
     a = (0.29 + 0.02 * rng.random((50, 60))).astype(np.float32)
     b = (0.30 + 0.04 * rng.random((25, 30))).astype(np.float32)
     assert viz.gate_range([a, b], "fixed") == (0.0, 1.0)
-    lo, hi = viz.gate_range([a, b])  # stretched: the shared 1st-99th percentile
+    assert viz.gate_range([a, b]) == (0.0, 1.0)  # the default
+    lo, hi = viz.gate_range([a, b], "stretched")  # the shared 1st-99th percentile
     both = np.concatenate([a.ravel(), b.ravel()])
     assert lo == pytest.approx(np.percentile(both, 1)) and hi == pytest.approx(np.percentile(both, 99))
     assert 0.29 <= lo < 0.30 and 0.33 < hi <= 0.34
     flat = np.full((10, 10), 0.3, np.float32)
-    lo, hi = viz.gate_range([flat])
+    lo, hi = viz.gate_range([flat], "stretched")
     assert hi - lo == pytest.approx(viz.MIN_GATE_SPAN) and lo < 0.3 < hi
-    lo, hi = viz.gate_range([np.zeros((4, 4), np.float32)])  # widened inside [0, 1]
+    lo, hi = viz.gate_range([np.zeros((4, 4), np.float32)], "stretched")  # widened inside [0, 1]
     assert lo == pytest.approx(0.0) and hi == pytest.approx(viz.MIN_GATE_SPAN)
     with pytest.raises(ValueError, match="gate colour scale"):
         viz.gate_range([a], "log")
@@ -121,7 +122,7 @@ def test_stretched_gate_panel_shows_what_a_fixed_scale_hides(visible):
     gate = np.full((h, w), 0.30, np.float32)
     gate[:, w // 2 :] = 0.31  # a 0.01 step: one colour on a 0..1 scale
     dh, dw = viz.display_size(h, w)
-    lo, hi = viz.gate_range([gate])
+    lo, hi = viz.gate_range([gate], "stretched")
     bodies = {}
     for name, (vmin, vmax) in (("fixed", (0.0, 1.0)), ("stretched", (lo, hi))):
         panel = viz.gate_panel(gate, None, 2, "clean pass", vmin=vmin, vmax=vmax, alpha=1.0)
