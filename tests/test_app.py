@@ -8,6 +8,7 @@ import os
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
+import contextlib  # noqa: E402
 import socket  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -269,87 +270,83 @@ def _chromium(playwright):
         "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
 
 
-def test_browser_upload_intervene_fuse_and_see_gates(browser_server):
-    if not Path(CHROMIUM).is_file():
-        pytest.fail(f"Chromium is missing at {CHROMIUM}: install Debian's chromium package (apt-get install "
-                    "chromium); this test drives a real browser", pytrace=False)
-    from playwright.sync_api import expect, sync_playwright
+@contextlib.contextmanager
+def _lab_page(url: str, height: int):
+    """A Chromium page on the running lab, ready once the Fuse button is there."""
+    from playwright.sync_api import sync_playwright
 
     OUT.mkdir(exist_ok=True)
-    shot = OUT / "app-browser.png"
-    shot.unlink(missing_ok=True)
     with sync_playwright() as p:
         browser = _chromium(p)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(browser_server)
+            page = browser.new_page(viewport={"width": 1400, "height": height})
+            page.goto(url)
             page.wait_for_selector("#fuse-btn", timeout=60_000)
-            page.locator("#visible-input input[type=file]").set_input_files(str(VIS))
-            page.locator("#infrared-input input[type=file]").set_input_files(str(IR))
-            expect(page.locator("#pair-info")).to_contain_text("Infrared:", timeout=60_000)
-            expect(page.locator("#pair-info")).to_contain_text("640x480")
-            page.get_by_label("Complementary masking").uncheck()
-            page.get_by_label("Random masking").check()
-            page.locator("#fuse-btn").click()
-            expect(page.locator("#notices")).to_contain_text("Intervention: random masking", timeout=180_000)
-            for sel in ("#fused-clean", "#fused-intervened", "#difference", "#gate-clean-1", "#gate-clean-2",
-                        "#gate-clean-3", "#gate-intervened-1", "#gate-intervened-2", "#gate-intervened-3"):
-                img = page.locator(f"{sel} img").first
-                expect(img).to_be_visible(timeout=30_000)
-                page.wait_for_function("i => i.complete && i.naturalWidth > 0", arg=img.element_handle(), timeout=30_000)
-                w, h = img.evaluate("i => [i.naturalWidth, i.naturalHeight]")
-                assert (w, h) == (320, 240) if sel.startswith("#fused") else w > 320, (sel, w, h)
-            gate_png = np.frombuffer(page.locator("#gate-intervened-3 img").first.screenshot(), np.uint8)
-            gate = cv2.imdecode(gate_png, cv2.IMREAD_COLOR)
-            assert gate.std() > 10  # a rendered heat map, not a blank box
-            # the stretched gate scale redraws the gates (the default is the fixed 0..1 scale)
-            shot_gate = lambda: cv2.imdecode(np.frombuffer(page.locator("#gate-clean-3 img").first.screenshot(),
-                                                           np.uint8), cv2.IMREAD_COLOR).astype(int)
-            fixed, before = shot_gate(), page.locator("#gate-clean-3 img").first.get_attribute("src")
-            page.get_by_label("stretched per level").check()
-            page.locator("#fuse-btn").click()
-            page.wait_for_function("([i, s]) => i.src !== s && i.complete && i.naturalWidth > 320",
-                                   arg=[page.locator("#gate-clean-3 img").first.element_handle(), before],
-                                   timeout=120_000)
-            stretched = shot_gate()
-            assert fixed.shape == stretched.shape and np.abs(fixed - stretched).mean() > 5
-            expect(page.locator("#metrics")).to_contain_text("Qabf", timeout=120_000)
-            k_box = page.locator("#k-slider input[type=number]")
-            k_box.fill("4")
-            k_box.press("Enter")
-            page.locator("#stability-btn").click()
-            expect(page.locator("#stability-text")).to_contain_text("Correlation between instability", timeout=180_000)
-            expect(page.locator("#stability-text")).to_contain_text("4 interventions")
-            for sel in ("#instability", "#mean-gate"):
-                page.wait_for_function("i => i.complete && i.naturalWidth > 320",
-                                       arg=page.locator(f"{sel} img").first.element_handle(), timeout=30_000)
-            page.screenshot(path=str(shot), full_page=True)
+            yield page
         finally:
             browser.close()
+
+
+def test_browser_upload_intervene_fuse_and_see_gates(browser_server):
+    from playwright.sync_api import expect
+
+    shot = OUT / "app-browser.png"
+    shot.unlink(missing_ok=True)
+    with _lab_page(browser_server, 1000) as page:
+        page.locator("#visible-input input[type=file]").set_input_files(str(VIS))
+        page.locator("#infrared-input input[type=file]").set_input_files(str(IR))
+        expect(page.locator("#pair-info")).to_contain_text("Infrared:", timeout=60_000)
+        expect(page.locator("#pair-info")).to_contain_text("640x480")
+        page.get_by_label("Complementary masking").uncheck()
+        page.get_by_label("Random masking").check()
+        page.locator("#fuse-btn").click()
+        expect(page.locator("#notices")).to_contain_text("Intervention: random masking", timeout=180_000)
+        for sel in ("#fused-clean", "#fused-intervened", "#difference", "#gate-clean-1", "#gate-clean-2",
+                    "#gate-clean-3", "#gate-intervened-1", "#gate-intervened-2", "#gate-intervened-3"):
+            img = page.locator(f"{sel} img").first
+            expect(img).to_be_visible(timeout=30_000)
+            page.wait_for_function("i => i.complete && i.naturalWidth > 0", arg=img.element_handle(), timeout=30_000)
+            w, h = img.evaluate("i => [i.naturalWidth, i.naturalHeight]")
+            assert (w, h) == (320, 240) if sel.startswith("#fused") else w > 320, (sel, w, h)
+        gate_png = np.frombuffer(page.locator("#gate-intervened-3 img").first.screenshot(), np.uint8)
+        gate = cv2.imdecode(gate_png, cv2.IMREAD_COLOR)
+        assert gate.std() > 10  # a rendered heat map, not a blank box
+        # the stretched gate scale redraws the gates (the default is the fixed 0..1 scale)
+        shot_gate = lambda: cv2.imdecode(np.frombuffer(page.locator("#gate-clean-3 img").first.screenshot(),
+                                                       np.uint8), cv2.IMREAD_COLOR).astype(int)
+        fixed, before = shot_gate(), page.locator("#gate-clean-3 img").first.get_attribute("src")
+        page.get_by_label("stretched per level").check()
+        page.locator("#fuse-btn").click()
+        page.wait_for_function("([i, s]) => i.src !== s && i.complete && i.naturalWidth > 320",
+                               arg=[page.locator("#gate-clean-3 img").first.element_handle(), before],
+                               timeout=120_000)
+        stretched = shot_gate()
+        assert fixed.shape == stretched.shape and np.abs(fixed - stretched).mean() > 5
+        expect(page.locator("#metrics")).to_contain_text("Qabf", timeout=120_000)
+        k_box = page.locator("#k-slider input[type=number]")
+        k_box.fill("4")
+        k_box.press("Enter")
+        page.locator("#stability-btn").click()
+        expect(page.locator("#stability-text")).to_contain_text("Correlation between instability", timeout=180_000)
+        expect(page.locator("#stability-text")).to_contain_text("4 interventions")
+        for sel in ("#instability", "#mean-gate"):
+            page.wait_for_function("i => i.complete && i.naturalWidth > 320",
+                                   arg=page.locator(f"{sel} img").first.element_handle(), timeout=30_000)
+        page.screenshot(path=str(shot), full_page=True)
     assert shot.is_file() and shot.stat().st_size > 50_000
 
 
 def test_browser_shows_a_readable_error_for_a_corrupt_upload(browser_server, tmp_path):
-    if not Path(CHROMIUM).is_file():
-        pytest.fail(f"Chromium is missing at {CHROMIUM}: install Debian's chromium package", pytrace=False)
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    OUT.mkdir(exist_ok=True)
     bad = tmp_path / "photo.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 200)  # a PNG signature and nothing valid after it
-    with sync_playwright() as p:
-        browser = _chromium(p)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
-            page.goto(browser_server)
-            page.wait_for_selector("#fuse-btn", timeout=60_000)
-            page.locator("#visible-input input[type=file]").set_input_files(str(bad))
-            page.locator("#infrared-input input[type=file]").set_input_files(str(IR))
-            expect(page.locator("#pair-info")).to_contain_text("Cannot use this pair", timeout=60_000)
-            page.locator("#fuse-btn").click()
-            toast = page.locator(".toast-body").filter(has_text="not a readable image").first
-            expect(toast).to_be_visible(timeout=60_000)
-            assert "photo.png" in toast.inner_text() and "Traceback" not in page.content()
-            page.screenshot(path=str(OUT / "app-browser-error.png"))
-        finally:
-            browser.close()
+    with _lab_page(browser_server, 900) as page:
+        page.locator("#visible-input input[type=file]").set_input_files(str(bad))
+        page.locator("#infrared-input input[type=file]").set_input_files(str(IR))
+        expect(page.locator("#pair-info")).to_contain_text("Cannot use this pair", timeout=60_000)
+        page.locator("#fuse-btn").click()
+        toast = page.locator(".toast-body").filter(has_text="not a readable image").first
+        expect(toast).to_be_visible(timeout=60_000)
+        assert "photo.png" in toast.inner_text() and "Traceback" not in page.content()
+        page.screenshot(path=str(OUT / "app-browser-error.png"))
