@@ -357,7 +357,7 @@ def resolve_path(path: str, device: str | torch.device) -> str:
 
     "auto": the fastest path that holds the 2/255 bound on this device. On CPUs that is fp32
     "fast": "fast-bf16" does not hold the bound with the shipped weights (4.0/255 on the bundled
-    night pair msrs_00039N, 3.0/255 from the bf16 encoders alone; docs/PERFORMANCE.md), and
+    night pair msrs_00039N, 3.0/255 from the bf16 encoders alone; `tools/bf16_deviation.py`), and
     where bf16 is not native (AVX2, or AVX-512 without BF16) it is also about 10x slower. On
     CUDA it is the reference module, which cuDNN already runs fast and the CPU rewrites slow
     down (H200, `ivfusion bench --device cuda`: fast 0.99x at 256x256 and 0.47x at 640x480).
