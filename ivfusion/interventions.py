@@ -6,6 +6,8 @@ An intervention replaces the input pair (visible, infrared) by a perturbed pair:
   random masking         (vis * M, ir * M), one mask for both: which features survive
                          partial observation?
   modality dropout       (0, ir) or (vis, 0): what does each modality alone contribute?
+The registry `INTERVENTIONS` (name -> Intervention) is the one list of them; `get_intervention`
+resolves a name or a deprecated alias ("drop-vis", "drop-ir").
 Masks here are *keep* masks: 1 keeps a pixel, 0 hides it. Each mask is 1 to 6 holes of
 `mask_size` pixels (squares; disks optionally, as the reference code does 30% of the time),
 and hides at most half of the image; for complementary masking the two masks together hide at
@@ -15,12 +17,10 @@ seed fixes every mask.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
-
-KINDS = ("none", "complementary", "random", "drop-vis", "drop-ir")
-MASKED_KINDS = ("complementary", "random")
 
 
 @dataclass(frozen=True)
@@ -98,29 +98,28 @@ def _holes(height, width, side, n, cfg, rng, forbidden: np.ndarray | None = None
     return mask, n
 
 
-def sample_masks(
-    kind: str, height: int, width: int, rng=None, config: MaskConfig = MaskConfig()
-) -> tuple[np.ndarray, np.ndarray]:
-    """Keep masks (M_vi, M_ir) for one image, each (height, width) float32 in {0, 1}.
-
-    kind: one of KINDS. rng: a numpy Generator or an int seed.
-    """
-    if kind not in KINDS:
-        raise ValueError(f"unknown intervention {kind!r}; accepted: {', '.join(KINDS)}")
-    rng = as_rng(rng)
+def _keep_all(height, width, rng, config):
     ones = np.ones((height, width), np.float32)
-    if kind == "none":
-        return ones, ones.copy()
-    if kind == "drop-vis":
-        return np.zeros_like(ones), ones
-    if kind == "drop-ir":
-        return ones, np.zeros_like(ones)
-    if kind == "random":
-        side, most = _hole_geometry(height, width, config)
-        n = int(rng.integers(min(config.min_holes, most), min(config.max_holes, most) + 1))
-        m, _ = _holes(height, width, side, n, config, rng)
-        return m, m.copy()
-    # complementary: the union of both masks' holes stays within max_fraction too
+    return ones, ones.copy()
+
+
+def _drop_visible(height, width, rng, config):
+    return np.zeros((height, width), np.float32), np.ones((height, width), np.float32)
+
+
+def _drop_infrared(height, width, rng, config):
+    return np.ones((height, width), np.float32), np.zeros((height, width), np.float32)
+
+
+def _random(height, width, rng, config):
+    side, most = _hole_geometry(height, width, config)
+    n = int(rng.integers(min(config.min_holes, most), min(config.max_holes, most) + 1))
+    m, _ = _holes(height, width, side, n, config, rng)
+    return m, m.copy()
+
+
+def _complementary(height, width, rng, config):
+    # the union of both masks' holes stays within max_fraction too
     side, most = _hole_geometry(height, width, config, masks=2)
     n_vi = int(rng.integers(min(config.min_holes, most - 1), min(config.max_holes, most - 1) + 1))
     n_ir = int(rng.integers(min(config.min_holes, most - n_vi), min(config.max_holes, most - n_vi) + 1))
@@ -132,6 +131,61 @@ def sample_masks(
         if attempt % 10 == 0:  # small images: no room beside the visible holes, so shrink
             side = max(1, side // 2)
     return m_vi, m_ir
+
+
+@dataclass(frozen=True)
+class Intervention:
+    """One intervention of the registry.
+
+    name: the public name (CLI, API, npz, docs). label: the words the UI shows.
+    masking: True for the two masking interventions (the ones L_inv uses).
+    sample(height, width, rng, config) -> (m_visible, m_infrared): keep masks, each
+        (height, width) float32 in {0, 1}; rng is a numpy Generator, config a MaskConfig.
+    """
+
+    name: str
+    label: str
+    masking: bool
+    sample: Callable[[int, int, np.random.Generator, MaskConfig], tuple[np.ndarray, np.ndarray]]
+
+
+INTERVENTIONS: dict[str, Intervention] = {
+    iv.name: iv
+    for iv in (
+        Intervention("none", "none", False, _keep_all),
+        Intervention("complementary", "complementary masking", True, _complementary),
+        Intervention("random", "random masking", True, _random),
+        Intervention("drop-visible", "drop visible", False, _drop_visible),
+        Intervention("drop-infrared", "drop infrared", False, _drop_infrared),
+    )
+}
+# deprecated spellings, still accepted everywhere a name is
+ALIASES = {"drop-vis": "drop-visible", "drop-ir": "drop-infrared"}
+
+# compatibility names, derived from the registry
+KINDS = tuple(INTERVENTIONS)
+MASKED_KINDS = tuple(name for name, iv in INTERVENTIONS.items() if iv.masking)
+
+
+def get_intervention(name: str) -> Intervention:
+    """The registry entry for `name` (a deprecated alias resolves to its new name)."""
+    iv = INTERVENTIONS.get(ALIASES.get(name, name))
+    if iv is None:
+        raise ValueError(
+            f"unknown intervention {name!r}; accepted: {', '.join(INTERVENTIONS)} "
+            f"(deprecated aliases: {', '.join(ALIASES)})"
+        )
+    return iv
+
+
+def sample_masks(
+    kind: str, height: int, width: int, rng=None, config: MaskConfig = MaskConfig()
+) -> tuple[np.ndarray, np.ndarray]:
+    """Keep masks (M_vi, M_ir) for one image, each (height, width) float32 in {0, 1}.
+
+    kind: an INTERVENTIONS name (or deprecated alias). rng: a numpy Generator or an int seed.
+    """
+    return get_intervention(kind).sample(height, width, as_rng(rng), config)
 
 
 def sample_mask_batch(

@@ -29,7 +29,7 @@ from .data import PairDataset, find_pairs, load_pair
 from .hub import save_weights
 from .interventions import MaskConfig, sample_mask_batch
 from .modeling import ISFuse
-from .predictor import resolve_device
+from .device import resolve_device
 
 
 @dataclass

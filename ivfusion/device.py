@@ -1,0 +1,14 @@
+"""Where tensors run: the one device resolver, shared by training and inference."""
+from __future__ import annotations
+
+import torch
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """'auto' is CUDA when available, else CPU; a CUDA request without CUDA is an error."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was requested but this torch build sees no CUDA GPU; use 'cpu' or 'auto'")
+    return device
