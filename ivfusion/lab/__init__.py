@@ -1,0 +1,26 @@
+"""The Intervention Lab's app-side code: everything `app.py` does except drawing widgets.
+
+Imported only by `app.py` and `ivfusion bench --app`; the library core never imports it.
+One module per concern:
+
+* `models`: `ModelBank`, the models the Lab offers, each loaded once and shared.
+* `uploads`: uploads to checked numpy images, the pair description, drawn masks.
+* `session`: per-session state and per-request files.
+* `settings`: the intervention controls (`Settings`) and the keep masks they make.
+* `examples`: the bundled example pairs.
+* `runs`: one request, the clean and the intervened pass (`LabRun`).
+* `render`: the figures of one request.
+* `downloads`: the metrics table and the download files.
+* `analysis`: the stability analysis as the page shows it.
+"""
+from .analysis import StabilityResult, correlation, interpret_correlation, stability, stability_figures
+from .downloads import METRIC_HEADERS, metric_sources, metrics_table, write_downloads
+from .examples import EXAMPLES, EXAMPLES_DIR, example_pairs
+from .models import (APP_MAX_SIDE, DEFAULT_CHOICE, OFFICIAL_CHOICE, UNTRAINED_CHOICE, ModelBank, hub_reachable,
+                     make_fuser)
+from .render import ETA, LabFigures, render
+from .runs import LabRun, clean_key, prefetch_clean, run_pair
+from .session import SESSION_TTL_S, request_dir
+from .settings import DROPOUT_CHOICES, Settings, intervention_masks
+from .uploads import (MAX_UPLOAD_PIXELS, describe_image, display_copy, drawn_keep_mask, load_image, pair_info,
+                      size_notes, source_path)
