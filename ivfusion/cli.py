@@ -27,11 +27,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     for name, module in COMMANDS.items():
         if module in seen or (command and command != name and COMMANDS.get(command) != module):
             continue
-        try:
-            importlib.import_module(module).add_parser(sub)
-            seen.add(module)
-        except ImportError:  # a module not written yet must not break the others
-            continue
+        # No ImportError is caught: a broken import must show as itself, not as "invalid choice".
+        importlib.import_module(module).add_parser(sub)
+        seen.add(module)
     return parser
 
 

@@ -1,7 +1,7 @@
 """Loading and saving weights: bundled defaults, local files, the authors' checkpoint, the Hub.
 
 `load_model(spec)` accepts:
-  None                   the bundled default weights (assets/weights/isfuse-ivfusion), or the
+  None                   the bundled default weights (DEFAULT_WEIGHTS, package data), or the
                          spec in the IVFUSION_WEIGHTS environment variable when it is set;
   a folder               holding model.safetensors and config.json (`save_pretrained` layout);
   a .safetensors file    its config from the sibling config.json (default config if absent);
@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+from importlib import resources
 from pathlib import Path
 
 import torch
@@ -21,9 +22,30 @@ import torch
 from .config import ISFuseConfig
 from .modeling import ISFuse
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_WEIGHTS = REPO_ROOT / "assets" / "weights" / "isfuse-ivfusion"
 UNTRAINED = "untrained"
+
+
+def bundled_path(name: str = "") -> Path:
+    """A file or folder shipped with the package, e.g. bundled_path("weights/isfuse-ivfusion").
+
+    The repository keeps them in its top-level assets/ folder, which installs as the package
+    data of `ivfusion.assets` (pyproject's package-dir), so this works in an editable install,
+    a wheel installed anywhere, and a checkout run without installing.
+    """
+    try:
+        root = Path(str(resources.files("ivfusion.assets")))
+    except ModuleNotFoundError:
+        # A checkout run without installing (the Hugging Face Space runs app.py from the
+        # repository root): the folder that the install maps to ivfusion.assets.
+        root = Path(__file__).resolve().parent.parent / "assets"
+    return root / name if name else root
+
+
+DEFAULT_WEIGHTS = bundled_path("weights/isfuse-ivfusion")
+EXAMPLES_DIR = bundled_path("examples")
+# Deprecated: only ivfusion.lab still reads it (for the examples); use EXAMPLES_DIR or
+# bundled_path, which also work once installed. Remove when lab.py has switched.
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 class WeightsError(RuntimeError):

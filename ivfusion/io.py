@@ -53,7 +53,11 @@ def write_png(path: str | os.PathLike, rgb: np.ndarray) -> None:
     Path(path).write_bytes(buf.tobytes())
 
 
-def _check_array(img, name: str) -> np.ndarray:
+def check_array(img, name: str) -> np.ndarray:
+    """Validate an in-memory image: (H, W) or (H, W, 1..4), non-empty, within MAX_PIXELS.
+
+    Returns it with a trailing single channel dropped; raises ImageError naming `name`.
+    """
     if not isinstance(img, np.ndarray):
         raise ImageError(f"{name}: expected a numpy array, got {type(img).__name__}")
     if img.ndim == 3 and img.shape[2] == 1:
@@ -69,6 +73,9 @@ def _check_array(img, name: str) -> np.ndarray:
     if img.shape[0] * img.shape[1] > MAX_PIXELS:
         raise ImageError(f"{name}: {img.shape[1]}x{img.shape[0]} is too large (limit {MAX_PIXELS:,} pixels)")
     return img
+
+
+_check_array = check_array  # deprecated private name, kept until lab.py and predictor.py switch
 
 
 def to_unit_float(img: np.ndarray, name: str) -> tuple[np.ndarray, str | None]:
@@ -100,7 +107,7 @@ def visible_to_ycrcb(visible: np.ndarray) -> np.ndarray:
 
     A grey visible image gets neutral chroma (Cr = Cb = 0.5), so its fusion stays grey.
     """
-    img = _drop_alpha(_check_array(visible, "visible image"))
+    img = _drop_alpha(check_array(visible, "visible image"))
     rgb, _ = to_unit_float(img, "visible image")
     if rgb.ndim == 2:
         return np.dstack([rgb, np.full_like(rgb, 0.5), np.full_like(rgb, 0.5)])
@@ -115,7 +122,7 @@ def infrared_to_grey(infrared: np.ndarray) -> tuple[np.ndarray, list[str]]:
     rarely fills 0..65535 (radiometric sensors store 12-14 bits), so it is stretched from its own
     min..max to 0..1, with a notice.
     """
-    img = _drop_alpha(_check_array(infrared, "infrared image"))
+    img = _drop_alpha(check_array(infrared, "infrared image"))
     notices = []
     if img.ndim == 3:
         if np.array_equal(img[..., 0], img[..., 1]) and np.array_equal(img[..., 0], img[..., 2]):

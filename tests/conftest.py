@@ -57,3 +57,16 @@ def pair_folder(tmp_path, shared_dir):
             for sub in ("ir", "vi"):
                 shutil.copy(src / sub / p.name, tmp_path / "data" / sub / p.name)
     return tmp_path / "data"
+
+
+@pytest.fixture(scope="session")
+def chromium_path() -> str:
+    """Debian's Chromium for the browser tests (Playwright's own browser download cannot work
+    here). Fails, never skips, when it is missing, like every other missing resource."""
+    import shutil
+
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not path:
+        pytest.fail("Chromium is missing: install Debian's chromium package (apt-get install chromium)",
+                    pytrace=False)
+    return path
