@@ -9,9 +9,11 @@ An intervention replaces the input pair (visible, infrared) by a perturbed pair:
 The registry `INTERVENTIONS` (name -> Intervention) is the one list of them; `get_intervention`
 resolves a name or a deprecated alias ("drop-vis", "drop-ir").
 Masks here are *keep* masks: 1 keeps a pixel, 0 hides it. Each mask is 1 to 6 holes of
-`mask_size` pixels (squares; disks optionally, as the reference code does 30% of the time),
-and hides at most half of the image; for complementary masking the two masks together hide at
-most half (the supplementary's "total masked area"). Every random choice comes from the `rng` passed in, so a
+`mask_size` pixels and hides at most half of the image; for complementary masking the two
+masks together hide at most half (the supplementary's "total masked area"), and never the
+same pixel. MaskConfig.style picks the authors' sampler ("paper": squares and disks, two
+independent masks whose overlap a coin resolves; training's default) or "disjoint" (squares
+placed apart; the Lab's default). Every random choice comes from the `rng` passed in, so a
 seed fixes every mask.
 """
 from __future__ import annotations
@@ -23,21 +25,34 @@ import numpy as np
 import torch
 
 
+MASK_STYLES = ("disjoint", "paper")
+
+
 @dataclass(frozen=True)
 class MaskConfig:
-    """How masks are drawn. Defaults are the paper's (supplementary Sec. 3).
+    """How masks are drawn (supplementary Sec. 3: 16-pixel holes, 1 to 6 per mask, at most half
+    of the image hidden).
 
+    style: "paper", the authors' released sampler (their Train.py, what ISFuse was trained
+        with): each hole is a mask_size square or, with probability disk_prob, a disk of
+        radius mask_size/2, placed uniformly; complementary masking draws two independent
+        masks and gives each pixel both hide back to one of them by a fair coin.
+        "disjoint" (default, the Lab's): squares unless disk_prob says otherwise, and the
+        infrared holes are placed away from the visible ones.
     mask_size: side of a square hole, or diameter of a disk hole, in pixels.
     min_holes, max_holes: the number of holes is uniform in [min_holes, max_holes].
-    disk_prob: probability that a hole is a disk rather than a square (reference code: 0.3).
-    max_fraction: upper bound on the hidden fraction of the image, per mask.
+    disk_prob: probability that a hole is a disk; None is the style's own (paper 0.3, disjoint 0).
+    max_fraction: upper bound on the hidden fraction of the image (both masks together for
+        complementary masking); it never binds for the paper's 256-pixel crops, and makes holes
+        shrink or drop on images too small for them.
     """
 
     mask_size: int = 16
     min_holes: int = 1
     max_holes: int = 6
-    disk_prob: float = 0.0
+    disk_prob: float | None = None
     max_fraction: float = 0.5
+    style: str = "disjoint"
 
     def __post_init__(self):
         if self.mask_size < 1:
@@ -46,10 +61,19 @@ class MaskConfig:
             raise ValueError(
                 f"need 1 <= min_holes <= max_holes, got min_holes={self.min_holes}, max_holes={self.max_holes}"
             )
-        if not 0.0 <= self.disk_prob <= 1.0:
+        if self.disk_prob is not None and not 0.0 <= self.disk_prob <= 1.0:
             raise ValueError(f"disk_prob must be in [0, 1], got {self.disk_prob}")
         if not 0.0 < self.max_fraction <= 1.0:
             raise ValueError(f"max_fraction must be in (0, 1], got {self.max_fraction}")
+        if self.style not in MASK_STYLES:
+            raise ValueError(f"unknown mask style {self.style!r}; accepted: {', '.join(MASK_STYLES)}")
+
+    @property
+    def p_disk(self) -> float:
+        """The disk probability in effect."""
+        if self.disk_prob is not None:
+            return self.disk_prob
+        return 0.3 if self.style == "paper" else 0.0
 
 
 def as_rng(rng: np.random.Generator | int | None) -> np.random.Generator:
@@ -94,7 +118,7 @@ def _holes(height, width, side, n, cfg, rng, forbidden: np.ndarray | None = None
             y, x = divmod(int(free[rng.integers(0, free.size)]), nx)
         else:
             return mask, placed
-        _stamp(mask, y, x, side, bool(rng.random() < cfg.disk_prob))
+        _stamp(mask, y, x, side, bool(rng.random() < cfg.p_disk))
     return mask, n
 
 
@@ -111,7 +135,36 @@ def _drop_infrared(height, width, rng, config):
     return np.ones((height, width), np.float32), np.zeros((height, width), np.float32)
 
 
+def _paper_mask(height, width, rng, config, hidden: np.ndarray | None = None) -> np.ndarray:
+    """The authors' sampler: 1-6 holes, each a square (side mask_size) or, with p_disk, a disk
+    of radius mask_size // 2 whose centre keeps it inside the image where it fits. A hole that
+    would take the hidden area (with `hidden`, the other mask's too) past max_fraction is left
+    out; holes shrink only on images smaller than themselves."""
+    side, _ = _hole_geometry(height, width, config)
+    budget = config.max_fraction * height * width
+    mask = np.ones((height, width), np.float32)
+    union = np.zeros((height, width), bool) if hidden is None else hidden.copy()
+    yy, xx = np.ogrid[:height, :width]
+    for _ in range(int(rng.integers(config.min_holes, config.max_holes + 1))):
+        hole = np.zeros((height, width), bool)
+        if rng.random() < config.p_disk:
+            rr = side // 2
+            cy = int(rng.integers(rr, height - rr + 1)) if height - rr > rr else rr
+            cx = int(rng.integers(rr, width - rr + 1)) if width - rr > rr else rr
+            hole = (yy - cy) ** 2 + (xx - cx) ** 2 <= rr * rr
+        else:
+            y0, x0 = int(rng.integers(0, height - side + 1)), int(rng.integers(0, width - side + 1))
+            hole[y0 : y0 + side, x0 : x0 + side] = True
+        if (union | hole).sum() <= budget:
+            union |= hole
+            mask[hole] = 0
+    return mask
+
+
 def _random(height, width, rng, config):
+    if config.style == "paper":
+        m = _paper_mask(height, width, rng, config)
+        return m, m.copy()
     side, most = _hole_geometry(height, width, config)
     n = int(rng.integers(min(config.min_holes, most), min(config.max_holes, most) + 1))
     m, _ = _holes(height, width, side, n, config, rng)
@@ -119,6 +172,14 @@ def _random(height, width, rng, config):
 
 
 def _complementary(height, width, rng, config):
+    if config.style == "paper":
+        m_vi = _paper_mask(height, width, rng, config)
+        m_ir = _paper_mask(height, width, rng, config, hidden=m_vi == 0)
+        both = (m_vi == 0) & (m_ir == 0)
+        coin = rng.random((height, width)) < 0.5  # a fair coin per pixel that both hide
+        m_vi[both & coin] = 1
+        m_ir[both & ~coin] = 1
+        return m_vi, m_ir
     # the union of both masks' holes stays within max_fraction too
     side, most = _hole_geometry(height, width, config, masks=2)
     n_vi = int(rng.integers(min(config.min_holes, most - 1), min(config.max_holes, most - 1) + 1))
