@@ -1,4 +1,5 @@
-"""Training data: registered pairs from folders with `ir/` and `vi/`, randomly cropped."""
+"""Pairs on disk: the one `find_pairs` (discovery) and the one `load_pair` (reading), and the
+training set built on them (`PairDataset`: registered pairs, randomly cropped)."""
 from __future__ import annotations
 
 import os
@@ -9,24 +10,95 @@ import torch
 
 from . import io
 
-
-def find_pairs(root: str | os.PathLike) -> list[tuple[str, Path, Path]]:
-    """(stem, ir_path, vi_path) for every stem present in both `root/ir` and `root/vi`."""
-    root = Path(root)
-    if not (root / "ir").is_dir() or not (root / "vi").is_dir():
-        raise FileNotFoundError(f"{root}: expected sub-folders ir/ and vi/ holding the pairs")
-    ir, vi = io.list_images(root / "ir"), io.list_images(root / "vi")
-    return [(stem, ir[stem], vi[stem]) for stem in sorted(set(ir) & set(vi))]
+PAIR_FORMS = ("network", "image", "grey")
 
 
-def load_pair(ir_path: Path, vi_path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(visible Y, infrared) as (H, W) float32 in [0, 1], Y computed in float without rounding."""
-    vis = io.read_image(vi_path)
-    ir, _ = io.infrared_to_grey(io.read_image(ir_path))
-    y = io.visible_to_ycrcb(vis)[..., 0]
-    if y.shape != ir.shape:
-        raise ValueError(f"{vi_path.name}: visible {y.shape} and infrared {ir.shape} differ in size")
-    return np.ascontiguousarray(y), ir
+class Pairs(list):
+    """What `find_pairs` returns: a list of (stem, infrared path, visible path) sorted by stem,
+    plus the files that have no partner: `infrared_only` and `visible_only` (stem -> path)."""
+
+    def __init__(self, items=(), infrared_only=None, visible_only=None):
+        super().__init__(items)
+        self.infrared_only: dict[str, Path] = dict(infrared_only or {})
+        self.visible_only: dict[str, Path] = dict(visible_only or {})
+
+
+def _examples(names, n: int = 3) -> str:
+    names = sorted(names)
+    return ", ".join(names[:n]) + (f", ... ({len(names)} in all)" if len(names) > n else "")
+
+
+def find_pairs(root: str | os.PathLike | None = None, *, infrared: str | os.PathLike | None = None,
+               visible: str | os.PathLike | None = None, allow_empty: bool = False) -> Pairs:
+    """The registered pairs of a dataset folder: files with the same name (suffix aside) in
+    both the infrared and the visible folder.
+
+    Give either `root` (a folder holding the field's `ir/` and `vi/`) or both `infrared` and
+    `visible` folders. Raises FileNotFoundError for a missing folder and ValueError when no
+    pair is found (unless allow_empty), saying whether a folder holds no images or the file
+    names differ between the two sides, with examples of each.
+    """
+    if root is not None:
+        if infrared is not None or visible is not None:
+            raise ValueError("give either a dataset folder (with ir/ and vi/) or the infrared and visible folders, not both")
+        root = Path(root)
+        if not (root / "ir").is_dir() or not (root / "vi").is_dir():
+            raise FileNotFoundError(f"{root}: expected sub-folders ir/ and vi/ holding the pairs")
+        infrared, visible = root / "ir", root / "vi"
+    elif infrared is None or visible is None:
+        raise ValueError("find_pairs needs a dataset folder, or both an infrared and a visible folder")
+    infrared, visible = Path(infrared), Path(visible)
+    for label, folder in (("infrared", infrared), ("visible", visible)):
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{label} folder not found: {folder}")
+    ir, vi = io.list_images(infrared), io.list_images(visible)
+    common = sorted(set(ir) & set(vi))
+    pairs = Pairs([(stem, ir[stem], vi[stem]) for stem in common],
+                  {s: ir[s] for s in sorted(set(ir) - set(vi))}, {s: vi[s] for s in sorted(set(vi) - set(ir))})
+    if pairs or allow_empty:
+        return pairs
+    accepted = f"accepted suffixes: {' '.join(io.IMAGE_SUFFIXES)}"
+    empty = [f"{label} folder {folder} holds no images ({accepted})"
+             for label, folder, files in (("infrared", infrared, ir), ("visible", visible, vi)) if not files]
+    if empty:
+        raise ValueError("no pairs found: " + "; ".join(empty))
+    raise ValueError(
+        f"no pairs found: the file names in {infrared} and {visible} differ, and pairs are matched by "
+        f"file name without its suffix (infrared: {_examples(p.name for p in ir.values())}; "
+        f"visible: {_examples(p.name for p in vi.values())})"
+    )
+
+
+def load_pair(ir_path: str | os.PathLike, vi_path: str | os.PathLike, form: str = "network",
+              same_size: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Read one pair; returns (visible, infrared) in the requested form.
+
+    form="network": the network's inputs, (visible Y, infrared), each (H, W) float32 in [0, 1];
+        Y from OpenCV's YCrCb weights computed in float without rounding, as the reference does.
+    form="image": the decoded files as `io.read_image` gives them: (H, W[, C]) uint8/uint16,
+        RGB(A) or grey (what `Fuser` takes).
+    form="grey": grey levels as the metrics read files (`metrics.read_grey`): (H, W) float64
+        in 0..255.
+    Every file goes through the guarded decoder (io.read_image). With same_size (default) a
+    pair whose two images differ in size is an io.ImageError naming both sizes.
+    """
+    if form not in PAIR_FORMS:
+        raise ValueError(f"unknown pair form {form!r}; accepted: {', '.join(PAIR_FORMS)}")
+    ir_path, vi_path = Path(ir_path), Path(vi_path)
+    if form == "grey":
+        from .metrics import read_grey
+
+        vis, ir = read_grey(vi_path), read_grey(ir_path)
+    else:
+        vis, ir = io.read_image(vi_path), io.read_image(ir_path)
+    if same_size and vis.shape[:2] != ir.shape[:2]:
+        (vh, vw), (ih, iw) = vis.shape[:2], ir.shape[:2]
+        raise io.ImageError(f"{vi_path.name}: the visible image is {vw}x{vh} but the infrared image "
+                            f"{ir_path.name} is {iw}x{ih}; a pair must be registered (same size)")
+    if form == "network":
+        ir, _ = io.infrared_to_grey(ir)
+        vis = np.ascontiguousarray(io.visible_to_ycrcb(vis)[..., 0])
+    return vis, ir
 
 
 class PairDataset(torch.utils.data.Dataset):
