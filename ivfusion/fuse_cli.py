@@ -1,27 +1,66 @@
-"""`ivfusion fuse` (files or folders of pairs) and `ivfusion info` (size and cost)."""
+"""`ivfusion fuse` (files or folders of pairs) and `ivfusion info` (size and cost).
+
+Folder mode keeps going past any pair that fails (unreadable, too large, too small, a size
+mismatch, anything the network raises), then prints a summary naming each failed pair and
+why, and exits 1. Every file is written to a temporary name and renamed, so a failure (a full
+disk included) never leaves a partial PNG or npz.
+"""
 from __future__ import annotations
 
 import argparse
+import io as _bytes_io
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from . import io
-from .interventions import KINDS
+from .interventions import ALIASES, INTERVENTIONS, get_intervention
+from .levels import GATE_LEVELS, npz_key
+
+
+class _DeprecatedAlias(argparse.Action):
+    """An old flag spelling: stores into the new flag's dest and says which flag to use."""
+
+    def __init__(self, option_strings, dest, new_flag: str, **kwargs):
+        self.new_flag = new_flag
+        super().__init__(option_strings, dest, help=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"ivfusion: {option_string} is deprecated; use {self.new_flag}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def add_modality_flags(p: argparse.ArgumentParser, what: str) -> None:
+    """--infrared/--visible (required), with --ir/--vis as deprecated aliases."""
+    p.add_argument("--infrared", metavar="PATH", help=f"infrared {what}")
+    p.add_argument("--visible", metavar="PATH", help=f"visible {what}")
+    p.add_argument("--ir", dest="infrared", action=_DeprecatedAlias, new_flag="--infrared")
+    p.add_argument("--vis", dest="visible", action=_DeprecatedAlias, new_flag="--visible")
+
+
+def missing_modality_flags(args) -> str | None:
+    """The usage error when --infrared or --visible was not given (None when both were)."""
+    missing = [f for f, v in (("--infrared", args.infrared), ("--visible", args.visible)) if not v]
+    return f"the following arguments are required: {', '.join(missing)}" if missing else None
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("fuse", help="fuse an infrared/visible pair, or folders of pairs matched by file stem")
-    p.add_argument("--ir", required=True, help="infrared image file, or a folder of them")
-    p.add_argument("--vis", required=True, help="visible image file, or a folder of them")
+    p = subparsers.add_parser("fuse", help="fuse an infrared/visible pair, or folders of pairs matched by file name")
+    add_modality_flags(p, "image file, or a folder of them (matched by file name without suffix)")
     p.add_argument("--out", required=True, help="output folder (or a .png file for a single pair)")
     p.add_argument("--weights", default=None,
                    help="weights spec: a folder, .safetensors, the authors' .pth, hf://owner/repo[/file], "
                         "or 'untrained' (default: the bundled weights, or $IVFUSION_WEIGHTS)")
-    p.add_argument("--intervention", default="none", choices=KINDS)
+    p.add_argument("--intervention", default="none", choices=(*INTERVENTIONS, *ALIASES),
+                   help="; ".join(f"{n}: {iv.label}" for n, iv in INTERVENTIONS.items())
+                   + f" (deprecated: {', '.join(ALIASES)})")
     p.add_argument("--seed", type=int, default=0, help="seed of the intervention's masks")
-    p.add_argument("--save-gates", action="store_true", help="also write <stem>_gates.npz (gate maps)")
+    p.add_argument("--save-gates", action="store_true",
+                   help="also write <stem>_gates.npz: the gate maps at native size ("
+                        + ", ".join(npz_key(lv) for lv in GATE_LEVELS) + ") and gates_full (3, H, W)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--max-side", type=int, default=2048, help="downscale images whose longer side exceeds this")
     p.add_argument("--resize-ir", action="store_true", help="resize an infrared image of another size to the visible size")
@@ -37,18 +76,80 @@ def add_parser(subparsers) -> None:
     q.set_defaults(func=run_info)
 
 
-def _pairs(ir: Path, vis: Path, out: Path) -> tuple[list[tuple[str, Path, Path, Path]], list[str]]:
-    """(name, ir, vis, output) jobs and the stems found on one side only."""
-    if ir.is_dir() != vis.is_dir():
-        raise SystemExit("--ir and --vis must both be files or both be folders")
-    if not ir.is_dir():
-        target = out if out.suffix.lower() == ".png" else out / f"{vis.stem}.png"
-        return [(vis.stem, ir, vis, target)], []
-    irs, viss = io.list_images(ir), io.list_images(vis)
-    common = sorted(set(irs) & set(viss))
-    lonely = [f"{s} (infrared only)" for s in sorted(set(irs) - set(viss))] + [
-        f"{s} (visible only)" for s in sorted(set(viss) - set(irs))]
-    return [(s, irs[s], viss[s], out / f"{s}.png") for s in common], lonely
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write bytes to a temporary file beside `path`, then rename it over `path`.
+
+    Stand-in until ivfusion.io.atomic_write lands (same contract); the rename is atomic on one
+    file system, so readers see the old file or the whole new one, never a partial one.
+    """
+    atomic = getattr(io, "atomic_write", None)
+    if atomic is not None:
+        return atomic(path, data)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _png_bytes(rgb: np.ndarray) -> bytes:
+    import cv2
+
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR) if rgb.ndim == 3 else rgb)
+    if not ok:
+        raise OSError("could not encode the fused image as PNG")
+    return buf.tobytes()
+
+
+def _gates_bytes(result) -> bytes:
+    buf = _bytes_io.BytesIO()
+    np.savez_compressed(buf, **{npz_key(lv): result.gates[lv.index] for lv in GATE_LEVELS},
+                        gates_full=result.gates_full)
+    return buf.getvalue()
+
+
+def _jobs(infrared: Path, visible: Path, out: Path) -> tuple[list[tuple[str, Path, Path, Path]], list[str]]:
+    """(name, infrared, visible, output) jobs, and the files found on one side only."""
+    from .data import find_pairs
+
+    if infrared.is_dir() != visible.is_dir():
+        raise ValueError("--infrared and --visible must both be files or both be folders")
+    if not infrared.is_dir():
+        target = out if out.suffix.lower() == ".png" else out / f"{visible.stem}.png"
+        return [(visible.stem, infrared, visible, target)], []
+    pairs = find_pairs(infrared=infrared, visible=visible)
+    lonely = [f"{s} (infrared only)" for s in pairs.infrared_only] + [f"{s} (visible only)" for s in pairs.visible_only]
+    return [(s, ir, vi, out / f"{s}.png") for s, ir, vi in pairs], lonely
+
+
+def _fuse_one(fuser, args, kind: str, ir_path: Path, vis_path: Path, target: Path) -> list[str]:
+    """Fuse one pair and write its files; returns the notices. Raises on any failure."""
+    from .data import load_pair
+
+    visible, infrared = load_pair(ir_path, vis_path, form="image", same_size=False)
+    if visible.shape[:2] != infrared.shape[:2] and not args.resize_ir:
+        (vh, vw), (ih, iw) = visible.shape[:2], infrared.shape[:2]
+        raise io.ImageError(f"the infrared image is {iw}x{ih} but the visible image is {vw}x{vh}; a pair must be "
+                            "registered (same size). Add --resize-ir to resize the infrared image to the visible size.")
+    result = fuser.fuse(visible, infrared, kind, args.seed, resize_ir=args.resize_ir)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(target, _png_bytes(result.fused_rgb))
+    if args.save_gates:
+        _atomic_write(target.with_name(f"{target.stem}_gates.npz"), _gates_bytes(result))
+    return result.notices
+
+
+def _reason(e: BaseException) -> str:
+    """One line saying why a pair failed: the message of our own errors, the type otherwise."""
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    if isinstance(e, (ValueError, OSError)) and msg:  # our own errors (ImageError is a ValueError) say it all
+        return msg
+    if isinstance(e, MemoryError):
+        return "out of memory (the image is too large for this machine; try a smaller --max-side)"
+    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
 
 
 def run_fuse(args) -> int:
@@ -57,38 +158,39 @@ def run_fuse(args) -> int:
     from .hub import WeightsError
     from .predictor import Fuser
 
-    jobs, lonely = _pairs(Path(args.ir), Path(args.vis), Path(args.out))
-    for item in lonely:
-        print(f"skipped {item}: no matching file on the other side", file=sys.stderr)
-    if not jobs:
-        print("no pairs to fuse", file=sys.stderr)
-        return 1
+    usage = missing_modality_flags(args)
+    if usage:
+        print(f"ivfusion fuse: error: {usage}", file=sys.stderr)
+        return 2
+    kind = get_intervention(args.intervention).name
     try:
-        fuser = Fuser(args.weights, device=args.device, max_side=args.max_side, path=args.path)
-    except (WeightsError, RuntimeError, ValueError) as e:
+        jobs, lonely = _jobs(Path(args.infrared), Path(args.visible), Path(args.out))
+    except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"weights: {fuser.weights_source}; device: {fuser.device}; path: {fuser.path}; "
-          f"intervention: {args.intervention}")
-    failed = []
+    for item in lonely:
+        print(f"skipped {item}: no file with the same name on the other side", file=sys.stderr)
+    try:
+        fuser = Fuser(args.weights, device=args.device, max_side=args.max_side, path=args.path)
+    except (WeightsError, RuntimeError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"weights: {fuser.weights_source}; device: {fuser.device}; path: {fuser.path}; intervention: {kind}")
+    failed: dict[str, str] = {}
     for name, ir_path, vis_path, target in tqdm(jobs, disable=len(jobs) < 2, unit="pair"):
         try:
-            result = fuser.fuse(io.read_image(vis_path), io.read_image(ir_path), args.intervention, args.seed,
-                                resize_ir=args.resize_ir)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            io.write_png(target, result.fused_rgb)
-            if args.save_gates:
-                np.savez_compressed(target.with_name(f"{target.stem}_gates.npz"),
-                                    **{f"gate{k}": g for k, g in zip((3, 4, 5), result.gates)},
-                                    gates_full=result.gates_full)
-            for note in result.notices:
+            for note in _fuse_one(fuser, args, kind, ir_path, vis_path, target):
                 tqdm.write(f"{name}: {note}")
-        except (io.ImageError, OSError) as e:
-            failed.append(name)
-            tqdm.write(f"failed {name}: {e}", file=sys.stderr)
+        except Exception as e:  # any per-pair failure: report it, go on with the next pair
+            failed[name] = _reason(e)
+            tqdm.write(f"failed {name}: {failed[name]}", file=sys.stderr)
     print(f"fused {len(jobs) - len(failed)} of {len(jobs)} pairs into {Path(args.out)}"
           + (f"; failed: {', '.join(failed)}" if failed else "")
           + (f"; {len(lonely)} unmatched file(s) skipped" if lonely else ""))
+    if failed:
+        print(f"\n{len(failed)} pair(s) failed and were not written:", file=sys.stderr)
+        for name, why in failed.items():
+            print(f"  {name}: {why}", file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -97,10 +199,14 @@ def run_info(args) -> int:
 
     from .bench import count_macs
     from .config import ISFuseConfig
-    from .hub import describe, load_model
+    from .hub import WeightsError, describe, load_model
     from .modeling import ISFuse
 
-    model = load_model(args.weights)
+    try:
+        model = load_model(args.weights)
+    except (WeightsError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     h, w = args.size
     with_unused = ISFuse(ISFuseConfig(**{**model.config.to_dict(), "with_unused": True}))
     print(f"weights: {describe(model)}")

@@ -4,10 +4,12 @@ import shutil
 import subprocess
 import sys
 
+import cv2
 import numpy as np
 import pytest
 
 from ivfusion import Fuser, read_image
+from ivfusion.levels import GATE_LEVELS, npz_key
 
 
 def ivfusion(*args, timeout=600):
@@ -32,19 +34,62 @@ def folders(tmp_path, shared_dir):
 def test_folder_mode_fuses_good_pairs_and_names_failures(folders, tmp_path):
     ir, vi = folders
     out = tmp_path / "out"
-    res = ivfusion("fuse", "--ir", ir, "--vis", vi, "--out", out, "--weights", "untrained", "--max-side", "200")
+    res = ivfusion("fuse", "--infrared", ir, "--visible", vi, "--out", out, "--weights", "untrained",
+                   "--max-side", "200")
     assert res.returncode == 1, res.stderr
     assert sorted(p.name for p in out.iterdir()) == ["FLIR_00211.png", "FLIR_04269.png"]
     assert "failed broken:" in res.stderr and "not a readable image" in res.stderr
     assert "lonely (visible only)" in res.stderr
     assert "fused 2 of 3 pairs" in res.stdout and "failed: broken" in res.stdout
     assert "downscaled from 496x301" in res.stdout
+    assert "Traceback" not in res.stderr
+
+
+def _bad_pairs(ir, vi, src):
+    """Unusable pairs of every kind, each beside good ones: name -> (infrared bytes, visible bytes)."""
+    good_ir, good_vi = (src / "ir" / "FLIR_00211.jpg").read_bytes(), (src / "vi" / "FLIR_00211.jpg").read_bytes()
+    png = lambda a: cv2.imencode(".png", a)[1].tobytes()
+    header = bytearray(png(np.zeros((8, 8), np.uint8)))
+    header[16:24] = (50000).to_bytes(4, "big") * 2  # IHDR width and height: 50000 x 50000
+    return {
+        "b_tiny": (png(np.full((1, 1), 200, np.uint8)), png(np.full((1, 1, 3), 90, np.uint8))),
+        "c_flat": (png(np.zeros((64, 80), np.uint8)), png(np.zeros((64, 80, 3), np.uint8))),
+        "d_huge_header": (bytes(header), good_vi),
+        "e_truncated": (good_ir[: len(good_ir) // 3], good_vi),
+        "f_sizes": (png(np.zeros((30, 40), np.uint8)), good_vi),
+    }
+
+
+def test_folder_mode_continues_past_any_failure_and_writes_no_partial_file(folders, tmp_path, shared_dir):
+    ir, vi = folders
+    (ir / "broken.png").unlink()
+    for name, (ir_bytes, vi_bytes) in _bad_pairs(ir, vi, shared_dir / "data" / "roadscene" / "test").items():
+        (ir / f"{name}.png").write_bytes(ir_bytes)
+        (vi / f"{name}.png").write_bytes(vi_bytes)
+    out = tmp_path / "out"
+    res = ivfusion("fuse", "--infrared", ir, "--visible", vi, "--out", out, "--weights", "untrained",
+                   "--max-side", "160", "--save-gates")
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+    written = sorted(p.name for p in out.iterdir())
+    summary = res.stderr[res.stderr.index("pair(s) failed"):]
+    failed = [line.split(":")[0].strip() for line in summary.splitlines()[1:] if line.strip()]
+    ok = sorted({"FLIR_00211", "FLIR_04269", "b_tiny", "c_flat", "d_huge_header", "e_truncated", "f_sizes"}
+                - set(failed))
+    assert {"FLIR_00211", "FLIR_04269"} <= set(ok)
+    # every pair is either written (image and gates, complete) or named in the summary
+    assert written == sorted([f"{s}.png" for s in ok] + [f"{s}_gates.npz" for s in ok])
+    for s in ok:
+        assert read_image(out / f"{s}.png").ndim == 3
+        assert sorted(np.load(out / f"{s}_gates.npz").files) == ["gate_coarse", "gate_fine", "gate_mid", "gates_full"]
+    assert "f_sizes" in failed and "--resize-ir" in summary and "resize_ir=True" not in res.stderr
+    assert "d_huge_header" in failed and "e_truncated" in failed
+    assert f"failed: {', '.join(failed)}" in res.stdout
 
 
 def test_single_pair_output_is_lossless_and_matches_the_library(folders, tmp_path):
     ir, vi = folders
     out = tmp_path / "single" / "fused.png"
-    res = ivfusion("fuse", "--ir", ir / "FLIR_04269.jpg", "--vis", vi / "FLIR_04269.jpg", "--out", out,
+    res = ivfusion("fuse", "--infrared", ir / "FLIR_04269.jpg", "--visible", vi / "FLIR_04269.jpg", "--out", out,
                    "--weights", "untrained", "--intervention", "complementary", "--seed", "5", "--save-gates",
                    "--max-side", "200", "--path", "reference")
     assert res.returncode == 0, res.stderr
@@ -52,18 +97,60 @@ def test_single_pair_output_is_lossless_and_matches_the_library(folders, tmp_pat
         read_image(vi / "FLIR_04269.jpg"), read_image(ir / "FLIR_04269.jpg"), "complementary", 5)
     np.testing.assert_array_equal(read_image(out), expected.fused_rgb)
     gates = np.load(out.with_name("fused_gates.npz"))
-    assert sorted(gates.files) == ["gate3", "gate4", "gate5", "gates_full"]
-    np.testing.assert_allclose(gates["gate5"], expected.gates[2], atol=1e-6)
+    assert sorted(gates.files) == sorted([npz_key(lv) for lv in GATE_LEVELS] + ["gates_full"])
+    for lv in GATE_LEVELS:
+        np.testing.assert_allclose(gates[npz_key(lv)], expected.gates[lv.index], atol=1e-6)
+    assert gates["gate_fine"].shape == expected.fused_y.shape  # the fine level is at full size
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temporary file left
+
+
+def test_deprecated_flags_still_work_and_say_so(folders, tmp_path):
+    ir, vi = folders
+    out = tmp_path / "old.png"
+    res = ivfusion("fuse", "--ir", ir / "FLIR_04269.jpg", "--vis", vi / "FLIR_04269.jpg", "--out", out,
+                   "--weights", "untrained", "--max-side", "64", "--intervention", "drop-ir")
+    assert res.returncode == 0, res.stderr
+    assert "--ir is deprecated; use --infrared" in res.stderr and "--vis is deprecated; use --visible" in res.stderr
+    assert "intervention: drop-infrared" in res.stdout and out.is_file()
+
+
+def test_mismatched_sizes_tell_cli_users_about_resize_ir(folders, tmp_path):
+    ir, vi = folders
+    small = tmp_path / "small.png"
+    assert cv2.imwrite(str(small), cv2.imread(str(ir / "FLIR_04269.jpg"))[:100, :120])
+    res = ivfusion("fuse", "--infrared", small, "--visible", vi / "FLIR_04269.jpg", "--out", tmp_path / "x.png",
+                   "--weights", "untrained")
+    assert res.returncode == 1 and "Add --resize-ir" in res.stderr and "resize_ir=True" not in res.stderr
+    assert "120x100" in res.stderr and "Traceback" not in res.stderr
+    res = ivfusion("fuse", "--infrared", small, "--visible", vi / "FLIR_04269.jpg", "--out", tmp_path / "x.png",
+                   "--weights", "untrained", "--resize-ir", "--max-side", "64")
+    assert res.returncode == 0 and "infrared resized from 120x100" in res.stdout
+
+
+def test_no_pairs_found_says_the_names_differ(tmp_path, folders):
+    ir, vi = folders
+    other = tmp_path / "renamed"
+    other.mkdir()
+    for p in vi.iterdir():
+        shutil.copy(p, other / f"v_{p.name}")
+    res = ivfusion("fuse", "--infrared", ir, "--visible", other, "--out", tmp_path / "o", "--weights", "untrained")
+    assert res.returncode == 2 and "no pairs found" in res.stderr and "differ" in res.stderr
+    assert "v_FLIR_00211.jpg" in res.stderr and "Traceback" not in res.stderr
 
 
 def test_bad_weights_and_mismatched_args(folders, tmp_path):
     ir, vi = folders
-    res = ivfusion("fuse", "--ir", ir, "--vis", vi, "--out", tmp_path / "o", "--weights", tmp_path / "none.safetensors")
+    res = ivfusion("fuse", "--infrared", ir, "--visible", vi, "--out", tmp_path / "o",
+                   "--weights", tmp_path / "none.safetensors")
     assert res.returncode == 2 and "weights not found" in res.stderr
-    res = ivfusion("fuse", "--ir", ir / "FLIR_00211.jpg", "--vis", vi, "--out", tmp_path / "o")
+    res = ivfusion("fuse", "--infrared", ir / "FLIR_00211.jpg", "--visible", vi, "--out", tmp_path / "o")
     assert res.returncode != 0 and "both be files or both be folders" in res.stderr
-    res = ivfusion("fuse", "--ir", ir, "--vis", vi, "--out", tmp_path / "o", "--intervention", "blur")
+    res = ivfusion("fuse", "--infrared", ir, "--visible", vi, "--out", tmp_path / "o", "--intervention", "blur")
     assert res.returncode == 2 and "invalid choice" in res.stderr
+    res = ivfusion("fuse", "--visible", vi, "--out", tmp_path / "o")
+    assert res.returncode == 2 and "required: --infrared" in res.stderr
+    res = ivfusion("info", "--weights", tmp_path / "nope")
+    assert res.returncode == 2 and "Traceback" not in res.stderr and "nope" in res.stderr
 
 
 def test_info_prints_the_papers_size_and_cost():
