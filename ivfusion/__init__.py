@@ -19,6 +19,7 @@ _EXPORTS = {
     "MaskConfig": "ivfusion.interventions",
     "ImageError": "ivfusion.io",
     "read_image": "ivfusion.io",
+    "read_header": "ivfusion.io",
     "ISFuse": "ivfusion.modeling",
     "Fuser": "ivfusion.predictor",
     "FusionResult": "ivfusion.predictor",

@@ -7,7 +7,10 @@ After fusion the visible Cr/Cb are put back and the result converted to RGB.
 """
 from __future__ import annotations
 
+import io as _bytes_io
 import os
+import secrets
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -15,46 +18,219 @@ import numpy as np
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 ACCEPTED = "PNG, JPEG, BMP, TIFF or WebP; grey, RGB or RGBA; 8- or 16-bit"
-MAX_PIXELS = 200_000_000  # past this even reading the file is a memory hazard
+# The budgets every decode must fit, checked from the header before any pixel is decoded.
+# 50 MP covers any camera in the field; 256 MiB of decoded samples is a 50 MP 8-bit RGB image
+# or a 33 MP 16-bit RGBA one, so a 7000x7000 16-bit RGBA file (374 MiB) is refused unread.
+# A decode peaks at about twice its decoded size (OpenCV's decoders keep a working buffer).
+MAX_PIXELS = 50_000_000
+MAX_BYTES = 256 * 2**20
+# Pillow format names accepted (MPO: a JPEG with extra frames, as some cameras write).
+_FORMATS = ("PNG", "JPEG", "MPO", "BMP", "TIFF", "WEBP")
 
 
 class ImageError(ValueError):
     """An input image that cannot be used, with what is wrong and what is accepted."""
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as RGB(A) or grey, keeping its bit depth.
+@dataclass(frozen=True)
+class ImageHeader:
+    """What a file's header says, read without decoding a pixel.
 
-    Returns (H, W) or (H, W, 3|4) uint8 or uint16. Raises ImageError for a missing,
-    unreadable, corrupt or empty file.
+    channels: those `read_image` returns (a palette expands to RGB, or RGBA with transparency;
+    grey+alpha PNGs decode as RGBA). bit_depth: bits per sample in the file (1, 8, 16 or 32).
+    format: Pillow's name (PNG, JPEG, MPO, BMP, TIFF, WEBP).
     """
-    path = Path(path)
+
+    width: int
+    height: int
+    channels: int
+    bit_depth: int
+    format: str
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+    @property
+    def decoded_bytes(self) -> int:
+        """Bytes of the decoded array: width * height * channels * bytes per sample."""
+        per_sample = 1 if self.bit_depth <= 8 else 2 if self.bit_depth <= 16 else 4
+        return self.pixels * self.channels * per_sample
+
+    def describe(self) -> str:
+        return f"{self.width}x{self.height} {self.format}, {self.channels} channel(s), {self.bit_depth}-bit"
+
+
+Source = str | os.PathLike | bytes | bytearray | memoryview
+
+
+def _label(source: Source, name: str | None) -> str:
+    if name:
+        return name
+    return "image (in memory)" if isinstance(source, (bytes, bytearray, memoryview)) else str(source)
+
+
+def _open_source(source: Source, label: str):
+    """A binary file object on the source, after checking that there is something to read."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        if len(source) == 0:
+            raise ImageError(f"{label}: the data is empty")
+        return _bytes_io.BytesIO(bytes(source))
+    path = Path(source)
     if not path.is_file():
-        raise ImageError(f"{path}: no such file")
-    data = np.fromfile(path, dtype=np.uint8)
-    if data.size == 0:
-        raise ImageError(f"{path}: the file is empty")
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+        raise ImageError(f"{label}: no such file" + (" (it is a folder)" if path.is_dir() else ""))
+    if path.stat().st_size == 0:
+        raise ImageError(f"{label}: the file is empty")
+    try:
+        return open(path, "rb")
+    except OSError as e:
+        raise ImageError(f"{label}: cannot be opened ({e.strerror or e})") from None
+
+
+def _channels_and_depth(im) -> tuple[int, int]:
+    """(channels as decoded, bits per sample) from a lazily opened Pillow image."""
+    mode = im.mode
+    # Pillow opens 16-bit RGB(A) as 8-bit modes; the raw mode of the first tile keeps the depth.
+    args = im.tile[0][3] if im.tile and len(im.tile[0]) > 3 else None
+    rawmode = (args if isinstance(args, str) else args[0] if isinstance(args, tuple) and args and
+               isinstance(args[0], str) else "") or ""
+    if mode.startswith("I;16") or ";16" in rawmode:
+        depth = 16
+    elif mode in ("I", "F"):
+        depth = 32
+    elif mode == "1":
+        depth = 1
+    else:
+        depth = 8
+    if mode in ("1", "L", "I", "F") or mode.startswith("I;16"):
+        channels = 1
+    elif mode == "P":
+        channels = 4 if "transparency" in im.info else 3
+    elif mode in ("LA", "PA", "RGBA", "RGBa", "La"):
+        channels = 4  # OpenCV decodes grey+alpha as BGRA
+    else:  # RGB, YCbCr, LAB, HSV; CMYK JPEGs decode to RGB
+        channels = 3
+    return channels, depth
+
+
+def read_header(source: Source, *, name: str | None = None) -> ImageHeader:
+    """Size, channels, bit depth and format of an image file (or its bytes), without decoding.
+
+    Raises ImageError naming the file for a missing, empty, unreadable or unaccepted one.
+    """
+    from PIL import Image
+
+    label = _label(source, name)
+    fp = _open_source(source, label)
+    try:
+        prefix = fp.read(16)
+        Image.init()
+        # Pillow's own opener loop without its decompression-bomb guard, which would refuse
+        # large headers before naming their size; check_header applies our budgets instead.
+        for fmt in _FORMATS:
+            factory, accept = Image.OPEN.get(fmt, (None, None))
+            if factory is None or (accept and not accept(prefix)):
+                continue
+            fp.seek(0)
+            try:
+                im = factory(fp, label)
+            except Exception:  # noqa: BLE001 - any parser error means "not this format"
+                continue
+            channels, depth = _channels_and_depth(im)
+            width, height = im.size
+            if width <= 0 or height <= 0:
+                raise ImageError(f"{label}: the {fmt} header says {width}x{height} pixels; the image is empty")
+            return ImageHeader(width, height, channels, depth, fmt)
+        fp.seek(0)
+        try:  # name a format that Pillow knows but this project does not accept (GIF, ICO ...)
+            other = Image.open(fp).format
+        except Exception:  # noqa: BLE001 - unknown to Pillow too
+            other = None
+        what = f"a {other} image, not accepted" if other else "not a readable image (corrupt or unsupported)"
+        raise ImageError(f"{label}: {what}; accepted: {ACCEPTED}")
+    finally:
+        fp.close()
+
+
+def check_header(header: ImageHeader, name: str, *, max_pixels: int | None = MAX_PIXELS,
+                 max_bytes: int | None = MAX_BYTES) -> ImageHeader:
+    """Refuse, before decoding, what read_image would refuse: too many pixels, too many decoded
+    bytes, or a sample depth other than 8 or 16 bits (1-bit files decode to 8). None: no limit."""
+    if header.bit_depth > 16:
+        raise ImageError(f"{name}: {header.describe()} samples; accepted: {ACCEPTED}")
+    if max_pixels is not None and header.pixels > max_pixels:
+        raise ImageError(
+            f"{name}: {header.width}x{header.height} is {header.pixels / 1e6:,.1f} megapixels, over the "
+            f"limit of {max_pixels / 1e6:,.1f} megapixels; downscale it first")
+    if max_bytes is not None and header.decoded_bytes > max_bytes:
+        raise ImageError(
+            f"{name}: {header.describe()} would take {header.decoded_bytes / 2**20:,.1f} MiB decoded, over "
+            f"the limit of {max_bytes / 2**20:,.1f} MiB; use fewer channels, 8 bits or a smaller image")
+    return header
+
+
+def read_image(source: Source, *, max_pixels: int | None = MAX_PIXELS, max_bytes: int | None = MAX_BYTES,
+               name: str | None = None) -> np.ndarray:
+    """Read an image file (or its bytes) as RGB(A) or grey, keeping its bit depth.
+
+    The one guarded decoder: the header is read and checked against `max_pixels` and
+    `max_bytes` (decoded width * height * channels * bytes per sample) before any decoding.
+    Returns (H, W) or (H, W, 3|4) uint8 or uint16. Raises ImageError naming the file (or
+    `name`) for a missing, empty, corrupt, unsupported or over-budget image.
+    """
+    label = _label(source, name)
+    header = check_header(read_header(source, name=label), label, max_pixels=max_pixels, max_bytes=max_bytes)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = np.frombuffer(source, dtype=np.uint8)
+    else:
+        if max_bytes is not None and os.path.getsize(source) > max_bytes:
+            raise ImageError(f"{label}: the file is {os.path.getsize(source) / 2**20:,.0f} MiB, over the "
+                             f"limit of {max_bytes / 2**20:,.0f} MiB")
+        data = np.fromfile(source, dtype=np.uint8)
+    try:
+        img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    except cv2.error:
+        img = None
     if img is None or img.size == 0:
-        raise ImageError(f"{path}: not a readable image (corrupt or unsupported); accepted: {ACCEPTED}")
+        raise ImageError(f"{label}: not a readable image (corrupt or unsupported); accepted: {ACCEPTED}")
+    if img.shape[:2] != (header.height, header.width) or img.dtype not in (np.uint8, np.uint16):
+        raise ImageError(f"{label}: decoded as {img.shape} {img.dtype}, not the {header.describe()} that its "
+                         f"header says; accepted: {ACCEPTED}")
     if img.ndim == 3 and img.shape[2] == 3:
-        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+        cv2.cvtColor(img, cv2.COLOR_BGR2RGB, dst=img)  # in place: no second copy of a large image
     elif img.ndim == 3 and img.shape[2] == 4:
-        img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGBA)
+        cv2.cvtColor(img, cv2.COLOR_BGRA2RGBA, dst=img)
     return img
 
 
+def atomic_write(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` all at once or not at all: a temporary name in the same folder,
+    then os.replace, so a full disk or a kill leaves no partial file under `path`."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as for open()
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def write_png(path: str | os.PathLike, rgb: np.ndarray) -> None:
-    """Write an RGB or grey uint8/uint16 array as a lossless PNG."""
+    """Write an RGB or grey uint8/uint16 array as a lossless PNG, atomically."""
     img = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR) if rgb.ndim == 3 else rgb
     ok, buf = cv2.imencode(".png", img)
     if not ok:
         raise OSError(f"could not encode {path} as PNG")
-    Path(path).write_bytes(buf.tobytes())
+    atomic_write(path, buf.tobytes())
 
 
-def check_array(img, name: str) -> np.ndarray:
-    """Validate an in-memory image: (H, W) or (H, W, 1..4), non-empty, within MAX_PIXELS.
+def check_array(img, name: str, *, max_pixels: int | None = MAX_PIXELS) -> np.ndarray:
+    """Validate an in-memory image: (H, W) or (H, W, 1..4), non-empty, within max_pixels.
 
     Returns it with a trailing single channel dropped; raises ImageError naming `name`.
     """
@@ -70,8 +246,9 @@ def check_array(img, name: str) -> np.ndarray:
         raise ImageError(
             f"{name}: {img.shape[2]} channels; accepted: 1 (grey), 2 (grey+alpha), 3 (RGB) or 4 (RGBA)"
         )
-    if img.shape[0] * img.shape[1] > MAX_PIXELS:
-        raise ImageError(f"{name}: {img.shape[1]}x{img.shape[0]} is too large (limit {MAX_PIXELS:,} pixels)")
+    if max_pixels is not None and img.shape[0] * img.shape[1] > max_pixels:
+        raise ImageError(f"{name}: {img.shape[1]}x{img.shape[0]} is {img.shape[0] * img.shape[1] / 1e6:,.1f} "
+                         f"megapixels, over the limit of {max_pixels / 1e6:,.1f} megapixels; downscale it first")
     return img
 
 
