@@ -56,6 +56,16 @@ class InvarianceGate(nn.Module):
         return torch.sigmoid(self.proj(self.block(cross)))
 
 
+class GatedMix(nn.Module):
+    """The CFI's gated combination g * cross + (1 - g) * local, with local = f_vi + f_ir the
+    plain sum of the two modalities' features. No parameters; a module of its own so that the
+    fast path (ivfusion.fast) can swap in an in-place form."""
+
+    def forward(self, cross: Tensor, g: Tensor, f_vi: Tensor, f_ir: Tensor) -> Tensor:
+        local = f_vi + f_ir
+        return g * cross + (1 - g) * local
+
+
 class CFI(nn.Module):
     """Causal Feature Integrator at one level: fused = refine(g * cross + (1 - g) * local).
 
@@ -67,10 +77,16 @@ class CFI(nn.Module):
         super().__init__()
         self.attention = PooledCrossAttention(dim, r)
         self.gate = InvarianceGate(dim, gate_dim, negative_slope)
+        self.mix = GatedMix()
         self.refine = ConvBNAct(dim, dim, 3, negative_slope)
 
     def forward(self, f_vi: Tensor, f_ir: Tensor) -> tuple[Tensor, Tensor]:
+        fused, g, _ = self.forward_with_cross(f_vi, f_ir)
+        return fused, g
+
+    def forward_with_cross(self, f_vi: Tensor, f_ir: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(fused, g, cross): also the cross-attended features (B, C, h, w) that the gate reads,
+        for analyses of how they change under interventions."""
         cross = self.attention(f_vi, f_ir)
         g = self.gate(cross)
-        local = f_vi + f_ir
-        return self.refine(g * cross + (1 - g) * local), g
+        return self.refine(self.mix(cross, g, f_vi, f_ir)), g, cross

@@ -20,11 +20,19 @@ class Encoder(nn.Module):
             [double_conv(1 if k == 0 else dim, dim, negative_slope) for k in range(3)]
         )
 
+    pool = 2  # the max-pooling factor between stages
+
     def forward(self, x: Tensor) -> list[Tensor]:
         feats = []
         for k, stage in enumerate(self.stages):
             if k:
-                x = F.max_pool2d(x, 2)
+                x = F.max_pool2d(x, self.pool)
             x = stage(x)
             feats.append(x)
         return feats
+
+    def stage_radii(self) -> list[int]:
+        """How far each stage's convolutions reach, in that stage's pixels (the sum of kernel // 2
+        over its convolutions). With `pool`, this fixes the encoder's locality, which lets
+        a caller recompute the features of a changed region exactly from a crop."""
+        return [sum(m.kernel_size[0] // 2 for m in stage.modules() if isinstance(m, nn.Conv2d)) for stage in self.stages]

@@ -56,14 +56,30 @@ class ISFuse(
 
     def forward(self, vis_y: Tensor, ir: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
         check_inputs(vis_y, ir)
-        f_vi = self.encoder_vi(vis_y)
-        f_ir = self.encoder_ir(ir)
-        psi, gates = [], []
+        return self.fuse_features(*self.encode(vis_y, ir))
+
+    def encode(self, vis_y: Tensor, ir: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        """The two encoders' features (f_vi, f_ir), each a list of three (B, C, h, w) maps at
+        H, H/2 and H/4 (floored), finest first. Each encoder sees only its own modality, so a
+        caller that changes one input may reuse the other's features."""
+        return self.encoder_vi(vis_y), self.encoder_ir(ir)
+
+    def fuse_features(
+        self, f_vi: list[Tensor], f_ir: list[Tensor], return_cross: bool = False
+    ) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]] | tuple[Tensor, tuple, tuple]:
+        """Everything after the encoders: a CFI per level (coarse to fine) and the decoder.
+
+        Returns (fused, gates) as `forward` does; with return_cross=True also the three CFIs'
+        cross-attended features (B, C, h, w), coarsest first, as a third item.
+        """
+        psi, gates, crosses = [], [], []
         for cfi, level in zip(self.cfis, (2, 1, 0)):  # coarse to fine
-            p, g = cfi(f_vi[level], f_ir[level])
+            p, g, cross = cfi.forward_with_cross(f_vi[level], f_ir[level])
             psi.append(p)
             gates.append(g)
-        return self.decoder(psi), tuple(gates)
+            crosses.append(cross)
+        fused = self.decoder(psi)
+        return (fused, tuple(gates), tuple(crosses)) if return_cross else (fused, tuple(gates))
 
     def num_parameters(self, used_only: bool = True) -> int:
         """Parameters of the forward path, or of every module (as the paper counts)."""
