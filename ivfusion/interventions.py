@@ -135,13 +135,16 @@ def _drop_infrared(height, width, rng, config):
     return np.ones((height, width), np.float32), np.zeros((height, width), np.float32)
 
 
-def _paper_mask(height, width, rng, config, hidden: np.ndarray | None = None) -> np.ndarray:
+def _paper_mask(height, width, rng, config, hidden: np.ndarray | None = None, share: float = 1.0,
+                masks: int = 1) -> np.ndarray:
     """The authors' sampler: 1-6 holes, each a square (side mask_size) or, with p_disk, a disk
     of radius mask_size // 2 whose centre keeps it inside the image where it fits. A hole that
     would take the hidden area (with `hidden`, the other mask's too) past max_fraction is left
-    out; holes shrink only on images smaller than themselves."""
-    side, _ = _hole_geometry(height, width, config)
-    budget = config.max_fraction * height * width
+    out; holes shrink only on images smaller than themselves (sized for `masks` masks).
+    `share` < 1 keeps this mask to that share of the budget (room for the second complementary
+    mask on small images)."""
+    side, _ = _hole_geometry(height, width, config, masks=masks)
+    budget = share * config.max_fraction * height * width
     mask = np.ones((height, width), np.float32)
     union = np.zeros((height, width), bool) if hidden is None else hidden.copy()
     yy, xx = np.ogrid[:height, :width]
@@ -173,8 +176,8 @@ def _random(height, width, rng, config):
 
 def _complementary(height, width, rng, config):
     if config.style == "paper":
-        m_vi = _paper_mask(height, width, rng, config)
-        m_ir = _paper_mask(height, width, rng, config, hidden=m_vi == 0)
+        m_vi = _paper_mask(height, width, rng, config, share=0.5, masks=2)
+        m_ir = _paper_mask(height, width, rng, config, hidden=m_vi == 0, masks=2)
         both = (m_vi == 0) & (m_ir == 0)
         coin = rng.random((height, width)) < 0.5  # a fair coin per pixel that both hide
         m_vi[both & coin] = 1

@@ -40,29 +40,48 @@ def mean_gate(gates: tuple[Tensor, ...] | list[Tensor], size: tuple[int, int]) -
 
 
 def gate_regulariser(g_bar: Tensor, eta: float = 0.3) -> Tensor:
-    """R(G_bar) = |mean(G_bar) - eta| - H(G_bar), per image, then averaged over the batch.
+    """R(G) = |mean(G) - eta| - H(G), per image, then averaged over the batch.
 
     eta is the target share of gate activation (0.3: gates open on about 30% of the evidence).
-    H is the binary entropy in nats, g clamped to [1e-6, 1 - 1e-6], averaged over pixels;
-    subtracting it rewards gates that stay undecided rather than saturating early.
+    H is the binary entropy in nats, g clamped to [1e-6, 1 - 1e-6], averaged over pixels (the
+    authors' form). Note what it rewards: for a given mean, the pixel-averaged entropy is
+    largest when every pixel equals that mean (Jensen), so R alone is minimised by a constant
+    gate at eta; spatial structure can only come from the consistency term and from L_f.
     """
     g = g_bar.flatten(1).clamp(_ENTROPY_EPS, 1 - _ENTROPY_EPS)
     entropy = -(g * g.log() + (1 - g) * (1 - g).log()).mean(1)
     return ((g.mean(1) - eta).abs() - entropy).mean()
 
 
-def intervention_loss(
-    fused: Tensor, intervened: list[Tensor], intervened_gates: list[Tensor], eta: float = 0.3
-) -> Tensor:
-    """L_inv = mean over d in {complementary, random} of mean(|F_d - F| * G_bar_d) + R(G_bar_d).
+REGULARISERS = ("aggregated", "per-level")
 
-    F_d is the output under intervention d and G_bar_d that pass's mean gate: an output that
+
+def intervention_loss(
+    fused: Tensor,
+    intervened: list[Tensor],
+    intervened_gates: list[tuple[Tensor, ...]],
+    eta: float = 0.3,
+    regulariser: str = "aggregated",
+) -> Tensor:
+    """L_inv = mean over d in {complementary, random} of mean(|F_d - F| * G_bar_d) + R(.).
+
+    F_d is the output under intervention d and intervened_gates[d] that pass's three gate
+    maps (coarsest first); G_bar_d is their mean at full size (`mean_gate`). An output that
     changes where the gate is open (claims stability) is penalised.
+    regulariser: "aggregated" (the authors' code): R(G_bar_d); "per-level": the mean over the
+    three levels of R(G_d^level) at each level's own size, so no level can stay flat behind
+    the average.
     """
-    terms = [
-        ((f_d - fused).abs() * g_d).mean() + gate_regulariser(g_d, eta)
-        for f_d, g_d in zip(intervened, intervened_gates, strict=True)
-    ]
+    if regulariser not in REGULARISERS:
+        raise ValueError(f"unknown regulariser {regulariser!r}; accepted: {', '.join(REGULARISERS)}")
+    terms = []
+    for f_d, gates in zip(intervened, intervened_gates, strict=True):
+        g_bar = mean_gate(gates, fused.shape[-2:])
+        if regulariser == "aggregated":
+            reg = gate_regulariser(g_bar, eta)
+        else:
+            reg = torch.stack([gate_regulariser(g, eta) for g in gates]).mean()
+        terms.append(((f_d - fused).abs() * g_bar).mean() + reg)
     return torch.stack(terms).mean()
 
 

@@ -3,15 +3,17 @@ import numpy as np
 import pytest
 import torch
 
-from ivfusion.interventions import KINDS, MaskConfig, apply_masks, sample_mask_batch, sample_masks
+from ivfusion.interventions import (INTERVENTIONS, KINDS, MASKED_KINDS, Intervention, MaskConfig, apply_masks,
+                                    get_intervention, sample_mask_batch, sample_masks)
 
 SIZES = [(64, 64), (37, 91), (240, 320), (20, 20), (8, 30)]
 
 
 @pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("disk_prob", [0.0, 0.3, 1.0])
-def test_complementary_masks_never_hide_the_same_pixel(size, disk_prob):
-    cfg = MaskConfig(disk_prob=disk_prob)
+@pytest.mark.parametrize("style", ["disjoint", "paper"])
+def test_complementary_masks_never_hide_the_same_pixel(size, disk_prob, style):
+    cfg = MaskConfig(disk_prob=disk_prob, style=style)
     for seed in range(40):
         m_vi, m_ir = sample_masks("complementary", *size, seed, cfg)
         assert not np.any((m_vi == 0) & (m_ir == 0))
@@ -20,11 +22,12 @@ def test_complementary_masks_never_hide_the_same_pixel(size, disk_prob):
 
 @pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("kind", ["complementary", "random"])
-def test_masked_area_is_at_most_half_and_within_hole_counts(size, kind):
+@pytest.mark.parametrize("style", ["disjoint", "paper"])
+def test_masked_area_is_at_most_half_and_within_hole_counts(size, kind, style):
     h, w = size
-    side = min(16, h, w, int((0.5 * h * w / (2 if kind == "complementary" else 1)) ** 0.5))
+    side = min(16, h, w, int((0.5 * h * w / (2 if kind == "complementary" and style == "disjoint" else 1)) ** 0.5))
     for seed in range(40):
-        masks = sample_masks(kind, h, w, seed)
+        masks = sample_masks(kind, h, w, seed, MaskConfig(style=style))
         for m in masks:
             hidden = int((m == 0).sum())
             assert 0 < hidden <= 0.5 * h * w
@@ -49,9 +52,9 @@ def test_number_of_holes_follows_the_config():
 def test_random_mask_is_shared_and_dropouts_zero_one_modality():
     m_vi, m_ir = sample_masks("random", 50, 60, 1)
     np.testing.assert_array_equal(m_vi, m_ir)
-    vi0, ir1 = sample_masks("drop-vis", 50, 60, 1)
+    vi0, ir1 = sample_masks("drop-visible", 50, 60, 1)
     assert vi0.max() == 0 and ir1.min() == 1
-    vi1, ir0 = sample_masks("drop-ir", 50, 60, 1)
+    vi1, ir0 = sample_masks("drop-infrared", 50, 60, 1)
     assert vi1.min() == 1 and ir0.max() == 0
     a, b = sample_masks("none", 5, 5, 1)
     assert a.min() == 1 and b.min() == 1
@@ -95,3 +98,70 @@ def test_bad_arguments_are_named():
         MaskConfig(min_holes=4, max_holes=2)
     with pytest.raises(ValueError, match="mask_size"):
         MaskConfig(mask_size=0)
+
+
+def test_registry_names_labels_and_aliases():
+    assert list(INTERVENTIONS) == ["none", "complementary", "random", "drop-visible", "drop-infrared"]
+    assert KINDS == tuple(INTERVENTIONS) and MASKED_KINDS == ("complementary", "random")
+    assert [iv.label for iv in INTERVENTIONS.values()] == [
+        "none", "complementary masking", "random masking", "drop visible", "drop infrared"]
+    assert get_intervention("drop-vis") is INTERVENTIONS["drop-visible"]
+    assert get_intervention("drop-ir") is INTERVENTIONS["drop-infrared"]
+    np.testing.assert_array_equal(sample_masks("drop-ir", 9, 9, 0)[1], sample_masks("drop-infrared", 9, 9, 0)[1])
+    with pytest.raises(ValueError, match="accepted: none, complementary, random, drop-visible, drop-infrared"):
+        get_intervention("drop-both")
+    with pytest.raises(Exception):  # frozen
+        INTERVENTIONS["none"].name = "x"
+    assert isinstance(INTERVENTIONS["random"], Intervention)
+
+
+
+
+def test_paper_holes_are_16_pixel_squares_or_radius_8_disks_in_the_authors_proportion():
+    # one hole per mask on a large image: its pixel count says which shape it is
+    cfg = MaskConfig(style="paper", min_holes=1, max_holes=1)
+    yy, xx = np.mgrid[-8:9, -8:9]
+    disk_area = int(((yy ** 2 + xx ** 2) <= 64).sum())  # 197: radius 8 around a pixel centre
+    shapes = []
+    for seed in range(300):
+        m, same = sample_masks("random", 300, 300, seed, cfg)
+        np.testing.assert_array_equal(m, same)  # random masking: one mask for both modalities
+        hidden = m == 0
+        ys, xs = np.nonzero(hidden)
+        if hidden.sum() == 256:
+            assert np.ptp(ys) == 15 and np.ptp(xs) == 15
+            shapes.append("square")
+        else:
+            assert hidden.sum() == disk_area and np.ptp(ys) == 16 and np.ptp(xs) == 16
+            shapes.append("disk")
+    share = shapes.count("square") / len(shapes)
+    assert 0.62 < share < 0.78  # p = 0.7; 300 draws give a standard error of 0.026
+
+
+def test_paper_complementary_masks_are_independent_and_a_coin_splits_the_overlap():
+    # With many large holes the two masks overlap often; each overlapping pixel goes back to
+    # one modality, about half of them to each. Independence: the masks' holes are not kept apart.
+    cfg = MaskConfig(style="paper", mask_size=32, min_holes=6, max_holes=6, disk_prob=0.0, max_fraction=1.0)
+    given_to_vi = given_to_ir = 0
+    for seed in range(30):
+        rng = np.random.default_rng(seed)
+        a, b = sample_masks("complementary", 96, 96, rng, cfg)
+        assert not np.any((a == 0) & (b == 0))
+        # rebuild the overlap: the same draws without the coin, from the same seed
+        rng = np.random.default_rng(seed)
+        from ivfusion.interventions import _paper_mask
+
+        raw_vi = _paper_mask(96, 96, rng, cfg, share=0.5, masks=2)
+        raw_ir = _paper_mask(96, 96, rng, cfg, hidden=raw_vi == 0, masks=2)
+        both = (raw_vi == 0) & (raw_ir == 0)
+        given_to_vi += int((a[both] == 1).sum())
+        given_to_ir += int((b[both] == 1).sum())
+        np.testing.assert_array_equal(a[~both], raw_vi[~both])
+    total = given_to_vi + given_to_ir
+    assert total > 2000  # the independent masks did overlap
+    assert abs(given_to_vi / total - 0.5) < 0.05
+
+
+def test_unknown_mask_style_is_named():
+    with pytest.raises(ValueError, match="accepted: disjoint, paper"):
+        MaskConfig(style="authors")

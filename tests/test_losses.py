@@ -48,14 +48,44 @@ def test_gate_regulariser_by_hand():
     assert torch.isfinite(losses.gate_regulariser(full(1.0), 0.3))
 
 
+def levels(coarse, mid, fine, size=8):
+    return (torch.full((1, 1, size // 4, size // 4), coarse), torch.full((1, 1, size // 2, size // 2), mid),
+            torch.full((1, 1, size, size), fine))
+
+
 def test_intervention_loss_by_hand():
-    # |F_d - F| = 0.2 everywhere, G_bar_d = 0.5: 0.2 * 0.5 + (0.2 - ln 2), same for both d.
-    f, f_d, g = full(0.0), full(0.2), full(0.5)
+    # |F_d - F| = 0.2 everywhere, all gates 0.5: 0.2 * 0.5 + (0.2 - ln 2), same for both d.
+    f, f_d, g = full(0.0, 8), full(0.2, 8), levels(0.5, 0.5, 0.5)
     value = losses.intervention_loss(f, [f_d, f_d], [g, g], eta=0.3)
     assert value.item() == pytest.approx(0.1 + 0.2 - math.log(2), abs=1e-6)
     # where the gate is closed, a changed output costs nothing but R
-    closed = losses.intervention_loss(f, [f_d], [full(1e-9)], eta=0.3).item()
+    shut = levels(1e-9, 1e-9, 1e-9)
+    closed = losses.intervention_loss(f, [f_d], [shut], eta=0.3).item()
     assert closed == pytest.approx(losses.gate_regulariser(full(1e-9), 0.3).item(), abs=1e-6)
+
+
+def h(p):
+    return -(p * math.log(p) + (1 - p) * math.log(1 - p))
+
+
+def test_aggregated_and_per_level_regularisers_differ_by_hand():
+    # levels 0.1 / 0.3 / 0.5, F unchanged (no consistency cost). Aggregated: G_bar = 0.3
+    # everywhere, R = 0 - H(0.3). Per level: mean of |0.1-0.3| - H(0.1), -H(0.3), |0.5-0.3| - H(0.5).
+    f, g = full(0.0, 8), levels(0.1, 0.3, 0.5)
+    agg = losses.intervention_loss(f, [f], [g], eta=0.3, regulariser="aggregated").item()
+    per = losses.intervention_loss(f, [f], [g], eta=0.3, regulariser="per-level").item()
+    assert agg == pytest.approx(-h(0.3), abs=1e-5)
+    assert per == pytest.approx((0.2 - h(0.1) - h(0.3) + 0.2 - h(0.5)) / 3, abs=1e-5)
+    with pytest.raises(ValueError, match="accepted: aggregated, per-level"):
+        losses.intervention_loss(f, [f], [g], regulariser="mean")
+
+
+def test_a_constant_gate_at_eta_minimises_the_regulariser():
+    # the reason R cannot make gates structured: at a fixed mean 0.3, any spread lowers H
+    flat = losses.gate_regulariser(full(0.3, 8), 0.3).item()
+    two_valued = torch.full((1, 1, 8, 8), 0.1)
+    two_valued[..., :4, :] = 0.5  # mean still 0.3
+    assert losses.gate_regulariser(two_valued, 0.3).item() > flat + 0.05
 
 
 def test_necessity_loss_by_hand():

@@ -1,0 +1,99 @@
+"""The gate-structure ablation of docs/TRAINING.md: short runs from one init, equal steps,
+one factor changed per run, then one table of gate structure and fusion scores.
+
+    nice -n 10 python tools/ablation.py run [--only NAME ...] [--steps 60]   # trains (minutes each)
+    python tools/ablation.py table                                          # reprints the table
+
+Every run starts from the v2 weights (assets/weights/isfuse-ivfusion), trains on
+roadscene/train and validates on the first 8 pairs of msrs/train (another sensor and scene
+set: the cross-dataset proxy), all in runs/ablation/NAME. The table reads each run's last
+validation record from its log.jsonl: per gate level the spatial std and the 1st-99th
+percentile span (eval mode, full-size pairs), then Qabf and VIF.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+OUT = Path("runs/ablation")
+BASE = ["--data", "../shared/data/roadscene/train", "--val", "../shared/data/msrs/train", "--val-pairs", "8",
+        "--init", "assets/weights/isfuse-ivfusion", "--crop", "64", "--batch-size", "8", "--threads", "2",
+        "--workers", "0", "--log-every", "5", "--seed", "0"]
+# name: (what changes, extra flags). "faithful" is the authors' recipe at CPU scale.
+RUNS = {
+    "faithful": ("authors' recipe: separate passes, paper masks, aggregated R, lr 1e-4", []),
+    "pooled-bn": ("one pooled forward (BN statistics shared by the five variants)", ["--passes", "pooled"]),
+    "disjoint-masks": ("squares placed apart, area capped (v1/v2's sampler)", ["--masks.style", "disjoint"]),
+    "per-level-R": ("R on each level's gate, not on their mean", ["--regulariser", "per-level"]),
+    "crop-128": ("crop 128 (batch 2, same pixels per step)", ["--crop", "128", "--batch-size", "2"]),
+    "lr-1e-3": ("lr 1e-3", ["--lr", "1e-3"]),
+    "no-L_inv": ("alpha = 0: no L_inv at all (what L_f alone does to the gates)", ["--alpha", "0"]),
+}
+LEVELS = ("coarse", "mid", "fine")
+
+
+def run(names: list[str], steps: int) -> None:
+    from ivfusion.train import TrainConfig, config_from_args, main
+    from ivfusion.train.config import add_arguments
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    for name in names:
+        out = OUT / name
+        args = p.parse_args(BASE + RUNS[name][1] + ["--steps", str(steps), "--val-every", str(steps), "--out", str(out)])
+        cfg: TrainConfig = config_from_args(args)
+        print(f"== {name}: {RUNS[name][0]}", flush=True)
+        print(json.dumps(main(cfg)), flush=True)
+
+
+def baseline_row() -> dict:
+    """The init itself (v2), validated the same way, so every run can be read against it."""
+    from ivfusion.data import find_pairs, load_pair
+    from ivfusion.hub import load_model
+    from ivfusion.train.loop import validate
+
+    import torch
+
+    pairs = [load_pair(ir, vi) for _, ir, vi in find_pairs("../shared/data/msrs/train")[:8]]
+    return validate(load_model("assets/weights/isfuse-ivfusion"), pairs, torch.device("cpu"), 1.0)
+
+
+def table() -> str:
+    cols = [f"val_gate_std_{l}" for l in LEVELS] + [f"val_gate_span_{l}" for l in LEVELS] + ["val_Qabf", "val_VIF"]
+    head = ["run", "change", "steps"] + [c.removeprefix("val_gate_").replace("_", " ") for c in cols[:6]] + ["Qabf", "VIF"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * 2 + " ---: |" * (len(head) - 2)]
+    cache = OUT / "init.json"
+    if not cache.is_file():
+        OUT.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(baseline_row()))
+    init = json.loads(cache.read_text())
+    lines.append("| init (v2) | no training | 0 | " + " | ".join(f"{init[c]:.3f}" for c in cols) + " |")
+    for name, (what, _) in RUNS.items():
+        log = OUT / name / "log.jsonl"
+        if not log.is_file():
+            continue
+        recs = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
+        val = [r for r in recs if "val_L_f" in r]
+        if not val:
+            continue
+        v = val[-1]
+        lines.append(f"| {name} | {what} | {v['step']} | " + " | ".join(f"{v[c]:.3f}" for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", choices=["run", "table"])
+    p.add_argument("--only", nargs="+", choices=list(RUNS), help="these runs only")
+    p.add_argument("--steps", type=int, default=60)
+    args = p.parse_args(argv)
+    if args.what == "run":
+        run(args.only or list(RUNS), args.steps)
+    print(table())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""Per-level invariance-gate statistics of one or more weights specs on a folder of pairs.
+
+    python tools/gate_stats.py --weights default --weights ../shared/weights/authors/best.pth \
+        --pairs ../shared/data/roadscene/test [--limit N] [--max-side 640]
+
+For each gate level (coarse 1/4, mid 1/2, fine 1/1) and each pair: the gate map's spatial mean,
+spatial std and 1st-99th percentile span; the table shows their means over the pairs, plus
+Qabf and VIF of the fused output. Evaluation mode (BN running statistics), full-size pairs.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+import torch
+
+from ivfusion import metrics
+from ivfusion.data import find_pairs, load_pair
+from ivfusion.hub import load_model
+
+LEVELS = ("coarse", "mid", "fine")
+
+
+@torch.no_grad()
+def gate_stats(model, pairs, with_metrics: bool = True) -> dict:
+    """Mean over pairs of per-level gate mean/std/p1-p99 span (and Qabf, VIF)."""
+    model.eval()
+    rows = []
+    for y, ir in pairs:
+        fused, gates = model(torch.from_numpy(y)[None, None], torch.from_numpy(ir)[None, None])
+        row = {}
+        for name, g in zip(LEVELS, gates):
+            g = g[0, 0].numpy()
+            p1, p99 = np.percentile(g, [1, 99])
+            row.update({f"mean_{name}": float(g.mean()), f"std_{name}": float(g.std()), f"span_{name}": float(p99 - p1)})
+        if with_metrics:
+            f8 = np.rint(fused[0, 0].numpy() * 255)
+            s = metrics.evaluate_pair(np.rint(ir * 255), np.rint(y * 255), f8)
+            row.update({"Qabf": float(s["Qabf"]), "VIF": float(s["VIF"])})
+        rows.append(row)
+    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+
+
+def load_pairs(folder: str, limit: int | None = None) -> list:
+    return [load_pair(ir, vi) for _, ir, vi in find_pairs(folder)[:limit]]
+
+
+def table(results: dict[str, dict]) -> str:
+    cols = [f"std_{l}" for l in LEVELS] + [f"span_{l}" for l in LEVELS] + [f"mean_{l}" for l in LEVELS]
+    cols += [c for c in ("Qabf", "VIF") if any(c in r for r in results.values())]
+    head = "| weights | " + " | ".join(c.replace("_", " ") for c in cols) + " |"
+    lines = [head, "| --- |" + " ---: |" * len(cols)]
+    for name, r in results.items():
+        lines.append(f"| {name} | " + " | ".join(f"{r[c]:.3f}" if c in r else "" for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--weights", action="append", required=True, help="a weights spec (repeatable)")
+    p.add_argument("--pairs", required=True, help="a folder with ir/ and vi/")
+    p.add_argument("--limit", type=int, default=None, help="first N pairs by name")
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    pairs = load_pairs(args.pairs, args.limit)
+    results = {spec: gate_stats(load_model(spec), pairs) for spec in args.weights}
+    print(f"{len(pairs)} pairs of {args.pairs}\n")
+    print(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
