@@ -7,7 +7,6 @@ disk included) never leaves a partial PNG or npz.
 """
 from __future__ import annotations
 
-import argparse
 import io as _bytes_io
 import os
 import sys
@@ -17,34 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from . import io
+from .cli_flags import add_modality_flags, failure_reason, missing_modality_flags
 from .interventions import ALIASES, INTERVENTIONS, get_intervention
 from .levels import GATE_LEVELS, npz_key
-
-
-class _DeprecatedAlias(argparse.Action):
-    """An old flag spelling: stores into the new flag's dest and says which flag to use."""
-
-    def __init__(self, option_strings, dest, new_flag: str, **kwargs):
-        self.new_flag = new_flag
-        super().__init__(option_strings, dest, help=argparse.SUPPRESS, **kwargs)
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        print(f"ivfusion: {option_string} is deprecated; use {self.new_flag}", file=sys.stderr)
-        setattr(namespace, self.dest, values)
-
-
-def add_modality_flags(p: argparse.ArgumentParser, what: str) -> None:
-    """--infrared/--visible (required), with --ir/--vis as deprecated aliases."""
-    p.add_argument("--infrared", metavar="PATH", help=f"infrared {what}")
-    p.add_argument("--visible", metavar="PATH", help=f"visible {what}")
-    p.add_argument("--ir", dest="infrared", action=_DeprecatedAlias, new_flag="--infrared")
-    p.add_argument("--vis", dest="visible", action=_DeprecatedAlias, new_flag="--visible")
-
-
-def missing_modality_flags(args) -> str | None:
-    """The usage error when --infrared or --visible was not given (None when both were)."""
-    missing = [f for f, v in (("--infrared", args.infrared), ("--visible", args.visible)) if not v]
-    return f"the following arguments are required: {', '.join(missing)}" if missing else None
 
 
 def add_parser(subparsers) -> None:
@@ -142,16 +116,6 @@ def _fuse_one(fuser, args, kind: str, ir_path: Path, vis_path: Path, target: Pat
     return result.notices
 
 
-def _reason(e: BaseException) -> str:
-    """One line saying why a pair failed: the message of our own errors, the type otherwise."""
-    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    if isinstance(e, (ValueError, OSError)) and msg:  # our own errors (ImageError is a ValueError) say it all
-        return msg
-    if isinstance(e, MemoryError):
-        return "out of memory (the image is too large for this machine; try a smaller --max-side)"
-    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
-
-
 def run_fuse(args) -> int:
     from tqdm import tqdm
 
@@ -182,7 +146,7 @@ def run_fuse(args) -> int:
             for note in _fuse_one(fuser, args, kind, ir_path, vis_path, target):
                 tqdm.write(f"{name}: {note}")
         except Exception as e:  # any per-pair failure: report it, go on with the next pair
-            failed[name] = _reason(e)
+            failed[name] = failure_reason(e)
             tqdm.write(f"failed {name}: {failed[name]}", file=sys.stderr)
     print(f"fused {len(jobs) - len(failed)} of {len(jobs)} pairs into {Path(args.out)}"
           + (f"; failed: {', '.join(failed)}" if failed else "")
