@@ -12,8 +12,8 @@
 from __future__ import annotations
 
 import os
-import pickle
 import re
+import warnings
 from importlib import resources
 from pathlib import Path
 
@@ -49,11 +49,24 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 class WeightsError(RuntimeError):
-    """Weights that cannot be found or loaded, with the reason and what is accepted."""
+    """Weights that cannot be found or loaded, with the file, the reason and what is accepted."""
+
+
+ACCEPTED_SPECS = ("a folder with model.safetensors and config.json, a .safetensors file, the authors' .pth, "
+                  "hf://owner/repo[/file], or 'untrained'")
+# ISFuse within ISFuseConfig's bounds is at most a few MB (13 MB at dim 128); a far larger file
+# is not ISFuse weights, and reading it would only cost memory.
+MAX_WEIGHTS_BYTES = 256 * 2**20
+MAX_CONFIG_BYTES = 2**20
 
 
 def load_model(spec: str | os.PathLike | None = None, *, device: str | torch.device = "cpu") -> ISFuse:
-    """Build ISFuse from `spec` (see the module docstring), in eval mode, on `device`."""
+    """Build ISFuse from `spec` (see the module docstring), in eval mode, on `device`.
+
+    Every failure is a WeightsError naming the file and the problem: missing, unreadable or
+    truncated files, a bad config.json (values are range-checked before anything is built),
+    keys or shapes that do not fit, pickled objects, and tensors holding NaN or inf.
+    """
     if spec is None:
         spec = os.environ.get("IVFUSION_WEIGHTS") or DEFAULT_WEIGHTS
         if Path(spec) == DEFAULT_WEIGHTS and not (DEFAULT_WEIGHTS / "model.safetensors").is_file():
@@ -63,6 +76,8 @@ def load_model(spec: str | os.PathLike | None = None, *, device: str | torch.dev
                 "hf://owner/repo), or 'untrained' for an untrained network"
             )
     spec_str = str(spec)
+    if not spec_str.strip():
+        raise WeightsError(f"the weights spec is empty; accepted: {ACCEPTED_SPECS}")
     if spec_str == UNTRAINED:
         model = untrained_model()
     elif spec_str.startswith("hf://"):
@@ -88,49 +103,106 @@ def describe(model: ISFuse) -> str:
 
 def _load_local(path: Path) -> ISFuse:
     if not path.exists():
-        raise WeightsError(f"weights not found: {path}")
+        raise WeightsError(f"weights not found: {path}; accepted: {ACCEPTED_SPECS}")
     if path.is_dir():
         if not (path / "model.safetensors").is_file():
-            raise WeightsError(f"{path} holds no model.safetensors")
-        model = _load_safetensors(path / "model.safetensors")
-    elif path.suffix == ".safetensors":
-        model = _load_safetensors(path)
-    elif path.suffix in (".pth", ".pt"):
-        model = load_official_checkpoint(path)
+            raise WeightsError(f"{path}: the folder holds no model.safetensors; accepted: {ACCEPTED_SPECS}")
+        file = path / "model.safetensors"
+    elif path.suffix in (".safetensors", ".pth", ".pt"):
+        file = path
     else:
-        raise WeightsError(
-            f"{path}: unknown weights format {path.suffix!r}; accepted: a folder, .safetensors, "
-            "the authors' .pth, hf://owner/repo[/file] or 'untrained'"
-        )
+        raise WeightsError(f"{path}: unknown weights format {path.suffix!r}; accepted: {ACCEPTED_SPECS}")
+    try:
+        size = file.stat().st_size
+        if size == 0:
+            raise WeightsError(f"{file}: the file is empty")
+        if size > MAX_WEIGHTS_BYTES:
+            raise WeightsError(f"{file}: {size / 2**20:,.0f} MB is far more than ISFuse weights hold "
+                               f"(at most {MAX_WEIGHTS_BYTES / 2**20:.0f} MB accepted)")
+        model = _load_safetensors(file) if file.suffix == ".safetensors" else load_official_checkpoint(file)
+    except WeightsError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a malformed file can raise anything in parsers we do not own
+        raise WeightsError(f"{file}: could not be loaded ({type(e).__name__}: {_first_line(e)})") from e
     model.weights_source = str(path)
     return model
 
 
-def _load_safetensors(path: Path) -> ISFuse:
+def _first_line(e: BaseException, limit: int = 160) -> str:
+    text = str(e).strip()
+    line = text.splitlines()[0] if text else "no details"
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def read_config(path: Path) -> ISFuseConfig:
+    """ISFuseConfig from a config.json, range-checked before anything is built; WeightsError
+    names the file and the field."""
     import json
 
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    try:
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise WeightsError(f"{path}: {path.stat().st_size:,} bytes is not an ISFuse config")
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise WeightsError(f"{path}: not a readable JSON config ({_first_line(e)})") from e
+    try:
+        return ISFuseConfig.from_dict(data)
+    except (ValueError, TypeError) as e:
+        raise WeightsError(f"{path}: {_first_line(e)}") from e
+
+
+def _check_layout(path: Path, model: ISFuse, found: dict[str, tuple[tuple[int, ...], bool]]) -> None:
+    """Refuse, before any tensor is read, a state whose keys, shapes or dtypes do not fit the
+    model. found: key -> (shape, is floating point)."""
+    expected = model.state_dict()
+    config = model.config.to_dict()
+    missing = [k for k in expected if k not in found]
+    if model.config.shared_encoder:  # the file holds a shared tensor under one of its two names
+        alias = {"encoder_ir.": "encoder_vi.", "encoder_vi.": "encoder_ir."}
+        missing = [k for k in missing if not any(k.startswith(a) and b + k[len(a):] in found for a, b in alias.items())]
+    unexpected = [k for k in found if k not in expected]
+    if missing or unexpected:
+        raise WeightsError(f"{path}: the weights do not fit the ISFuse config {config} "
+                           f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    for key, (shape, is_float) in found.items():
+        want = expected[key]
+        if tuple(shape) != tuple(want.shape):
+            raise WeightsError(f"{path}: the weights do not fit the ISFuse config {config}: {key} has shape "
+                               f"{tuple(shape)}, the config needs {tuple(want.shape)}")
+        if is_float != want.is_floating_point():
+            raise WeightsError(f"{path}: {key} holds {'floats' if is_float else 'integers'}, expected "
+                               f"{'floats' if want.is_floating_point() else 'integers'}")
+
+
+def _check_values(path: Path, state: dict[str, torch.Tensor]) -> None:
+    """Refuse NaN or inf anywhere, and negative BatchNorm variances: both give NaN output."""
+    bad = [k for k, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise WeightsError(f"{path}: {len(bad)} tensor(s) hold NaN or inf ({', '.join(bad[:3])}); "
+                           "such weights give NaN output")
+    neg = [k for k, t in state.items() if k.endswith("running_var") and bool((t < 0).any())]
+    if neg:
+        raise WeightsError(f"{path}: negative BatchNorm variances in {', '.join(neg[:3])}")
+
+
+def _load_safetensors(path: Path) -> ISFuse:
+    from safetensors import safe_open
 
     cfg_path = path.with_name("config.json")
-    config = ISFuseConfig.from_dict(json.loads(cfg_path.read_text())) if cfg_path.is_file() else ISFuseConfig()
+    config = read_config(cfg_path) if cfg_path.is_file() else ISFuseConfig()
     model = ISFuse(config)
     try:
-        state = load_file(str(path))
-    except (SafetensorError, OSError) as e:
-        raise WeightsError(f"{path}: not a readable safetensors file ({e})") from e
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as e:  # shape mismatches
-        raise WeightsError(f"{path}: weights do not fit the ISFuse config {config.to_dict()} ({e})") from e
-    if config.shared_encoder:  # the file holds a shared tensor under one of its two names
-        alias = {"encoder_ir.": "encoder_vi.", "encoder_vi.": "encoder_ir."}
-        missing = [k for k in missing if not any(k.startswith(a) and b + k[len(a):] in state for a, b in alias.items())]
-    if missing or unexpected:
-        raise WeightsError(
-            f"{path}: weights do not fit the ISFuse config {config.to_dict()} "
-            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
-        )
+        with safe_open(str(path), framework="pt") as f:
+            slices = {k: f.get_slice(k) for k in f.keys()}
+            _check_layout(path, model, {k: (tuple(s.get_shape()), s.get_dtype() in ("F16", "BF16", "F32", "F64"))
+                                        for k, s in slices.items()})
+            state = {k: f.get_tensor(k) for k in slices}
+    except WeightsError:
+        raise
+    except Exception as e:  # noqa: BLE001 - SafetensorError, OSError, truncated data ...
+        raise WeightsError(f"{path}: not a readable safetensors file ({_first_line(e)})") from e
+    _check_values(path, state)
+    model.load_state_dict(state, strict=False)  # keys and shapes were checked above
     return model
 
 
@@ -138,27 +210,22 @@ def _load_hub(ref: str) -> ISFuse:
     parts = ref.strip("/").split("/")
     if len(parts) < 2 or not all(parts[:2]):
         raise WeightsError(f"hf://{ref}: expected hf://owner/repo or hf://owner/repo/file")
-    repo_id, filename = "/".join(parts[:2]), "/".join(parts[2:]) or None
+    repo_id, filename = "/".join(parts[:2]), "/".join(parts[2:]) or "model.safetensors"
     try:
         from huggingface_hub import hf_hub_download
 
-        if filename is None:
-            model = ISFuse.from_pretrained(repo_id)
-        else:
-            local = Path(hf_hub_download(repo_id, filename))
-            if filename.endswith(".safetensors"):
-                try:
-                    hf_hub_download(repo_id, str(Path(filename).with_name("config.json")))
-                except Exception:  # a bare weights file with the default config is valid
-                    pass
-            model = _load_local(local)
-    except WeightsError:
-        raise
+        local = Path(hf_hub_download(repo_id, filename))
+        if filename.endswith(".safetensors"):
+            try:
+                hf_hub_download(repo_id, str(Path(filename).with_name("config.json")))
+            except Exception:  # a bare weights file with the default config is valid
+                pass
     except Exception as e:  # network, auth, missing repo: all end the same way for the user
         raise WeightsError(
             f"could not fetch hf://{ref} from the Hugging Face Hub ({type(e).__name__}: {e}). "
             "Offline? Use a local weights path, or the bundled default (no spec)."
         ) from e
+    model = _load_local(local)  # the same checks as a local file
     model.weights_source = f"hf://{ref}"
     return model
 
@@ -204,23 +271,29 @@ def map_official_keys(state_dict: dict, keep_unused: bool = False) -> dict:
 
 def load_official_checkpoint(path: str | os.PathLike, keep_unused: bool = False) -> ISFuse:
     """Load the authors' best.pth (a plain state dict) with torch.load(weights_only=True)."""
+    path = Path(path)
     try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
+        with warnings.catch_warnings():  # torch's pickle-protocol chatter about files refused anyway
+            warnings.simplefilter("ignore")
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - unpickling refusals, corrupt zips, truncation ...
         raise WeightsError(
             f"{path}: refused. Only plain tensor state dicts are loaded (torch.load with "
             f"weights_only=True); this file is corrupt or holds other objects ({type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else ''})"
+            f"{_first_line(e)})"
         ) from e
     if isinstance(sd, dict) and isinstance(sd.get("state_dict") or sd.get("model"), dict):
         sd = sd.get("state_dict") or sd["model"]
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise WeightsError(f"{path}: expected a state dict of tensors, got {type(sd).__name__}")
+    if not isinstance(sd, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()):
+        raise WeightsError(f"{path}: expected a state dict of named tensors, got {type(sd).__name__}")
     model = ISFuse(ISFuseConfig(with_unused=keep_unused))
-    mapped = map_official_keys(sd, keep_unused)
-    missing, unexpected = model.load_state_dict(mapped, strict=False)
-    if missing or unexpected:
-        raise WeightsError(f"{path}: checkpoint does not fit ISFuse (missing {missing[:5]}, unexpected {unexpected[:5]})")
+    try:
+        mapped = map_official_keys(sd, keep_unused)
+    except WeightsError as e:
+        raise WeightsError(f"{path}: {e}") from None
+    _check_layout(path, model, {k: (tuple(t.shape), t.is_floating_point()) for k, t in mapped.items()})
+    _check_values(path, mapped)
+    model.load_state_dict(mapped, strict=False)  # keys and shapes were checked above
     model.weights_source = f"{path} (authors' checkpoint)"
     return model
 

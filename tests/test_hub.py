@@ -124,3 +124,110 @@ def test_missing_default_weights_are_named(tmp_path, monkeypatch):
 def test_untrained_model_says_so():
     model = load_model("untrained")
     assert "untrained" in ivfusion.hub.describe(model)
+
+
+# --- every loading failure is a WeightsError naming the file and the problem -----------------
+
+@pytest.mark.parametrize("fields, message", [
+    ({"dim": 20000}, r"dim must be an integer in \[1, 128\], got 20000"),  # was a 14 GB allocation
+    ({"dim": 0}, r"dim must be an integer in \[1, 128\], got 0"),
+    ({"r": 4.5}, r"r must be an integer in \[1, 32\], got 4.5"),
+    ({"gate_dim": True}, r"gate_dim must be an integer"),
+    ({"eta": float("nan")}, r"eta must be a finite number in \(0, 1\), got nan"),
+    ({"eta": 1.5}, r"eta must be a finite number in \(0, 1\)"),
+    ({"negative_slope": float("inf")}, r"negative_slope must be a finite number in \[0, 1\)"),
+    ({"shared_encoder": "no"}, r"shared_encoder must be true or false, got 'no'"),
+])
+def test_config_values_are_range_checked_before_anything_is_built(fields, message):
+    with pytest.raises(ValueError, match=message):
+        ISFuseConfig(**fields)
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"dim": 20000}', r"config\.json: ISFuseConfig\.dim must be an integer in \[1, 128\], got 20000"),
+    ('{"dim": ', r"config\.json: not a readable JSON config"),
+    ("[32, 8]", r"config\.json: an ISFuseConfig must be a JSON object of fields, got list"),
+    ('{"heads": 4}', r"config\.json: unknown ISFuseConfig fields \['heads'\]"),
+    ('{"eta": NaN}', r"config\.json: ISFuseConfig\.eta must be a finite number"),
+    ("\udcff", r"config\.json: not a readable JSON config"),
+])
+def test_a_bad_config_json_names_the_file_and_the_field(tmp_path, text, message):
+    save_weights(ivfusion.hub.untrained_model(), tmp_path / "w")
+    (tmp_path / "w" / "config.json").write_bytes(text.encode("utf-8", "surrogateescape"))
+    with pytest.raises(WeightsError, match=message):
+        load_model(tmp_path / "w")
+
+
+def _state(model=None):
+    return {k: v.clone() for k, v in (model or ivfusion.hub.untrained_model()).state_dict().items()}
+
+
+def test_non_finite_weights_are_refused_in_either_format(tmp_path):
+    from safetensors.torch import save_file
+
+    state = _state()
+    state["cfis.1.gate.proj.bias"] = torch.full_like(state["cfis.1.gate.proj.bias"], float("nan"))
+    save_file(state, str(tmp_path / "nan.safetensors"))
+    with pytest.raises(WeightsError, match=r"nan\.safetensors: 1 tensor\(s\) hold NaN or inf \(cfis\.1\.gate\.proj\.bias\)"):
+        load_model(tmp_path / "nan.safetensors")
+    sd = synthetic_official_state_dict()
+    sd["cfi4.q_v.weight"][0, 0] = float("inf")
+    torch.save(sd, tmp_path / "inf.pth")
+    with pytest.raises(WeightsError, match=r"inf\.pth: 1 tensor\(s\) hold NaN or inf \(cfis\.1\.attention\.q_vi\.weight\)"):
+        load_model(tmp_path / "inf.pth")
+    state = _state()
+    state["decoder.blocks.1.1.bn.running_var"][3] = -1.0
+    save_file(state, str(tmp_path / "negvar.safetensors"))
+    with pytest.raises(WeightsError, match=r"negvar\.safetensors: negative BatchNorm variances in decoder\.blocks\.1\.1\.bn"):
+        load_model(tmp_path / "negvar.safetensors")
+
+
+def test_truncated_foreign_and_misshapen_safetensors_are_named(tmp_path):
+    from safetensors.torch import save_file
+
+    from ivfusion.hub import DEFAULT_WEIGHTS
+
+    data = (DEFAULT_WEIGHTS / "model.safetensors").read_bytes()
+    for name, cut in (("half.safetensors", len(data) // 2), ("head.safetensors", 100)):
+        (tmp_path / name).write_bytes(data[:cut])
+        with pytest.raises(WeightsError, match=rf"{name}: not a readable safetensors file"):
+            load_model(tmp_path / name)
+    save_file({"backbone.weight": torch.zeros(3)}, str(tmp_path / "foreign.safetensors"))
+    with pytest.raises(WeightsError, match=r"foreign\.safetensors: the weights do not fit .*unexpected \['backbone\.weight'\]"):
+        load_model(tmp_path / "foreign.safetensors")
+    state = _state()
+    state["encoder_ir.stages.0.0.conv.weight"] = torch.zeros(7, 1, 3, 3)
+    save_file(state, str(tmp_path / "shape.safetensors"))
+    with pytest.raises(WeightsError, match=r"encoder_ir\.stages\.0\.0\.conv\.weight has shape \(7, 1, 3, 3\), "
+                                           r"the config needs \(32, 1, 3, 3\)"):
+        load_model(tmp_path / "shape.safetensors")
+    state = _state()
+    state["decoder.head.weight"] = state["decoder.head.weight"].to(torch.int32)
+    save_file(state, str(tmp_path / "int.safetensors"))
+    with pytest.raises(WeightsError, match=r"decoder\.head\.weight holds integers, expected floats"):
+        load_model(tmp_path / "int.safetensors")
+
+
+def test_junk_files_and_folders_are_named(tmp_path):
+    (tmp_path / "zip.pth").write_bytes(b"PK\x03\x04" + bytes(range(256)) * 4)
+    with pytest.raises(WeightsError, match=r"zip\.pth: refused\. Only plain tensor state dicts"):
+        load_model(tmp_path / "zip.pth")
+    torch.save({"w": torch.nn.Linear(2, 2)}, tmp_path / "module.pth")
+    with pytest.raises(WeightsError, match=r"module\.pth: refused"):
+        load_model(tmp_path / "module.pth")
+    (tmp_path / "empty.safetensors").write_bytes(b"")
+    with pytest.raises(WeightsError, match=r"empty\.safetensors: the file is empty"):
+        load_model(tmp_path / "empty.safetensors")
+    (tmp_path / "d").mkdir()
+    with pytest.raises(WeightsError, match=r"d: the folder holds no model\.safetensors; accepted: a folder"):
+        load_model(tmp_path / "d")
+    with pytest.raises(WeightsError, match=r"the weights spec is empty; accepted"):
+        load_model("")
+
+
+def test_junk_environment_weights_raise_weights_error(tmp_path, monkeypatch):
+    """The app falls back to the bundled weights on a WeightsError, so junk must end as one."""
+    (tmp_path / "junk.pth").write_bytes(b"\x80\x04junk" * 50)
+    monkeypatch.setenv("IVFUSION_WEIGHTS", str(tmp_path / "junk.pth"))
+    with pytest.raises(WeightsError, match=r"junk\.pth: refused"):
+        load_model()
