@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 from ivfusion import evaluate as E
+from ivfusion.interventions import INTERVENTIONS
+from ivfusion.levels import GATE_LEVELS
 from ivfusion.metrics import METRIC_NAMES, evaluate_pair, read_grey
 
 STEMS = ("FLIR_00211", "FLIR_00977", "FLIR_04269")
@@ -81,7 +83,7 @@ def test_scores_match_reference_file(folders, shared_dir):
 
 def test_process_pool_gives_same_results(folders, monkeypatch):
     root, _ = folders
-    monkeypatch.setattr(E, "POOL_MIN_JOBS", 1)  # use the pool even for three pairs
+    monkeypatch.setattr(E.pool, "POOL_MIN_JOBS", 1)  # use the pool even for three pairs
     one = E.evaluate_folders(root / "ir", root / "vi", [root / "avg", root / "max"], workers=1)
     two = E.evaluate_folders(root / "ir", root / "vi", [root / "avg", root / "max"], workers=2)
     assert two.pairs == one.pairs
@@ -92,21 +94,37 @@ def test_process_pool_gives_same_results(folders, monkeypatch):
             m1.scores[s][k] == m2.scores[s][k] for s in m1.scores for k in METRIC_NAMES)
 
 
+def _tables(text):
+    """Each Markdown table in text as {first cell: other cells} (body rows), in order."""
+    blocks, current = [], []
+    for line in text.splitlines() + [""]:
+        if line.startswith("|"):
+            current.append(line)
+        elif current:
+            blocks.append(current)
+            current = []
+    out = []
+    for lines in blocks:
+        assert set(lines[1].replace("|", "").split()) <= {"---", "---:"}, text
+        rows = {}
+        for line in lines[2:]:
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            rows[cells[0]] = cells[1:]
+        out.append(rows)
+    return out
+
+
 def _table_rows(text):
     """Body rows of the first Markdown table in text: {first cell: other cells}."""
-    lines = [ln for ln in text.splitlines() if ln.startswith("|")]
-    assert lines and set(lines[1].replace("|", "").split()) <= {"---", "---:"}, text
-    rows = {}
-    for line in lines[2:]:
-        cells = [c.strip() for c in line.strip("|").split("|")]
-        rows[cells[0]] = cells[1:]
-    return rows
+    tables = _tables(text)
+    assert tables, text
+    return tables[0]
 
 
 def test_cli_table_csv_json_plot(folders, expected, tmp_path, capsys):
     root, arrays = folders
     out_csv, out_json, out_png = tmp_path / "s.csv", tmp_path / "s.json", tmp_path / "s.png"
-    rc = E.main(["--ir", str(root / "ir"), "--vis", str(root / "vi"),
+    rc = E.main(["--infrared", str(root / "ir"), "--visible", str(root / "vi"),
                  "--fused", str(root / "avg"), "--fused", str(root / "max"),
                  "--names", "Average,Maximum", "--csv", str(out_csv), "--json", str(out_json),
                  "--plot", str(out_png), "--workers", "2", "--no-progress"])
@@ -157,7 +175,7 @@ def test_missing_and_missized_outputs_reported(folders, expected, tmp_path, caps
     a = arrays[STEMS[1]][2]["max"]
     _write_grey_png(bad / f"{STEMS[1]}.png", a[:-3, :])
     out_json = tmp_path / "p.json"
-    rc = E.main(["--ir", str(root / "ir"), "--vis", str(root / "vi"), "--fused", str(partial),
+    rc = E.main(["--infrared", str(root / "ir"), "--visible", str(root / "vi"), "--fused", str(partial),
                  "--fused", str(bad), "--json", str(out_json), "--workers", "1", "--no-progress"])
     assert rc == 1
     cap = capsys.readouterr()
@@ -209,7 +227,7 @@ def test_baselines_equal_the_folder_scores_and_merge_into_one_table(folders, exp
         res = E.evaluate_baseline(root / "ir", root / "vi", kind, workers=1)
         for stem in STEMS:
             assert res.methods[0].scores[stem] == expected[stem, name]
-    code = E.main(["--ir", str(root / "ir"), "--vis", str(root / "vi"), "--fused", str(root / "max"),
+    code = E.main(["--infrared", str(root / "ir"), "--visible", str(root / "vi"), "--fused", str(root / "max"),
                    "--baseline", "mean", "--no-progress"])
     out = capsys.readouterr().out
     assert code == 0 and "| max | 3 |" in out and "| (IR+VI)/2 | 3 |" in out
@@ -217,7 +235,7 @@ def test_baselines_equal_the_folder_scores_and_merge_into_one_table(folders, exp
 
 def test_usage_errors(folders, tmp_path, capsys):
     root, _ = folders
-    base = ["--ir", str(root / "ir"), "--vis", str(root / "vi"), "--no-progress"]
+    base = ["--infrared", str(root / "ir"), "--visible", str(root / "vi"), "--no-progress"]
     assert E.main(base) == 2
     assert E.main(base + ["--fused", str(root / "avg"), "--names", "x,y"]) == 2
     assert E.main(base + ["--fused", str(tmp_path / "nope")]) == 2
@@ -234,9 +252,19 @@ def test_add_parser_registers_subcommand():
     parser = argparse.ArgumentParser(prog="ivfusion")
     sub = parser.add_subparsers(dest="command")
     E.add_parser(sub)
-    args = parser.parse_args(["evaluate", "--ir", "i", "--vis", "v", "--fused", "a",
+    args = parser.parse_args(["evaluate", "--infrared", "i", "--visible", "v", "--fused", "a",
                               "--fused", "b", "--workers", "3"])
     assert args.func is E.run and args.fused == ["a", "b"] and args.workers == 3
+    assert (args.infrared, args.visible) == ("i", "v")
+
+
+def test_deprecated_flags_still_work(folders, capsys):
+    root, _ = folders
+    rc = E.main(["--ir", str(root / "ir"), "--vis", str(root / "vi"), "--fused", str(root / "avg"),
+                 "--workers", "1", "--no-progress"])
+    cap = capsys.readouterr()
+    assert rc == 0 and "| avg | 3 |" in cap.out
+    assert "--ir is deprecated; use --infrared" in cap.err and "--vis is deprecated; use --visible" in cap.err
 
 
 # -- ISFuse itself (--weights): an untrained network keeps this fast and self-contained ----
@@ -290,16 +318,18 @@ def test_model_scores_and_interventions(crops, one_torch_thread):
             assert rep.per_image["random"][stem] == pytest.approx(
                 evaluate_pair(a, b, drop.fused_rgb), rel=1e-9, nan_ok=True)
     rel = rep.relative_change()
+    assert E.INTERVENTION_KINDS == ("complementary", "random", "drop-visible", "drop-infrared")
     for kind in E.INTERVENTION_KINDS:
         g = rep.gate_means[kind]
-        assert len(g) == 3 and all(0.0 <= x <= 1.0 for x in g)
+        assert list(g) == [lv.key for lv in GATE_LEVELS] and all(0.0 <= x <= 1.0 for x in g.values())
         for k in METRIC_NAMES:
             c = rep.means["none"][k]
             if math.isfinite(c) and c != 0 and math.isfinite(rep.means[kind][k]):
                 assert rel[kind][k] == pytest.approx((rep.means[kind][k] - c) / abs(c))
     table = E.interventions_table(rep)
-    assert len(_table_rows(table)) == 1 + len(E.INTERVENTION_KINDS)
-    assert "eta = 0.3" in table
+    rows = _table_rows(table)
+    assert list(rows) == ["none (clean)"] + [INTERVENTIONS[k].label for k in E.INTERVENTION_KINDS]
+    assert "coarse gate mean" in table and "eta = 0.3" in table
 
 
 def test_cli_weights_with_fused_folder(crops, one_torch_thread, tmp_path, capsys):
@@ -309,11 +339,105 @@ def test_cli_weights_with_fused_folder(crops, one_torch_thread, tmp_path, capsys
         a, b = read_grey(crops / "ir" / f"{stem}.png"), read_grey(crops / "vi" / f"{stem}.png")
         _write_grey_png(avg / f"{stem}.png", np.round((a + b) / 2))
     out_json = tmp_path / "m.json"
-    rc = E.main(["--ir", str(crops / "ir"), "--vis", str(crops / "vi"), "--fused", str(avg),
+    rc = E.main(["--infrared", str(crops / "ir"), "--visible", str(crops / "vi"), "--fused", str(avg),
                  "--weights", "untrained", "--device", "cpu", "--json", str(out_json),
                  "--workers", "1", "--no-progress"])
     assert rc == 0
-    rows = _table_rows(capsys.readouterr().out)
-    assert set(rows) == {"avg", E.MODEL_METHOD}
+    out = capsys.readouterr().out
+    metrics, gates = _tables(out)
+    assert set(metrics) == {"avg", E.MODEL_METHOD}
+    assert list(gates) == [E.MODEL_METHOD]  # the gate table: ISFuse runs only
     data = json.loads(out_json.read_text())
-    assert "untrained" in data["methods"][E.MODEL_METHOD]["source"]
+    m = data["methods"][E.MODEL_METHOD]
+    assert "untrained" in m["source"] and m["eta"] == pytest.approx(0.3)
+    assert "gates" not in data["methods"]["avg"]
+    # the printed gate means are the JSON's, which average the per-pair values
+    header = [ln for ln in out.splitlines() if ln.startswith("| weights")][0]
+    cols = [c.strip() for c in header.strip("|").split("|")][1:]
+    assert cols[:2] == ["images", "eta"] and gates[E.MODEL_METHOD][:2] == ["2", "0.30"]
+    for lv in GATE_LEVELS:
+        for stat, label in (("mean", "mean"), ("std", "std"), ("p1_p99", "p1-p99")):
+            per_pair = [m["gates"]["images"][s][lv.key][stat] for s in STEMS[:2]]
+            assert m["gates"]["mean"][lv.key][stat] == pytest.approx(np.mean(per_pair), rel=1e-12)
+            cell = gates[E.MODEL_METHOD][cols.index(f"{lv.key} {label}")]
+            assert cell == f"{np.mean(per_pair):.3f}"
+
+
+def test_gate_diagnostics_are_the_gate_maps_statistics(crops, one_torch_thread):
+    """Per pair and level: the mean, spatial std and p99 - p1 of the gate map the Fuser returns."""
+    from ivfusion import Fuser
+    from ivfusion.io import read_image
+
+    res = E.evaluate_model(crops / "ir", crops / "vi", "untrained", device="cpu", workers=1)
+    fuser = Fuser("untrained", device="cpu", max_side=None)
+    m = res.method(E.MODEL_METHOD)
+    assert list(m.gates) == list(STEMS[:2])
+    for stem in STEMS[:2]:
+        clean = fuser.fuse(read_image(crops / "vi" / f"{stem}.png"), read_image(crops / "ir" / f"{stem}.png"))
+        for lv in GATE_LEVELS:
+            g = clean.gates[lv.index].astype(np.float64)
+            got = m.gates[stem][lv.key]
+            assert got["mean"] == pytest.approx(g.mean(), rel=1e-9)
+            assert got["std"] == pytest.approx(g.std(), rel=1e-9) and got["std"] > 0
+            assert got["p1_p99"] == pytest.approx(np.percentile(g, 99) - np.percentile(g, 1), rel=1e-9)
+    # CSV: gate columns for the model's rows
+    rows = list(csv.DictReader(res.csv_text().splitlines()))
+    assert [k for k in rows[0] if k.startswith("gate_")][:3] == ["gate_coarse_mean", "gate_coarse_std",
+                                                                  "gate_coarse_p1_p99"]
+    assert float(rows[0]["gate_fine_std"]) == m.gates[rows[0]["image"]]["fine"]["std"]
+
+
+def test_authors_checkpoint_is_one_of_the_specs(crops, one_torch_thread, shared_dir, capsys):
+    best = shared_dir / "weights" / "authors" / "best.pth"
+    assert best.is_file(), f"the authors' checkpoint is missing: {best}"
+    rc = E.main(["--infrared", str(crops / "ir"), "--visible", str(crops / "vi"), "--weights", "untrained",
+                 "--weights", str(best), "--device", "cpu", "--workers", "1", "--no-progress"])
+    assert rc == 0
+    metrics, gates = _tables(capsys.readouterr().out)
+    names = [f"{E.MODEL_METHOD} [untrained]", f"{E.MODEL_METHOD} [{best}]"]
+    assert list(metrics) == names and list(gates) == names
+    assert gates[names[0]] != gates[names[1]]  # two different networks, two different gate maps
+
+
+def _png(path, array):
+    assert cv2.imwrite(str(path), array)
+
+
+def test_bad_pairs_are_named_and_the_rest_is_scored(crops, one_torch_thread, tmp_path, capsys):
+    """Flat, black, tiny, corrupt, truncated and mis-sized pairs beside two good ones: the good
+    ones are scored by every method, each bad one is named with its reason, exit 1."""
+    root = tmp_path / "data"
+    shutil.copytree(crops, root)
+    avg = root / "avg"
+    avg.mkdir()
+    for stem in STEMS[:2]:
+        a, b = read_grey(root / "ir" / f"{stem}.png"), read_grey(root / "vi" / f"{stem}.png")
+        _write_grey_png(avg / f"{stem}.png", np.round((a + b) / 2))
+    bad = {
+        "black": (np.zeros((64, 96), np.uint8), np.zeros((64, 96, 3), np.uint8)),
+        "flat": (np.full((64, 96), 77, np.uint8), np.full((64, 96, 3), 140, np.uint8)),
+        "tiny": (np.full((1, 1), 10, np.uint8), np.full((1, 1, 3), 200, np.uint8)),
+        "sizes": (np.zeros((30, 40), np.uint8), np.zeros((64, 96, 3), np.uint8)),
+    }
+    for stem, (ir, vi) in bad.items():
+        _png(root / "ir" / f"{stem}.png", ir)
+        _png(root / "vi" / f"{stem}.png", vi)
+        _png(avg / f"{stem}.png", vi[..., 0])
+    (root / "ir" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    shutil.copy(root / "vi" / "flat.png", root / "vi" / "corrupt.png")
+    rc = E.main(["--infrared", str(root / "ir"), "--visible", str(root / "vi"), "--fused", str(avg),
+                 "--weights", "untrained", "--baseline", "mean", "--device", "cpu", "--workers", "1",
+                 "--no-progress"])
+    cap = capsys.readouterr()
+    assert rc == 1 and "Traceback" not in cap.err
+    metrics = _table_rows(cap.out)
+    assert set(metrics) == {"avg", E.MODEL_METHOD, "(IR+VI)/2"}
+    # black and flat images have defined metric values: scored, with NaN where undefined
+    assert all(row[0] == "4" for row in metrics.values()), metrics
+    assert "VIF is undefined (NaN)" in cap.out
+    problems = cap.err[cap.err.index("problem(s)"):]
+    assert "pair corrupt: cannot use the sources:" in problems and "not a readable image" in problems
+    assert "pair sizes: cannot use the sources:" in problems and "40x30" in problems
+    # a 1x1 pair: the metrics are defined, the network cannot run on it; named for ISFuse only
+    assert f"{E.MODEL_METHOD}: tiny: fusion failed:" in problems
+    assert "avg: tiny" not in problems

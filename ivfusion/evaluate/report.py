@@ -101,10 +101,10 @@ def gates_table(results: EvaluationResults, digits: int = 3) -> str:
         g = m.gate_mean(stems)
         rows.append([m.name.replace("|", "\\|"), str(len(stems)), _fmt(m.eta, 2)]
                     + [_fmt(g[lv.key][k], digits) for lv in GATE_LEVELS for k in GATE_STATS])
-    levels = ", ".join(f"{lv.key} = {lv.label}" for lv in GATE_LEVELS)
+    levels = ", ".join(f"{lv.key} 1/{round(1 / lv.scale)}" for lv in GATE_LEVELS)
     return "\n".join(_table(header, rows) + [
         "",
-        f"Gate maps of the clean pass at their native resolution ({levels}). mean: the map's "
+        f"Gate maps of the clean pass at their native resolution ({levels} of the input size). mean: the map's "
         "mean activation (L_inv pulls it towards eta); std: its spatial standard deviation; "
         "p1-p99: its 99th minus 1st percentile. Each is computed per pair, then averaged over "
         "the pairs. Small std and span: flat gates.",
