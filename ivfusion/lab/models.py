@@ -1,27 +1,48 @@
-"""The models the Lab offers (`ModelBank`): trained default, the authors' checkpoint when
-configured, the untrained network; each loaded once and shared by every session.
+"""The models the Lab offers (`ModelBank`): the trained default, the authors' released
+checkpoint, the untrained network; each loaded once and shared by every session.
 
 Environment variables (read by `ModelBank`):
   IVFUSION_WEIGHTS            weights spec of the default model (a folder, a .safetensors or
-                              .pth file, or hf://owner/repo[/file]); if it cannot be loaded
-                              the bundled weights are used, with a notice.
-  IVFUSION_OFFICIAL_WEIGHTS   the authors' checkpoint (a path to best.pth or an hf:// spec);
-                              when set, "Authors' checkpoint" is offered as a model.
+                              .pth file, or hf://owner/repo[/file]); if it cannot be loaded,
+                              for any reason, the bundled weights are used, with a notice.
+  IVFUSION_OFFICIAL_WEIGHTS   the authors' checkpoint (a path to best.pth or an hf:// spec).
+                              Unset: it is downloaded on first choice from `OFFICIAL_URL`
+                              (SHA-256 checked) into the cache folder, and reused from there.
+  IVFUSION_OFFICIAL_URL       where to download it from (default `OFFICIAL_URL`).
+  IVFUSION_CACHE              the cache folder (default $XDG_CACHE_HOME/ivfusion or ~/.cache/ivfusion).
   IVFUSION_MAX_SIDE           images whose longer side exceeds this are downscaled (default 1024).
 """
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Callable
 
 from ..hub import DEFAULT_WEIGHTS, UNTRAINED, WeightsError, load_model
 from ..predictor import Fuser
+
+log = logging.getLogger(__name__)
 
 APP_MAX_SIDE = 1024
 
 DEFAULT_CHOICE = "ISFuse, trained weights (default)"
 OFFICIAL_CHOICE = "Authors' checkpoint (best.pth)"
 UNTRAINED_CHOICE = "Untrained network (teaching contrast)"
+
+# The authors' released checkpoint (../shared/weights/README.md): fetched at run time, never
+# shipped, since their repository has no licence.
+OFFICIAL_URL = ("https://github.com/wang-x-1997/Multi-Modal-Image-Fusion-via-Intervention-Stable-Feature-Learning"
+                "/raw/main/best.pth")
+OFFICIAL_SHA256 = "e8830268ad16eee19183360e26fee1480f7494e916b2c327899ae3faa9ff66bc"
+OFFICIAL_BYTES = 1_010_976
+_DOWNLOAD_LIMIT = 8 * 2**20  # refuse to read more than this from the URL
+
+Progress = Callable[[int, int], None]  # (bytes done, bytes total)
 
 
 def make_fuser(spec: str | os.PathLike | None = None, device: str = "auto", max_side: int | None = APP_MAX_SIDE,
@@ -48,33 +69,106 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
+def cache_dir(env: dict[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    if env.get("IVFUSION_CACHE"):
+        return Path(env["IVFUSION_CACHE"])
+    return Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ivfusion"
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fetch_official(url: str = OFFICIAL_URL, folder: Path | None = None, progress: Progress | None = None,
+                   timeout: float = 15.0) -> Path:
+    """The authors' checkpoint in the cache folder, downloaded from `url` the first time.
+
+    The file is checked against OFFICIAL_SHA256 (a cached copy too) and written under a
+    temporary name, then renamed, so the cache never holds a partial or wrong file.
+    progress(done, total) is called as bytes arrive. Raises WeightsError saying it cannot be
+    fetched (offline, refused, wrong file) without naming server paths.
+    """
+    folder = Path(folder or cache_dir())
+    target = folder / "authors-best.pth"
+    if target.is_file():
+        if sha256_of(target) == OFFICIAL_SHA256:
+            return target
+        target.unlink(missing_ok=True)  # a damaged copy is fetched again
+    tmp = folder / f".authors-best.pth.{os.getpid()}.{threading.get_ident()}.part"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        h, done = hashlib.sha256(), 0
+        with urllib.request.urlopen(url, timeout=timeout) as r, open(tmp, "wb") as f:  # noqa: S310 - fixed https URL
+            total = int(r.headers.get("Content-Length") or OFFICIAL_BYTES)
+            while True:
+                block = r.read(1 << 16)
+                if not block:
+                    break
+                done += len(block)
+                if done > _DOWNLOAD_LIMIT:
+                    raise WeightsError(f"the download is larger than the {OFFICIAL_BYTES:,}-byte checkpoint")
+                h.update(block)
+                f.write(block)
+                if progress is not None:
+                    progress(done, total)
+        if h.hexdigest() != OFFICIAL_SHA256:
+            raise WeightsError(f"the downloaded file ({done:,} bytes) is not the authors' checkpoint "
+                               "(SHA-256 mismatch)")
+        os.replace(tmp, target)
+        return target
+    except WeightsError as e:
+        raise WeightsError(f"the authors' released model cannot be fetched: {e}") from None
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", None) or e
+        raise WeightsError("the authors' released model cannot be fetched (no network connection to GitHub?: "
+                           f"{reason}). Set IVFUSION_OFFICIAL_WEIGHTS to a local copy of best.pth.") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _public(text: str, *specs) -> str:
+    """An error message with the server's folders cut from the paths it names."""
+    for spec in specs:
+        if spec and not str(spec).startswith("hf://"):
+            text = text.replace(str(Path(spec).parent) + os.sep, "")
+    return text
+
+
 class ModelBank:
     """The models the lab offers, each loaded at most once (thread-safe) and then shared.
 
     Models are read-only at inference, so one instance serves every user; no per-user state
-    lives here. `env` defaults to os.environ (see the module docstring for the variables).
+    lives here. Only the names in `choices()` are ever loaded or cached: any other name is
+    refused with a WeightsError. `env` defaults to os.environ (see the module docstring).
     """
 
     def __init__(self, env: dict[str, str] | None = None, device: str = "auto",
                  max_side: int | None = None, fast: bool = True):
         env = dict(os.environ if env is None else env)
+        self.env = env
         self.device = device
         self.fast = fast
         self.max_side = max_side if max_side is not None else int(env.get("IVFUSION_MAX_SIDE") or APP_MAX_SIDE)
         self.trained_spec = env.get("IVFUSION_WEIGHTS") or None
         self.official_spec = env.get("IVFUSION_OFFICIAL_WEIGHTS") or None
+        self.official_url = env.get("IVFUSION_OFFICIAL_URL") or OFFICIAL_URL
         self._fusers: dict[str, Fuser] = {}
         self._notes: dict[str, list[str]] = {}
         self._errors: dict[str, str] = {}
         self._lock = threading.Lock()
 
     def choices(self) -> list[str]:
-        out = [DEFAULT_CHOICE]
-        if self.official_spec:
-            out.append(OFFICIAL_CHOICE)
-        return out + [UNTRAINED_CHOICE]
+        return [DEFAULT_CHOICE, OFFICIAL_CHOICE, UNTRAINED_CHOICE]
 
-    def _load(self, choice: str) -> tuple[Fuser, list[str]]:
+    def _fuser(self, spec) -> Fuser:
+        return make_fuser(spec, self.device, self.max_side, self.fast)
+
+    def _load(self, choice: str, progress: Progress | None) -> tuple[Fuser, list[str]]:
         notes: list[str] = []
         if choice == DEFAULT_CHOICE:
             fuser = None
@@ -83,43 +177,63 @@ class ModelBank:
                     if str(self.trained_spec).startswith("hf://") and not hub_reachable():
                         raise WeightsError("the Hugging Face Hub cannot be reached (offline?); set HF_HUB_OFFLINE=1 "
                                            "to use a copy in the local Hub cache")
-                    fuser = make_fuser(self.trained_spec, self.device, self.max_side, self.fast)
-                except WeightsError as e:
-                    notes.append(f"IVFUSION_WEIGHTS={self.trained_spec} could not be loaded ({e}); "
-                                 "using the bundled weights instead.")
+                    fuser = self._fuser(self.trained_spec)
+                except Exception as e:  # noqa: BLE001 - any failure of the operator's weights: fall back
+                    log.warning("IVFUSION_WEIGHTS=%s could not be loaded: %s", self.trained_spec, e)
+                    name = self.trained_spec if str(self.trained_spec).startswith("hf://") else Path(
+                        self.trained_spec).name
+                    notes.append(f"The weights set in IVFUSION_WEIGHTS ({name}) could not be loaded "
+                                 f"({_public(str(e), self.trained_spec)}); using the bundled weights instead.")
             if fuser is None:
-                fuser = make_fuser(DEFAULT_WEIGHTS, self.device, self.max_side, self.fast)
+                fuser = self._fuser(DEFAULT_WEIGHTS)
         elif choice == OFFICIAL_CHOICE:
-            if not self.official_spec:
-                raise WeightsError("the authors' checkpoint is not configured: set IVFUSION_OFFICIAL_WEIGHTS "
-                                   "to the path of best.pth or to an hf://owner/repo/file spec")
-            fuser = make_fuser(self.official_spec, self.device, self.max_side, self.fast)
-        elif choice == UNTRAINED_CHOICE:
-            fuser = make_fuser(UNTRAINED, self.device, self.max_side, self.fast)
+            spec = self.official_spec or fetch_official(self.official_url, cache_dir(self.env), progress)
+            try:
+                fuser = self._fuser(spec)
+            except WeightsError as e:
+                raise WeightsError(f"the authors' released model cannot be loaded: {_public(str(e), spec)}") from None
+        else:
+            fuser = self._fuser(UNTRAINED)
             notes.append("The untrained network has random weights: its output and gates mean nothing. "
                          "Compare it with the trained model to see what training taught the gates.")
-        else:
-            raise WeightsError(f"unknown model {choice!r}; choose one of: {', '.join(self.choices())}")
         return fuser, notes
 
-    def get(self, choice: str | None = None) -> tuple[Fuser, list[str]]:
+    def check_choice(self, choice: str | None) -> str:
+        """The model name, checked (None: the default). Raises WeightsError for a name the Lab
+        does not offer; such names are never loaded or remembered."""
+        choice = DEFAULT_CHOICE if choice is None or choice == "" else choice
+        if not isinstance(choice, str) or choice not in self.choices():
+            shown = repr(choice)[:80]
+            raise WeightsError(f"unknown model {shown}; choose one of: {', '.join(self.choices())}")
+        return choice
+
+    def get(self, choice: str | None = None, progress: Progress | None = None) -> tuple[Fuser, list[str]]:
         """The Fuser for a model choice (None: the default) and notices about it. Raises
-        WeightsError with a readable message when it cannot be loaded."""
-        choice = choice or DEFAULT_CHOICE
+        WeightsError with a readable message when it cannot be loaded (the caller stays on its
+        current model). progress(done, total): bytes of a first download of the authors' model."""
+        choice = self.check_choice(choice)
         with self._lock:
             if choice in self._fusers:
                 return self._fusers[choice], list(self._notes[choice])
             if choice in self._errors:
                 raise WeightsError(self._errors[choice])
             try:
-                fuser, notes = self._load(choice)
+                fuser, notes = self._load(choice, progress)
             except WeightsError as e:
-                if not (choice == DEFAULT_CHOICE and self.trained_spec):
-                    self._errors[choice] = str(e)  # a missing file stays missing; Hub errors may be retried
+                if choice == UNTRAINED_CHOICE or (choice == OFFICIAL_CHOICE and self.official_spec):
+                    self._errors[choice] = str(e)  # a bad local file stays bad; a download may be retried
                 raise
+            except Exception as e:  # noqa: BLE001 - e.g. the bundled weights themselves broken
+                log.exception("model %r could not be loaded", choice)
+                raise WeightsError(f"{choice} cannot be loaded ({type(e).__name__}: {e})") from None
             self._fusers[choice] = fuser
             self._notes[choice] = notes
             return fuser, list(notes)
+
+    def loaded(self) -> list[str]:
+        """The choices loaded so far (never more than `choices()`)."""
+        with self._lock:
+            return list(self._fusers)
 
     def default_choice(self) -> tuple[str, list[str]]:
         """Load the default model now (at startup) and return the choice to preselect: the

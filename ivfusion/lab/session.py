@@ -1,24 +1,172 @@
-"""Per-session state and per-request files.
+"""Per-session state, per-request files, and the server's memory and queue bounds.
 
+A public Space is shared by strangers, so everything one visitor leaves behind is bounded.
 A session's state is a plain dict held by Gradio's `gr.State` (one per browser tab or
-gradio_client), never shared between users and dropped after `SESSION_TTL_S` seconds idle.
-Files written for one request live in a fresh folder from `request_dir`.
+gradio_client), never shared between users; on top of Gradio's own time to live
+(`SESSION_TTL_S`):
+
+* `Janitor`: a background sweep that caps all sessions' state together (`SESSION_MAX_BYTES`,
+  least recently used dropped first) and the number of sessions, removes request folders
+  older than `FILES_TTL_S`, and hands freed memory back to the system.
+* `request_dir`: each request's files live in a fresh folder.
+* `release_memory`: collects garbage and calls glibc's malloc_trim, so that the server's
+  RSS comes back down after a burst of large requests.
+* `limit_queue_per_session`: each session may have at most `MAX_QUEUED_PER_SESSION`
+  requests waiting in the queue, so that one visitor cannot fill it.
 """
 from __future__ import annotations
 
+import ctypes
+import gc
+import logging
+import os
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
-SESSION_TTL_S = 3600  # an idle session's state is dropped after this many seconds
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+SESSION_TTL_S = 900  # a session's state is dropped this many seconds after its last update
+SESSION_MAX_BYTES = 160 * 2**20  # all sessions' state together (a 640x480 pair with its cached features: ~150 MB)
+MAX_SESSIONS = 1000  # sessions Gradio remembers (each holds a copy of the page's config)
+FILES_TTL_S = 120  # request folders older than this are removed (Gradio copied the files long before)
+MAX_QUEUED_PER_SESSION = 2  # requests one session may have waiting in the queue
+FILES_ROOT = Path(tempfile.gettempdir()) / "ivfusion-lab"
 
 
-def request_dir(root: Path | None = None, max_age_s: float = 3600.0) -> Path:
+def nbytes(value: Any, _seen: set | None = None, _depth: int = 0) -> int:
+    """Approximate memory held by a value: arrays and tensors by their buffers; containers,
+    dataclasses and plain objects by their contents. Models (shared by every session) count 0."""
+    seen = set() if _seen is None else _seen
+    if id(value) in seen or _depth > 8:
+        return 0
+    seen.add(id(value))
+    if isinstance(value, np.ndarray):
+        return int(value.nbytes)
+    if hasattr(value, "element_size") and hasattr(value, "nelement"):  # torch.Tensor, without importing torch
+        return int(value.element_size() * value.nelement())
+    if isinstance(value, (bytes, bytearray, str)):
+        return len(value)
+    if hasattr(value, "forward") and hasattr(value, "parameters"):
+        return 0  # an nn.Module: the ModelBank's models are shared by every session
+    inner = lambda v: nbytes(v, seen, _depth + 1)  # noqa: E731
+    if isinstance(value, dict):
+        return 64 + sum(inner(k) + inner(v) for k, v in value.items())
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return 64 + sum(inner(v) for v in value)
+    if hasattr(value, "__dict__") and not isinstance(value, type):
+        return 64 + sum(inner(v) for v in vars(value).values())
+    if hasattr(value, "__slots__"):
+        return 64 + sum(inner(getattr(value, k, None)) for k in value.__slots__)
+    return 64
+
+
+class Janitor:
+    """Keeps a running app's memory and disk bounded, sweeping every `interval_s` seconds
+    from a daemon thread:
+
+    * sessions' `gr.State` values: kept newest first while they fit `state_max_bytes` in
+      total; older sessions' state is dropped (least recently used first), and sessions past
+      `max_sessions` are forgotten. (Gradio's `time_to_live` on the State is the TTL.)
+    * request folders (`request_dir`) older than `files_ttl_s`: Gradio has copied their files
+      into its own cache (cleared by `delete_cache`) by then.
+    * freed heap pages go back to the system (`release_memory`) after large frees.
+    """
+
+    def __init__(self, demo, state_max_bytes: int = SESSION_MAX_BYTES, max_sessions: int = MAX_SESSIONS,
+                 files_ttl_s: float = FILES_TTL_S, interval_s: float = 1.0, files_root: Path | None = None):
+        self.demo, self.state_max_bytes, self.max_sessions = demo, int(state_max_bytes), int(max_sessions)
+        self.files_ttl_s, self.interval_s, self.files_root = files_ttl_s, interval_s, Path(files_root or FILES_ROOT)
+        self.state_bytes = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._rss_after_trim = 0.0
+
+    def start(self) -> "Janitor":
+        self._thread = threading.Thread(target=self._run, name="ivfusion-lab-janitor", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.sweep()
+            except Exception:  # noqa: BLE001 - a sweep must never take the server down
+                log.exception("janitor sweep failed")
+
+    def sweep(self) -> dict:
+        """One pass; returns what it did."""
+        dropped = self._sweep_states()
+        removed = self._sweep_files()
+        rss = rss_mib()
+        trimmed = False
+        if dropped or rss > self._rss_after_trim + 32:
+            release_memory()
+            self._rss_after_trim = rss_mib()
+            trimmed = True
+        return {"state_bytes": self.state_bytes, "states_dropped": dropped, "folders_removed": removed,
+                "trimmed": trimmed}
+
+    def _sweep_states(self) -> int:
+        holder = getattr(self.demo, "state_holder", None)
+        if holder is None or not hasattr(holder, "session_data"):
+            return 0
+        with holder.lock:
+            sessions = list(holder.session_data.items())  # least recently used first
+        total, dropped = 0, 0
+        for rank, (sid, sess) in enumerate(reversed(sessions)):
+            data = getattr(sess, "state_data", {})
+            size = sum(nbytes(v) for v in list(data.values()))
+            if rank >= self.max_sessions:
+                holder.delete_state(sid)
+                with holder.lock:
+                    holder.session_data.pop(sid, None)
+                    holder.time_last_used.pop(sid, None)
+                dropped += 1
+            elif total + size > self.state_max_bytes and size:
+                holder.delete_state(sid)
+                dropped += 1
+            else:
+                total += size
+        self.state_bytes = total
+        return dropped
+
+    def _sweep_files(self) -> int:
+        if not self.files_root.is_dir():
+            return 0
+        now, removed = time.time(), 0
+        for old in self.files_root.iterdir():
+            try:
+                if old.is_dir() and now - old.stat().st_mtime > self.files_ttl_s:
+                    shutil.rmtree(old, ignore_errors=True)
+                    removed += 1
+            except OSError:
+                pass
+        return removed
+
+
+def rss_mib() -> float:
+    """This process's resident memory in MiB (Linux; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def request_dir(root: Path | None = None, max_age_s: float = FILES_TTL_S) -> Path:
     """A fresh temporary folder for one request's files; folders older than max_age_s from
     earlier requests are removed."""
-    root = Path(root or Path(tempfile.gettempdir()) / "ivfusion-lab")
+    root = Path(root or FILES_ROOT)
     root.mkdir(parents=True, exist_ok=True)
     now = time.time()
     for old in root.iterdir():
@@ -30,3 +178,40 @@ def request_dir(root: Path | None = None, max_age_s: float = 3600.0) -> Path:
     folder = root / uuid.uuid4().hex
     folder.mkdir()
     return folder
+
+
+_libc = None
+
+
+def release_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the OS (glibc malloc_trim; a no-op
+    elsewhere). Large decodes and batches leave the heap fragmented, so without this the
+    server's RSS stays at its peak after a burst."""
+    global _libc
+    gc.collect()
+    try:
+        if _libc is None:
+            _libc = ctypes.CDLL("libc.so.6")
+        _libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        _libc = False
+
+
+def limit_queue_per_session(demo, max_waiting: int = MAX_QUEUED_PER_SESSION) -> None:
+    """Refuse a session's request while it already has `max_waiting` requests waiting in the
+    queue (not counting the one being computed), with a message saying so. Call after
+    `demo.queue(...)`. Uses Gradio's queue internals (gradio 5-6), checked by the load test."""
+    queue = demo._queue
+    push = queue.push
+
+    async def limited_push(body, request, username):
+        sh = getattr(body, "session_hash", None)
+        if sh:
+            waiting = sum(ev.session_hash == sh for q in queue.event_queue_per_concurrency_id.values()
+                          for ev in q.queue)
+            if waiting >= max_waiting:
+                return (False, f"You already have {waiting} requests waiting; wait for them to finish (at most "
+                               f"{max_waiting} waiting requests per visitor).", "queue_full")
+        return await push(body, request, username)
+
+    queue.push = limited_push

@@ -1,19 +1,40 @@
 """Uploads (paths, Gradio file payloads or arrays) to checked numpy images, with readable
-`ImageError`s; the pair description; hand-drawn masks from the image editor."""
+`ImageError`s; the pair description; hand-drawn masks from the image editor.
+
+Memory rules for a public server (issue 11), which every function here keeps:
+
+* Every file goes through the one guarded decoder, `ivfusion.io.read_image`: the header is
+  checked against a pixel and a decoded-byte budget before a pixel is decoded.
+* Cheap functions for unqueued events (`header`, `pair_info`, `display_copy`) read headers,
+  or decode only files within the small `PREVIEW_MAX_BYTES` budget. Gradio's private events
+  are still reachable with a POST to /gradio_api/run/predict, so these stay cheap whatever
+  they receive.
+* Full decodes (`load_image`, `load_pair`, `drawn_keep_mask`) belong in queued events. They
+  run one at a time in the whole process (`_DECODE_LOCK`), and shrink the image to the Lab's
+  working size before the lock is released, so a full-size array never outlives its decode.
+"""
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 from .. import io
-from ..io import ImageError
+from ..io import ImageError, ImageHeader
 from .models import APP_MAX_SIDE
 
-MAX_UPLOAD_PIXELS = 50_000_000  # checked from the file header, before decoding
+MAX_UPLOAD_PIXELS = 50_000_000  # the decoder's budgets, checked from the header before decoding
+MAX_UPLOAD_BYTES = io.MAX_BYTES  # decoded bytes: 256 MiB (a 50 MP 8-bit RGB image)
+PREVIEW_MAX_BYTES = 32 * 2**20  # an unqueued handler may decode this much (a 2048^2 16-bit RGBA TIFF)
+MASK_MAX_SIDE = 2048  # drawn masks are kept at most this large (the image is at most max_side)
 _BROWSER_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".avif")
+# One full decode at a time in the whole server: queued events of different concurrency
+# groups (fuse, stability, prefetch) may run together, and their decodes must not add up.
+_DECODE_LOCK = threading.Lock()
 
 
 def source_path(source: Any) -> str | None:
@@ -23,81 +44,120 @@ def source_path(source: Any) -> str | None:
     if isinstance(source, (str, os.PathLike)):
         return str(source)
     if isinstance(source, dict):
-        return source.get("path")
+        path = source.get("path")
+        return path if isinstance(path, (str, os.PathLike)) and path else None
     path = getattr(source, "path", None)  # gradio FileData objects
     return str(path) if path else None
 
 
-def load_image(source: Any, name: str) -> np.ndarray:
-    """An uploaded image as a numpy array (RGB/grey, 8- or 16-bit as stored).
-
-    source: a file path, a Gradio file payload ({"path": ...}), or a numpy array. Raises
-    ImageError naming `name` ("visible image", ...) for a missing, corrupt, unsupported or
-    enormous file; the pixel count is checked from the header, before decoding.
-    """
+def _path_of(source: Any, name: str) -> str:
     if source is None:
         raise ImageError(f"{name}: missing. Upload one, or click one of the example pairs.")
-    if isinstance(source, np.ndarray):
-        return io._check_array(source, name)
     path = source_path(source)
     if not path:
         raise ImageError(f"{name}: no file was received. Upload it again.")
-    _check_header(Path(path), name)
+    return path
+
+
+def _named(e: ImageError, path: str, name: str) -> ImageError:
+    """The decoder's message with the server's path replaced by the upload's name."""
+    text = str(e).replace(str(path), Path(path).name)
+    return ImageError(text if text.startswith(name) else f"{name}: {text}")
+
+
+def header(source: Any, name: str) -> ImageHeader:
+    """The checked header of an upload (size, channels, depth, format), decoding nothing.
+    Safe in unqueued events. Raises ImageError for a missing, corrupt or over-budget file."""
+    path = _path_of(source, name)
     try:
-        img = io.read_image(path)
+        return io.check_header(io.read_header(path, name=name), name, max_pixels=MAX_UPLOAD_PIXELS,
+                               max_bytes=MAX_UPLOAD_BYTES)
     except ImageError as e:
-        raise ImageError(f"{name}: {str(e).replace(str(path), Path(path).name)}") from None
-    return io._check_array(img, name)
+        raise _named(e, path, name) from None
 
 
-def _check_header(path: Path, name: str) -> None:
-    """Refuse images too large to decode safely, from their header alone (Pillow reads lazily)."""
-    try:
-        from PIL import Image
-    except ImportError:  # pragma: no cover - Pillow comes with matplotlib
-        return
-    Image.MAX_IMAGE_PIXELS = None  # we apply our own limit below, with a readable message
-    try:
-        with Image.open(path) as im:
-            w, h = im.size
-    except Exception:  # noqa: BLE001 - not Pillow-readable: OpenCV decides (and explains)
-        return
-    if w * h > MAX_UPLOAD_PIXELS:
-        raise ImageError(
-            f"{name}: {w}x{h} pixels ({w * h / 1e6:.0f} megapixels) is too large for the lab "
-            f"(limit {MAX_UPLOAD_PIXELS / 1e6:.0f} megapixels). Downscale it first; the lab would shrink "
-            "it to at most 1024 pixels on its longer side anyway.")
+def load_image(source: Any, name: str, max_side: int | None = None) -> np.ndarray:
+    """An uploaded image as a numpy array (RGB/grey, 8- or 16-bit as stored). Decodes: call
+    it from queued events only.
+
+    source: a file path, a Gradio file payload ({"path": ...}), or a numpy array.
+    max_side: when given, an image with a longer side is downscaled to it (area averaging, in
+    its own depth) before the full-size array is let go.
+    Raises ImageError naming `name` ("visible image", ...) for a missing, corrupt,
+    unsupported or over-budget file; the budgets are checked from the header first.
+    """
+    if isinstance(source, np.ndarray):
+        img = io.check_array(source, name, max_pixels=MAX_UPLOAD_PIXELS)
+        return io.fit_max_side(img, max_side)[0] if max_side else img
+    path = _path_of(source, name)
+    with _DECODE_LOCK:
+        try:
+            img = io.read_image(path, max_pixels=MAX_UPLOAD_PIXELS, max_bytes=MAX_UPLOAD_BYTES, name=name)
+        except ImageError as e:
+            raise _named(e, path, name) from None
+        img = io.check_array(img, name, max_pixels=MAX_UPLOAD_PIXELS)
+        if max_side:
+            img = io.fit_max_side(img, max_side)[0]
+    return img
+
+
+def load_pair(visible: Any, infrared: Any, max_side: int | None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Both images of a pair, each downscaled on load to at most `max_side` (the Fuser's
+    limit, so the Fuser gets the very arrays it would have made), and notices saying what
+    was done. Decodes: queued events only."""
+    notes = []
+    if max_side:
+        hv = header(visible, "visible image") if not isinstance(visible, np.ndarray) else None
+        (vh, vw) = (hv.height, hv.width) if hv else visible.shape[:2]
+        if max(vh, vw) > max_side:
+            s = max_side / max(vh, vw)
+            notes.append(f"Downscaled from {vw}x{vh} to {max(1, round(vw * s))}x{max(1, round(vh * s))} "
+                         f"(maximum side {max_side}).")
+    return load_image(visible, "visible image", max_side), load_image(infrared, "infrared image", max_side), notes
 
 
 def describe_image(img: np.ndarray) -> str:
-    """'640x480, colour, 8-bit' and the like."""
+    """'640x480, colour, 8-bit' and the like, for an array."""
     h, w = img.shape[:2]
     ch = 1 if img.ndim == 2 else img.shape[2]
-    kind = {1: "grey", 2: "grey + alpha", 3: "colour", 4: "colour + alpha"}.get(ch, f"{ch} channels")
+    kind = _KINDS.get(ch, f"{ch} channels")
     if ch == 3 and np.array_equal(img[..., 0], img[..., 1]) and np.array_equal(img[..., 1], img[..., 2]):
         kind = "grey (3 equal channels)"
     depth = {np.dtype(np.uint8): "8-bit", np.dtype(np.uint16): "16-bit"}.get(img.dtype, str(img.dtype))
     return f"{w}x{h}, {kind}, {depth}"
 
 
+_KINDS = {1: "grey", 2: "grey + alpha", 3: "colour", 4: "colour + alpha"}
+
+
+def describe_header(h: ImageHeader) -> str:
+    """'640x480, colour, 8-bit' and the like, from a header alone."""
+    return f"{h.width}x{h.height}, {_KINDS.get(h.channels, f'{h.channels} channels')}, {max(h.bit_depth, 8)}-bit"
+
+
 def pair_info(visible: Any, infrared: Any, max_side: int = APP_MAX_SIDE) -> str:
-    """A short Markdown description of the loaded pair and what the lab will do with it.
-    Raises ImageError for an unusable image."""
-    parts, vis, ir = [], None, None
-    if visible is not None:
-        vis = load_image(visible, "visible image")
-        parts.append(f"**Visible:** {describe_image(vis)}")
-    if infrared is not None:
-        ir = load_image(infrared, "infrared image")
-        parts.append(f"**Infrared:** {describe_image(ir)}")
+    """A short Markdown description of the loaded pair and what the lab will do with it, from
+    the files' headers (decodes nothing: safe in unqueued events). Raises ImageError for an
+    unusable image."""
+    parts, sizes = [], {}
+    for key, source, name in (("visible", visible, "visible image"), ("infrared", infrared, "infrared image")):
+        if source is None:
+            continue
+        if isinstance(source, np.ndarray):
+            img = io.check_array(source, name, max_pixels=MAX_UPLOAD_PIXELS)
+            sizes[key], text = img.shape[:2], describe_image(img)
+        else:
+            h = header(source, name)
+            sizes[key], text = (h.height, h.width), describe_header(h)
+        parts.append(f"**{key.capitalize()}:** {text}")
     if not parts:
         return "Load a pair: upload a visible and an infrared image, or click an example below."
     notes = []
-    if vis is None or ir is None:
-        notes.append(f"Now add the {'infrared' if ir is None else 'visible'} image.")
+    if len(sizes) < 2:
+        notes.append(f"Now add the {'infrared' if 'infrared' not in sizes else 'visible'} image.")
     else:
-        notes += size_notes(vis.shape[:2], ir.shape[:2])
-        h, w = vis.shape[:2]
+        notes += size_notes(sizes["visible"], sizes["infrared"])
+        h, w = sizes["visible"]
         if max_side and max(h, w) > max_side:
             s = max_side / max(h, w)
             notes.append(f"The pair will be downscaled to {round(w * s)}x{round(h * s)} (at most {max_side} px a side).")
@@ -121,42 +181,83 @@ def size_notes(vis_hw: tuple[int, int], ir_hw: tuple[int, int]) -> list[str]:
 
 def display_copy(source: Any, folder: Path) -> str | None:
     """A browser-displayable, lossless PNG copy of an upload in a format browsers cannot show
-    (e.g. TIFF), keeping 16-bit depth; None when the file can be shown as it is."""
+    (e.g. TIFF), keeping 16-bit depth; None when the file can be shown as it is, or when it is
+    over `PREVIEW_MAX_BYTES` decoded (then it is still fused, only not previewed). Checks the
+    header first (ImageError for a bad file); safe in unqueued events."""
     path = source_path(source)
-    if not path or Path(path).suffix.lower() in _BROWSER_SUFFIXES:
+    if not path:
         return None
-    img = load_image(path, "image")
+    h = header(path, "image")
+    if Path(path).suffix.lower() in _BROWSER_SUFFIXES or h.decoded_bytes > PREVIEW_MAX_BYTES:
+        return None
+    with _DECODE_LOCK:
+        try:
+            img = io.read_image(path, max_pixels=MAX_UPLOAD_PIXELS, max_bytes=PREVIEW_MAX_BYTES, name="image")
+        except ImageError as e:
+            raise _named(e, path, "image") from None
     if img.ndim == 3 and img.shape[2] == 4:
         img = img[..., :3]
-    if img.ndim == 3 and img.shape[2] == 2:
-        img = img[..., 0]
     out = Path(folder) / (Path(path).stem + ".png")
     io.write_png(out, img)
     return str(out)
 
 
-def drawn_keep_mask(value: Any) -> np.ndarray | None:
+def drawn_keep_mask(value: Any, max_side: int = MASK_MAX_SIDE) -> np.ndarray | None:
     """A keep mask (1 keeps, 0 hides) from what the user painted in an image editor, or None
-    when nothing was painted.
+    when nothing was painted. Decodes: queued events only.
 
     value: a Gradio ImageEditor payload {"background", "layers", "composite"} (file payloads,
     paths or arrays), or an (H, W, 4) RGBA / (H, W) array where painted pixels are opaque / > 0.
+    Layers go through the guarded decoder (the upload budgets apply), and masks larger than
+    `max_side` are area-averaged down to it (the fraction hidden is kept) before the next
+    layer is read. Returns (h, w) float32 in [0, 1].
     """
     if value is None:
         return None
     layers = value.get("layers") if isinstance(value, dict) else [value]
-    hidden = None
-    for layer in layers or []:
+    if layers is not None and not isinstance(layers, (list, tuple)):
+        raise ImageError("drawn mask: the editor sent no list of layers; paint the mask again")
+    hidden = None  # float32 fraction hidden, at most max_side a side
+    for k, layer in enumerate(layers or []):
         if layer is None:
             continue
-        arr = layer if isinstance(layer, np.ndarray) else io.read_image(source_path(layer))
-        if arr.ndim == 3 and arr.shape[2] == 4:
-            painted = arr[..., 3] > 0
-        elif arr.ndim == 3 and arr.shape[2] == 2:
-            painted = arr[..., 1] > 0
+        name = f"drawn mask layer {k + 1}"
+        if isinstance(layer, np.ndarray):
+            arr = io.check_array(layer, name, max_pixels=MAX_UPLOAD_PIXELS)
+            painted = _painted(arr)
         else:
-            painted = (arr if arr.ndim == 2 else arr.max(-1)) > 0
-        hidden = painted if hidden is None else (hidden | painted if hidden.shape == painted.shape else hidden)
+            path = _path_of(layer, name)
+            with _DECODE_LOCK:
+                try:
+                    arr = io.read_image(path, max_pixels=MAX_UPLOAD_PIXELS, max_bytes=MAX_UPLOAD_BYTES, name=name)
+                except ImageError as e:
+                    raise _named(e, path, name) from None
+                painted = _painted(arr)
+                del arr
+        frac = _shrink(painted, max_side)
+        del painted
+        if hidden is None:
+            hidden = frac
+        elif hidden.shape == frac.shape:
+            np.maximum(hidden, frac, out=hidden)
     if hidden is None or not hidden.any():
         return None
-    return (~hidden).astype(np.float32)
+    return 1.0 - hidden
+
+
+def _painted(arr: np.ndarray) -> np.ndarray:
+    """uint8 255 where painted (opaque alpha, or any value in a grey/RGB layer), else 0."""
+    if arr.ndim == 3 and arr.shape[2] in (2, 4):
+        alpha = arr[..., -1]
+    else:
+        alpha = arr if arr.ndim == 2 else arr.max(-1)
+    return np.where(alpha > 0, np.uint8(255), np.uint8(0))
+
+
+def _shrink(painted: np.ndarray, max_side: int) -> np.ndarray:
+    """Fraction painted, (h, w) float32, area-averaged down to at most max_side a side."""
+    h, w = painted.shape
+    if max(h, w) > max_side:
+        s = max_side / max(h, w)
+        painted = cv2.resize(painted, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+    return painted.astype(np.float32) / 255.0
