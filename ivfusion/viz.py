@@ -31,19 +31,16 @@ import numpy as np
 
 GATE_CMAP = "viridis"  # perceptually uniform; dark = low gate, yellow = high gate
 CHANGE_CMAP = "magma"  # black = no change, bright = large change
+DIVERGING_CMAP = "RdBu_r"  # signed changes: blue = down, white = 0, red = up
 GATE_ALPHA = 0.7  # opacity of gate colours over the (grey) visible image
-ETA = 0.3  # the gate regulariser's target mean (paper, supplementary Sec. 3)
-LEVEL_NAMES = (
-    "level 1 (1/4 res., coarse)",
-    "level 2 (1/2 res.)",
-    "level 3 (full res., fine)",
-)
+EDGE_DARKEN = 0.45  # scene edges drawn over a heat map keep this share of the colour's brightness
 TITLE_RESERVE = 56  # pixels kept free at the top right of a title (for a viewer's icons)
 PANEL_MAX_SIDE = 640  # heat map panels are drawn at most this large (long side)
 PANEL_MIN_SIDE = 400  # and at least this large, so that captions fit
-# Gate colour scales: "fixed" is the gates' whole range 0..1, comparable across images and
-# models (the default); "stretched" spans the maps' own 1st-99th percentiles, because trained
-# gates sit within a few hundredths of eta, where a 0..1 scale shows one flat colour.
+# Gate colour scales: "stretched" (the Lab's default) spans the maps' own 1st-99th
+# percentiles, because trained gates sit within a few hundredths of eta, where a 0..1 scale
+# shows one flat colour; "fixed" is the gates' whole range 0..1, comparable across images and
+# models.
 GATE_SCALES = ("fixed", "stretched")
 MIN_GATE_SPAN = 0.01  # a stretched scale never spans less: smaller differences are noise-like
 
@@ -333,7 +330,7 @@ def _gate_panel(gate, visible_rgb, title, caption, eta, vmin, vmax, kwargs) -> n
 
 
 def gate_panel(gate: np.ndarray, visible_rgb: np.ndarray, level: int, pass_name: str,
-               mean: float | None = None, eta: float = ETA, vmin: float = 0.0, vmax: float = 1.0,
+               mean: float | None = None, eta: float = 0.3, vmin: float = 0.0, vmax: float = 1.0,
                **kwargs) -> np.ndarray:
     """One invariance gate map over the visible image: a colour bar from vmin to vmax (default
     0..1; `gate_range` gives a stretched one) with eta marked where it falls inside, and a
@@ -344,7 +341,9 @@ def gate_panel(gate: np.ndarray, visible_rgb: np.ndarray, level: int, pass_name:
     """
     mean = float(np.mean(gate)) if mean is None else float(mean)
     rel = "above" if mean > eta + 0.005 else ("below" if mean < eta - 0.005 else "at")
-    title = f"{pass_name[:1].upper() + pass_name[1:]}: gate {LEVEL_NAMES[level]}"
+    from .levels import get_level
+
+    title = f"{pass_name[:1].upper() + pass_name[1:]}: gate {get_level(level).label}"
     caption = f"mean activation {mean:.3f}, {rel} the target \u03b7 = {eta:g}"
     return _gate_panel(gate, visible_rgb, title, caption, eta, vmin, vmax, kwargs)
 
@@ -390,7 +389,7 @@ def instability_panel(std_map: np.ndarray, k: int, **kwargs) -> np.ndarray:
     return heatmap_panel(std, title, caption, vmin=0.0, vmax=vmax, cmap=CHANGE_CMAP, **kwargs)
 
 
-def mean_gate_panel(gate_mean: np.ndarray, visible_rgb: np.ndarray, k: int, eta: float = ETA,
+def mean_gate_panel(gate_mean: np.ndarray, visible_rgb: np.ndarray, k: int, eta: float = 0.3,
                     vmin: float = 0.0, vmax: float = 1.0, **kwargs) -> np.ndarray:
     """The gate map averaged over the three levels and over `k` intervened passes, over the
     visible image; colour scale as `gate_panel`."""
@@ -412,3 +411,74 @@ def side_by_side(images: Sequence[np.ndarray], gap: int = 6) -> np.ndarray:
         if k < len(rgb) - 1:
             parts.append(np.full((h, gap, 3), _BG, np.uint8))
     return np.concatenate(parts, axis=1)
+
+
+# ----------------------------------------------------------------------------- bare heat maps
+def edge_overlay(heat_rgb: np.ndarray, base: np.ndarray, darken: float = EDGE_DARKEN) -> np.ndarray:
+    """The scene's edges (Canny on `base` in grey) drawn as darker lines over a heat map. Unlike
+    an alpha blend, every other pixel keeps exactly its colour-bar colour."""
+    grey = cv2.cvtColor(to_rgb(base), cv2.COLOR_RGB2GRAY)
+    if grey.shape[:2] != heat_rgb.shape[:2]:
+        grey = cv2.resize(grey, (heat_rgb.shape[1], heat_rgb.shape[0]), interpolation=cv2.INTER_AREA)
+    grey = cv2.GaussianBlur(grey, (5, 5), 0)
+    # thresholds from the image's own gradients, so that dark night scenes get edges too
+    mag = cv2.magnitude(cv2.Sobel(grey, cv2.CV_32F, 1, 0), cv2.Sobel(grey, cv2.CV_32F, 0, 1))
+    hi = max(float(np.percentile(mag, 93)), 8.0)
+    edges = cv2.Canny(grey, hi / 2, hi, L2gradient=True) > 0
+    out = heat_rgb.copy()
+    out[edges] = (out[edges].astype(np.float32) * darken).astype(np.uint8)
+    return out
+
+
+def heat_image(values: np.ndarray, *, base: np.ndarray | None = None, vmin: float = 0.0, vmax: float = 1.0,
+               cmap: str = GATE_CMAP, ticks: Sequence[float] | None = None,
+               marks: Iterable[tuple[float, str]] = (), smooth: bool = True,
+               max_side: int = PANEL_MAX_SIDE, min_side: int = PANEL_MIN_SIDE) -> np.ndarray:
+    """A heat map of `values` (2-D float) with its colour bar on the right and no text above:
+    the page writes the caption, so it stays readable at any screen width.
+
+    base: an image whose edges are drawn over the map (see `edge_overlay`), or None.
+    Returns (h, w, 3) uint8, the map's long side in [min_side, max_side].
+    """
+    values = np.asarray(values, np.float32)
+    if values.ndim != 2:
+        raise ValueError(f"heat_image takes a 2-D array, got shape {values.shape}")
+    ref = base if base is not None else values
+    size = display_size(*ref.shape[:2], max_side=max_side, min_side=min_side)
+    heat = colorize(resize_for_display(values, size, smooth), vmin, vmax, cmap)
+    if base is not None:
+        heat = edge_overlay(heat, base)
+    tick_size = int(np.clip(round(size[1] / 26), 14, 26))
+    bar = colorbar(size[0], vmin, vmax, cmap, ticks=ticks, marks=marks, font_size=tick_size)
+    return np.concatenate([heat, np.full((size[0], 4, 3), _BG, np.uint8), bar], axis=1)
+
+
+def gate_image(gate: np.ndarray, base: np.ndarray | None, vmin: float, vmax: float, eta: float) -> np.ndarray:
+    """One gate map (any resolution, values in [0, 1]) on the scale vmin..vmax, eta marked."""
+    fixed = (vmin, vmax) == (0.0, 1.0)
+    return heat_image(gate, base=base, vmin=vmin, vmax=vmax, cmap=GATE_CMAP,
+                      ticks=(0.0, 0.5, 1.0) if fixed else None, marks=[(eta, f"\u03b7={eta:g}")])
+
+
+def change_range(change: np.ndarray, floor: float = 0.005) -> float:
+    """The half-width of a colour scale centred on 0 for a signed map: its 99th percentile of
+    |change| (so that a few extreme pixels do not wash the rest out), at least `floor`."""
+    a = np.abs(np.asarray(change, np.float32))
+    return max(float(np.percentile(a, 99)) if a.size else 0.0, floor)
+
+
+def gate_change_image(change: np.ndarray, base: np.ndarray | None, limit: float | None = None) -> np.ndarray:
+    """A signed gate change (intervened - clean) on a diverging scale centred on 0: red where
+    the intervention opened the gate, blue where it closed it, white where it did not move."""
+    limit = change_range(change) if limit is None else float(limit)
+    return heat_image(change, base=base, vmin=-limit, vmax=limit, cmap=DIVERGING_CMAP,
+                      ticks=(-limit, 0.0, limit))
+
+
+def difference_image(fused_a: np.ndarray, fused_b: np.ndarray) -> tuple[np.ndarray, str]:
+    """|fused_a - fused_b| in grey levels as a bare heat map, and a one-line caption."""
+    diff = difference_map(fused_a, fused_b) * 255.0
+    vmax = grey_level_scale(diff)
+    changed = float((diff >= 1.0).mean()) * 100.0
+    caption = f"grey levels: mean {diff.mean():.2f}, max {diff.max():.0f}; {changed:.1f}% of pixels changed"
+    return heat_image(diff, vmin=0.0, vmax=vmax, cmap=CHANGE_CMAP), caption

@@ -12,14 +12,16 @@ One module per concern:
 * `render`: the figures of one request.
 * `downloads`: the metrics table and the download files.
 * `analysis`: the stability analysis as the page shows it.
+* `callbacks`: the page's callbacks with named outputs (needs Gradio; imported by app.py).
 """
-from .analysis import StabilityResult, correlation, interpret_correlation, stability, stability_figures
-from .downloads import METRIC_HEADERS, metric_sources, metrics_table, write_downloads
-from .examples import EXAMPLES, EXAMPLES_DIR, example_pairs
+from . import downloads, examples, render, settings
+from .analysis import Cancelled, StabilityResult, correlation, interpret_correlation, stability, stability_figures
+from .downloads import METRIC_HEADERS, METRICS_NOTE, metric_sources, metrics_table, save_image, write_downloads
+from .examples import DEFAULT_EXAMPLE, EXAMPLES, EXAMPLES_DIR, example_pairs
 from .models import (APP_MAX_SIDE, DEFAULT_CHOICE, OFFICIAL_CHOICE, UNTRAINED_CHOICE, ModelBank, hub_reachable,
                      make_fuser)
-from .render import ETA, LabFigures, render
-from .runs import LabRun, clean_key, prefetch_clean, run_pair
+from .render import GATE_SCALE_CHOICES, LabFigures, LevelFigures, gate_scale_name, render_levels
+from .runs import LabRun, SessionPair, colour_from_visible, pair_key, run_pair, run_session_pair
 from .session import SESSION_TTL_S, request_dir
 from .settings import DROPOUT_CHOICES, Settings, intervention_masks
 from .uploads import (MAX_UPLOAD_PIXELS, describe_image, display_copy, drawn_keep_mask, load_image, pair_info,

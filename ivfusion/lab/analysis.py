@@ -12,9 +12,15 @@ import torch
 import torch.nn.functional as F
 
 from .. import viz
-from ..interventions import MASKED_KINDS
+from ..interventions import MASKED_KINDS, get_intervention
 from ..predictor import Fuser
+from .render import gate_scale_name
+from .runs import fuser_eta
 from .settings import Settings, intervention_masks
+
+
+class Cancelled(Exception):
+    """The user cancelled a stability run."""
 
 
 @dataclass
@@ -31,6 +37,7 @@ class StabilityResult:
     seconds: float = 0.0
     untrained: bool = False
     alternate: bool = False  # True: samples alternate between the masking kinds (none was on)
+    eta: float = 0.3
 
 
 def correlation(a: np.ndarray, b: np.ndarray) -> float:
@@ -45,8 +52,9 @@ def correlation(a: np.ndarray, b: np.ndarray) -> float:
 
 def stability(fuser: Fuser, visible: np.ndarray, infrared: np.ndarray, settings: Settings = Settings(),
               k: int = 8, drawn: Sequence[np.ndarray | None] = (None, None),
-              batch_pixels: int = 2 * 640 * 480,
-              progress: Callable[[int, int], None] | None = None) -> StabilityResult:
+              batch_pixels: int = 640 * 480,
+              progress: Callable[[int, int], None] | None = None,
+              cancelled: Callable[[], bool] | None = None) -> StabilityResult:
     """Run `k` sampled interventions and summarise them per pixel.
 
     Sample i draws its masks with the seed (settings.seed, i), so a seed fixes the whole run.
@@ -54,7 +62,7 @@ def stability(fuser: Fuser, visible: np.ndarray, infrared: np.ndarray, settings:
     is enabled, samples alternate between complementary and random masking (the two that the
     paper's intervention loss averages over). Dropout and drawn masks, if set, apply to every
     sample. Samples run as batched forwards of at most `batch_pixels` pixels; `progress(done,
-    k)` is called after each batch.
+    k)` is called after each batch; when `cancelled()` turns true the run stops with `Cancelled`.
     """
     if not 2 <= int(k) <= 256:
         raise ValueError(f"k must be from 2 to 256, got {k}")
@@ -77,6 +85,8 @@ def stability(fuser: Fuser, visible: np.ndarray, infrared: np.ndarray, settings:
     mean_ref = None
     done = 0
     while done < k:
+        if cancelled is not None and cancelled():
+            raise Cancelled(f"stopped after {done} of {k} interventions")
         n = min(per_batch, k - done)
         mv, mi = [], []
         for i in range(done, done + n):
@@ -105,7 +115,7 @@ def stability(fuser: Fuser, visible: np.ndarray, infrared: np.ndarray, settings:
     used = pool if pool is not None else list(MASKED_KINDS)
     return StabilityResult(std, gate_mean, r, k, [*used, *([settings.dropout_kind] if settings.dropout_kind else [])],
                            pair.visible_rgb, notices, time.perf_counter() - t0,
-                           bool(getattr(fuser.model, "is_untrained", False)), pool is None)
+                           bool(getattr(fuser.model, "is_untrained", False)), pool is None, fuser_eta(fuser))
 
 
 def interpret_correlation(r: float, untrained: bool = False) -> str:
@@ -125,16 +135,14 @@ def interpret_correlation(r: float, untrained: bool = False) -> str:
             "on this image" + (" (expected for the untrained network)." if untrained else "."))
 
 
-def stability_figures(res: StabilityResult, gate_scale: str = "fixed") -> tuple[np.ndarray, np.ndarray, str]:
+def stability_figures(res: StabilityResult, gate_scale: str = "stretched") -> tuple[np.ndarray, np.ndarray, str]:
     """The instability panel, the mean gate panel (colour scale: one of `viz.GATE_SCALES`) and
     a Markdown summary of a stability run."""
     inst = viz.instability_panel(res.std, res.k)
-    lo, hi = viz.gate_range([res.gate_mean], gate_scale)
-    gate = viz.mean_gate_panel(res.gate_mean, res.visible_rgb, res.k, vmin=lo, vmax=hi)
-    names = {"complementary": "complementary masking", "random": "random masking", "drop-vis": "drop visible",
-             "drop-ir": "drop IR"}
-    masking = [names[k] for k in res.kinds if k in MASKED_KINDS]
-    rest = [names[k] for k in res.kinds if k not in MASKED_KINDS]
+    lo, hi = viz.gate_range([res.gate_mean], gate_scale_name(gate_scale))
+    gate = viz.mean_gate_panel(res.gate_mean, res.visible_rgb, res.k, eta=res.eta, vmin=lo, vmax=hi)
+    masking = [get_intervention(k).label for k in res.kinds if k in MASKED_KINDS]
+    rest = [get_intervention(k).label for k in res.kinds if k not in MASKED_KINDS]
     what = (" and ".join(masking) + " alternately") if res.alternate else " + ".join(masking)
     what = " + ".join([what, *rest])
     text = (f"**Correlation between instability and mean gate: r = {res.correlation:+.3f}** "

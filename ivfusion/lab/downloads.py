@@ -1,4 +1,4 @@
-"""The eleven metrics before/after, and the files a user can download."""
+"""The eleven metrics before/after, the download files, and the image files the page shows."""
 from __future__ import annotations
 
 import dataclasses
@@ -6,11 +6,18 @@ import json
 import math
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from .. import io, viz
-from .render import ETA
+from ..levels import GATE_LEVELS, npz_key
 from .runs import LabRun
+
+METRIC_HEADERS = ["metric", "clean", "intervened", "change"]
+METRICS_NOTE = ("Both outputs are measured against the unmasked sources; change = intervened - clean; every "
+                "metric is higher-is-better. Conventions of the field: SSIM is summed over both sources "
+                "(up to 2); PSNR uses the field's ~60 dB convention (MSE of images scaled to [0, 1], peak 255).")
+HEAT_JPEG_QUALITY = 90  # heat maps: pixels do not matter, size and encoding time do
 
 
 def metric_sources(run: LabRun) -> dict[str, np.ndarray]:
@@ -22,10 +29,10 @@ def metric_sources(run: LabRun) -> dict[str, np.ndarray]:
 
 
 def metrics_table(run: LabRun | dict) -> list[list]:
-    """Rows [metric, clean, intervened, change, "higher is better"] of the eleven metrics
+    """Rows [metric, clean, intervened, change] of the eleven metrics
     (`ivfusion.metrics.evaluate_pair`), both outputs measured against the unmasked sources.
     run: a LabRun or its `metric_sources`."""
-    from ..metrics import HIGHER_IS_BETTER, METRIC_NAMES, evaluate_pair
+    from ..metrics import METRIC_NAMES, evaluate_pair
 
     src = metric_sources(run) if isinstance(run, LabRun) else run
     clean = evaluate_pair(src["infrared"], src["visible"], src["clean"])
@@ -35,11 +42,8 @@ def metrics_table(run: LabRun | dict) -> list[list]:
     for name in METRIC_NAMES:
         a, b = clean[name], inter[name]
         change = b - a if math.isfinite(a) and math.isfinite(b) else float("nan")
-        rows.append([name, _round(a), _round(b), _round(change), "yes" if HIGHER_IS_BETTER[name] else "no"])
+        rows.append([name, _round(a), _round(b), _round(change)])
     return rows
-
-
-METRIC_HEADERS = ["metric", "clean", "intervened", "change", "higher is better"]
 
 
 def _round(v: float, digits: int = 4) -> float:
@@ -50,22 +54,40 @@ def _round(v: float, digits: int = 4) -> float:
 
 def write_downloads(run: LabRun, folder: Path) -> list[str]:
     """fused_clean.png and fused_intervened.png (lossless RGB) and gates.npz (both passes'
-    gate maps at native resolution, the keep masks, the difference map, the settings)."""
+    gate maps at native resolution, keyed `<pass>_gate_<level>` as `ivfusion.levels.npz_key`
+    names them, the keep masks, the difference map, the settings)."""
     folder = Path(folder)
     clean_png, inter_png, npz = folder / "fused_clean.png", folder / "fused_intervened.png", folder / "gates.npz"
     io.write_png(clean_png, run.clean.fused_rgb)
     io.write_png(inter_png, run.intervened.fused_rgb)
     arrays = {}
     for name, res in (("clean", run.clean), ("intervened", run.intervened)):
-        for k, g in enumerate(res.gates):
-            arrays[f"{name}_gate_level{k + 1}"] = g.astype(np.float32)
+        for level in GATE_LEVELS:
+            arrays[f"{name}_{npz_key(level)}"] = res.gates[level.index].astype(np.float32)
     arrays["mask_visible"] = run.intervened.masks[0].astype(np.float32)
     arrays["mask_infrared"] = run.intervened.masks[1].astype(np.float32)
     arrays["difference"] = run.difference.astype(np.float32)
     arrays["info"] = np.array(json.dumps({
-        "intervention": run.intervened.intervention, "settings": dataclasses.asdict(run.settings), "model": run.model,
-        "eta": ETA, "levels": list(viz.LEVEL_NAMES),
+        "intervention": run.label, "settings": dataclasses.asdict(run.settings), "model": run.model,
+        "eta": run.eta, "levels": [level.key for level in GATE_LEVELS],
         "note": "gate maps in [0, 1], coarsest first; masks: 1 kept, 0 hidden; difference = |F_intervened - F_clean|",
     }))
     np.savez_compressed(npz, **arrays)
     return [str(clean_png), str(inter_png), str(npz)]
+
+
+def save_image(folder: Path, name: str, img: np.ndarray, lossless: bool) -> str:
+    """Write an image the page shows: lossless PNG (fast compression) for fused images and
+    network inputs, JPEG for heat maps. Returns the path. Gradio serves the file as it is,
+    so no image is encoded twice."""
+    img = np.ascontiguousarray(img)
+    bgr = cv2.cvtColor(img, cv2.COLOR_RGB2BGR) if img.ndim == 3 else img
+    if lossless:
+        path, (ok, buf) = Path(folder) / f"{name}.png", cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    else:
+        path, (ok, buf) = Path(folder) / f"{name}.jpg", cv2.imencode(
+            ".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, HEAT_JPEG_QUALITY])
+    if not ok:
+        raise OSError(f"could not encode {name}")
+    path.write_bytes(buf.tobytes())
+    return str(path)

@@ -1,4 +1,10 @@
-"""The figures of one request: fused images, network inputs, difference map, gate heat maps."""
+"""The figures of one request, and re-rendering them for a display option (no forward pass).
+
+Per gate level the page shows three maps side by side: the clean pass's gate, the intervened
+pass's gate (both on one colour scale) and the gate change, intervened - clean, on a
+diverging scale centred on 0. Captions are returned as text for the page to write (images
+carry no text but their colour bars, so nothing is clipped on a small screen).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,43 +12,79 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import viz
+from ..levels import GATE_LEVELS
 from .runs import LabRun
 
-ETA = viz.ETA
+# the gate colour scales as the page names them, in the order of viz.GATE_SCALES
+GATE_SCALE_CHOICES = ("fixed 0 to 1", "stretched per level")
+DEFAULT_GATE_SCALE = "stretched per level"
+
+
+def gate_scale_name(choice: str | None) -> str:
+    """viz.GATE_SCALES name of a page choice (the viz names are accepted too, for API callers)."""
+    names = dict(zip(GATE_SCALE_CHOICES, viz.GATE_SCALES)) | {n: n for n in viz.GATE_SCALES}
+    if choice not in names:
+        raise ValueError(f"gate colour scale must be one of {', '.join(GATE_SCALE_CHOICES)}, got {choice!r}")
+    return names[choice]
+
+
+@dataclass
+class LevelFigures:
+    """One gate level: clean, intervened and change maps (uint8 RGB) and a Markdown caption."""
+
+    clean: np.ndarray
+    intervened: np.ndarray
+    change: np.ndarray
+    caption: str
 
 
 @dataclass
 class LabFigures:
-    """What the lab shows for one request; all (H, W, 3) or (H, W) uint8."""
+    """What the page shows for one request; images are (H, W, 3) or (H, W) uint8."""
 
     fused_clean: np.ndarray
     fused_intervened: np.ndarray
     input_visible: np.ndarray
     input_infrared: np.ndarray
     difference: np.ndarray
-    gates: list[np.ndarray]  # clean levels 1-3, then intervened levels 1-3
-    gate_labels: list[str]
+    difference_caption: str
+    levels: list[LevelFigures]
 
 
-def render(run: LabRun, gate_scale: str = "fixed") -> LabFigures:
-    """The figures of one request (fused images are the exact pixels; heat maps are panels).
-    gate_scale: one of `viz.GATE_SCALES`; a stretched scale is shared by a level's clean and
-    intervened maps."""
-    vis = run.clean.visible_rgb
-    ranges = [viz.gate_range([run.clean.gates[k], run.intervened.gates[k]], gate_scale) for k in range(3)]
-    gates, labels = [], []
-    for name, res in (("clean pass", run.clean), ("intervened pass", run.intervened)):
-        for k in range(3):
-            mean = float(res.gates[k].mean())
-            gates.append(viz.gate_panel(res.gates_full[k], vis, k, name, mean=mean, vmin=ranges[k][0], vmax=ranges[k][1]))
-            labels.append(f"{name}, gate {viz.LEVEL_NAMES[k]}: mean {mean:.3f} (\u03b7 = {ETA:g})")
-    diff = viz.difference_panel(run.intervened.fused_y, run.clean.fused_y)
+def render_levels(run: LabRun, gate_scale: str = "stretched") -> list[LevelFigures]:
+    """The three levels' gate maps on `gate_scale` (a page choice or a viz.GATE_SCALES name);
+    a stretched scale is shared by a level's clean and intervened maps."""
+    scale = gate_scale_name(gate_scale)
+    base = run.clean.fused_y  # edges of both modalities' structure, for orientation
+    out = []
+    for level in GATE_LEVELS:
+        k = level.index
+        g_clean, g_inter = run.clean.gates[k], run.intervened.gates[k]
+        lo, hi = viz.gate_range([g_clean, g_inter], scale)
+        clean_img = viz.gate_image(run.clean.gates_full[k], base, lo, hi, run.eta)
+        inter_img = clean_img if run.intervened is run.clean else viz.gate_image(
+            run.intervened.gates_full[k], base, lo, hi, run.eta)
+        change = run.intervened.gates_full[k] - run.clean.gates_full[k]
+        limit = viz.change_range(change)
+        change_img = viz.gate_change_image(change, base, limit)
+        m_c, m_i = float(g_clean.mean()), float(g_inter.mean())
+        span = "0 to 1" if (lo, hi) == (0.0, 1.0) else f"{lo:.3f} to {hi:.3f}"
+        caption = (f"**{level.label[:1].upper() + level.label[1:]} gates** · mean clean {m_c:.3f}, "
+                   f"intervened {m_i:.3f} (target \u03b7 = {run.eta:g}) · gate colours span {span} · "
+                   f"change scale \u00b1{limit:.3f}")
+        out.append(LevelFigures(clean_img, inter_img, change_img, caption))
+    return out
+
+
+def render(run: LabRun, gate_scale: str = "stretched") -> LabFigures:
+    """The figures of one request (fused images are the exact pixels; heat maps are drawn)."""
+    diff, diff_caption = viz.difference_image(run.intervened.fused_y, run.clean.fused_y)
     return LabFigures(
         fused_clean=run.clean.fused_rgb,
         fused_intervened=run.intervened.fused_rgb,
         input_visible=viz.to_uint8(run.intervened.inputs["visible_y"]),
         input_infrared=viz.to_uint8(run.intervened.inputs["infrared"]),
         difference=diff,
-        gates=gates,
-        gate_labels=labels,
+        difference_caption=diff_caption,
+        levels=render_levels(run, gate_scale),
     )

@@ -1,14 +1,22 @@
-"""One request: the clean and the intervened pass of a pair."""
+"""One request: the clean and the intervened pass of a pair, through one session's pair.
+
+`SessionPair` is one session's loaded pair. It holds a private view of a shared `Fuser` (the
+model and its inference path are shared and read-only; the cached clean pass is the
+session's own), so re-fusing the same pair with another intervention runs only what the
+intervention changes (`Fuser.set_pair` / `Fuser.intervene`).
+"""
 from __future__ import annotations
 
+import copy
+import hashlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import numpy as np
 import torch
 
-from .. import viz
+from .. import io, viz
 from ..predictor import Fuser, FusionResult
 from .settings import Settings, intervention_masks
 from .uploads import size_notes
@@ -16,14 +24,16 @@ from .uploads import size_notes
 
 @dataclass
 class LabRun:
-    """The clean and the intervened pass of one request."""
+    """The clean and the intervened pass of one request (what the page re-renders from)."""
 
     clean: FusionResult
     intervened: FusionResult
     settings: Settings
     model: str
+    eta: float
     notices: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    label: str = "none"
 
     @property
     def difference(self) -> np.ndarray:
@@ -32,92 +42,124 @@ class LabRun:
 
     @property
     def has_intervention(self) -> bool:
-        return self.intervened.intervention != "none"
+        return self.intervened is not self.clean
 
 
-def _results_from_batch(pair, fused, gates, inputs, masks, kinds) -> list[FusionResult]:
-    out = []
-    for i, ((vis_y, ir), m, kind) in enumerate(zip(inputs, masks, kinds)):
-        out.append(Fuser.build_result(pair, fused[i : i + 1], tuple(g[i : i + 1] for g in gates), vis_y, ir, m, kind))
-    return out
+def fuser_eta(fuser: Fuser) -> float:
+    """eta, the gate regulariser's target mean, from the model's config."""
+    eta = getattr(fuser, "eta", None)
+    return float(eta if eta is not None else fuser.model.config.eta)
+
+
+def pair_key(model: str, visible: np.ndarray, infrared: np.ndarray) -> str:
+    """A content key for a pair under a model (a new upload of the same files is the same pair)."""
+    h = hashlib.sha1(f"{model}|{visible.shape}|{visible.dtype}|{infrared.shape}|{infrared.dtype}".encode())
+    h.update(np.ascontiguousarray(visible).tobytes())
+    h.update(np.ascontiguousarray(infrared).tobytes())
+    return h.hexdigest()
+
+
+class SessionPair:
+    """One session's pair and its clean pass, computed once.
+
+    fuser: the shared Fuser of the chosen model; a shallow copy is kept, so the cached pass
+    belongs to this session only. visible, infrared: the decoded uploads (sizes may differ:
+    the infrared image is resized to the visible size, with a notice).
+    """
+
+    def __init__(self, fuser: Fuser, visible: np.ndarray, infrared: np.ndarray, model: str = ""):
+        t0 = time.perf_counter()
+        self.key = pair_key(f"{model}|{fuser.weights_source}", visible, infrared)
+        self.model = model
+        self.eta = fuser_eta(fuser)
+        self.fuser = copy.copy(fuser)
+        self.size_notices = size_notes(visible.shape[:2], infrared.shape[:2])[1:]
+        if hasattr(self.fuser, "set_pair"):
+            self.clean = self.fuser.set_pair(visible, infrared, resize_ir=True)
+            self._prepared = None
+        else:  # until Fuser.set_pair exists: the same, here
+            pair = self.fuser.prepare(visible, infrared, resize_ir=True)
+            vis_y, ir = pair.ycrcb[..., 0], pair.infrared
+            fused, gates = self.fuser.run(torch.from_numpy(vis_y)[None, None], torch.from_numpy(ir)[None, None])
+            ones = np.ones(pair.shape, np.float32)
+            self.clean = Fuser.build_result(pair, fused, gates, vis_y, ir, (ones, ones), "none")
+            self._prepared = pair
+        self.seconds = time.perf_counter() - t0
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.clean.fused_y.shape
+
+    def intervene(self, settings: Settings, drawn: Sequence[np.ndarray | None] = (None, None)) -> FusionResult:
+        """The intervened pass: the settings' interventions and the drawn keep masks combined."""
+        h, w = self.shape
+        has_drawn = any(d is not None for d in drawn)
+        m_vi, m_ir = intervention_masks(settings, h, w, drawn)
+        label = settings.label(has_drawn)
+        if hasattr(self.fuser, "intervene"):
+            res = self.fuser.intervene("none", settings.seed, masks=(m_vi, m_ir))
+        else:
+            pair = self._prepared
+            vis_y, ir = pair.ycrcb[..., 0] * m_vi, pair.infrared * m_ir
+            fused, gates = self.fuser.run(torch.from_numpy(vis_y)[None, None], torch.from_numpy(ir)[None, None])
+            res = Fuser.build_result(pair, fused, gates, vis_y, ir, (m_vi, m_ir), label)
+        return replace(res, intervention=label, fused_rgb=colour_from_visible(res, self.clean.visible_rgb))
+
+
+def colour_from_visible(res: FusionResult, visible_rgb: np.ndarray) -> np.ndarray:
+    """The fused RGB with colour only where the network saw the visible image.
+
+    The fused luminance comes from the network; its colour (Cr, Cb) comes from the visible
+    image. Where the visible image was hidden, its colour is hidden too (neutral Cr/Cb, grey),
+    so that dropping the visible image gives a grey output instead of one that still shows
+    the visible image's colours."""
+    m_vi = np.asarray(res.masks[0], np.float32)
+    if m_vi.min() >= 1.0:
+        return res.fused_rgb
+    ycrcb = io.visible_to_ycrcb(visible_rgb)
+    ycrcb[..., 1:] = 0.5 + (ycrcb[..., 1:] - 0.5) * m_vi[..., None]
+    return io.restore_colour(res.fused_y, ycrcb)
 
 
 def _pct(x: float) -> str:
     return "0%" if x == 0 else ("100%" if x == 1 else f"{100 * x:.1f}%")
 
 
-def clean_key(model: str, vis_y: np.ndarray, ir: np.ndarray) -> str:
-    """A key for the clean pass of a prepared pair under a model (content hash)."""
-    import hashlib
+def colour_notice(settings: Settings) -> str | None:
+    """Why the intervened output's colours look as they do, when a modality is dropped."""
+    if settings.dropout_kind == "drop-visible":
+        return ("The intervened output is grey: its colour comes from the visible image, which was dropped. "
+                "Its brightness is what the network made from the infrared image alone.")
+    if settings.dropout_kind == "drop-infrared":
+        return ("The intervened output keeps its colour: colour always comes from the visible image, which "
+                "the network still saw. Only the brightness changes where the infrared image mattered.")
+    return None
 
-    h = hashlib.sha1(f"{model}|{vis_y.shape}".encode())
-    h.update(np.ascontiguousarray(vis_y).tobytes())
-    h.update(np.ascontiguousarray(ir).tobytes())
-    return h.hexdigest()
 
-
-def run_pair(fuser: Fuser, visible: np.ndarray, infrared: np.ndarray, settings: Settings = Settings(),
-             drawn: Sequence[np.ndarray | None] = (None, None), model: str = "",
-             cache: dict | None = None) -> LabRun:
-    """Fuse a pair without and with the settings' interventions (and drawn masks), as one
-    batched network call. Sizes that differ are resized (with a notice); oversized pairs are
-    downscaled to the fuser's max_side (with a notice).
-
-    cache: an optional dict owned by one user session. The clean pass of the last pair is kept
-    in it (network outputs only, about 2.5 MB at 640x480), so re-fusing the same pair with
-    other interventions runs the network once instead of twice.
-    """
+def run_session_pair(pair: SessionPair, settings: Settings = Settings(),
+                     drawn: Sequence[np.ndarray | None] = (None, None)) -> LabRun:
+    """The clean pass (cached in `pair`) and the intervened pass of one request."""
     t0 = time.perf_counter()
-    pair = fuser.prepare(visible, infrared, resize_ir=True)
-    notices = [n[0].upper() + n[1:] + "." for n in pair.notices]
-    if visible.shape[:2] != infrared.shape[:2]:
-        notices += size_notes(visible.shape[:2], infrared.shape[:2])[1:]
-    h, w = pair.shape
-    has_drawn = any(d is not None for d in drawn)
-    m_vi, m_ir = intervention_masks(settings, h, w, drawn)
-    vis_y, ir = pair.ycrcb[..., 0], pair.infrared
-    ones = np.ones((h, w), np.float32)
-    label = settings.label(has_drawn)
-    key = clean_key(f"{model}|{fuser.weights_source}", vis_y, ir) if cache is not None else None
-    cached = cache.get("clean") if cache is not None and cache.get("key") == key else None
-    iv, ii = vis_y * m_vi, ir * m_ir
+    notices = [n[0].upper() + n[1:] + "." for n in pair.clean.notices] + list(pair.size_notices)
+    label = settings.label(any(d is not None for d in drawn))
     if label == "none":
         notices.append("No intervention is selected, so the intervened output equals the clean one. "
                        "Turn on an intervention or draw a mask.")
-        fused, gates = cached or fuser.run(torch.from_numpy(vis_y)[None, None], torch.from_numpy(ir)[None, None])
-        clean = intervened = _results_from_batch(pair, fused, gates, [(vis_y, ir)], [(ones, ones)], ["none"])[0]
-    elif cached is not None:
-        fused, gates = fuser.run(torch.from_numpy(iv)[None, None], torch.from_numpy(ii)[None, None])
-        clean = _results_from_batch(pair, cached[0], cached[1], [(vis_y, ir)], [(ones, ones)], ["none"])[0]
-        intervened = _results_from_batch(pair, fused, gates, [(iv, ii)], [(m_vi, m_ir)], [label])[0]
-    else:
-        batch_vis = torch.from_numpy(np.stack([vis_y, iv]))[:, None]
-        batch_ir = torch.from_numpy(np.stack([ir, ii]))[:, None]
-        fused, gates = fuser.run(batch_vis, batch_ir)
-        clean, intervened = _results_from_batch(
-            pair, fused, gates, [(vis_y, ir), (iv, ii)], [(ones, ones), (m_vi, m_ir)], ["none", label])
-    if cache is not None and cached is None:
-        cache["key"] = key
-        cache["clean"] = (fused[:1].clone(), tuple(g[:1].clone() for g in gates))
-    if label != "none":
-        hidden_vi, hidden_ir = 1.0 - float(m_vi.mean()), 1.0 - float(m_ir.mean())
-        notices.append(f"Intervention: {label}. Hidden: {_pct(hidden_vi)} of the visible input, "
-                       f"{_pct(hidden_ir)} of the infrared input.")
-    if cached is not None:
-        notices.append("Clean pass reused (computed when this pair was loaded, or by your previous request): "
-                       "only the intervened pass ran.")
-    return LabRun(clean, intervened, settings, model, notices, time.perf_counter() - t0)
+        return LabRun(pair.clean, pair.clean, settings, pair.model, pair.eta, notices,
+                      time.perf_counter() - t0, label)
+    inter = pair.intervene(settings, drawn)
+    h, w = pair.shape
+    hidden_vi, hidden_ir = 1.0 - float(inter.masks[0].mean()), 1.0 - float(inter.masks[1].mean())
+    holes = f" (holes of {settings.hole_px(h, w)} px)" if settings.masking_kinds else ""
+    notices.append(f"Intervention: {label}{holes}. Hidden: {_pct(hidden_vi)} of the visible input, "
+                   f"{_pct(hidden_ir)} of the infrared input.")
+    colour = colour_notice(settings)
+    if colour:
+        notices.append(colour)
+    return LabRun(pair.clean, inter, settings, pair.model, pair.eta, notices, time.perf_counter() - t0, label)
 
 
-def prefetch_clean(fuser: Fuser, visible: np.ndarray, infrared: np.ndarray, model: str, cache: dict) -> bool:
-    """Run the clean pass of a pair into a session's `cache` (see `run_pair`), unless it is
-    there already; True if it ran. The app calls it as soon as a pair is loaded, so that
-    pressing Fuse then only runs the intervened pass."""
-    pair = fuser.prepare(visible, infrared, resize_ir=True)
-    vis_y, ir = pair.ycrcb[..., 0], pair.infrared
-    key = clean_key(f"{model}|{fuser.weights_source}", vis_y, ir)
-    if cache.get("key") == key:
-        return False
-    fused, gates = fuser.run(torch.from_numpy(vis_y)[None, None], torch.from_numpy(ir)[None, None])
-    cache["key"], cache["clean"] = key, (fused, gates)
-    return True
+def run_pair(fuser: Fuser, visible: np.ndarray, infrared: np.ndarray, settings: Settings = Settings(),
+             drawn: Sequence[np.ndarray | None] = (None, None), model: str = "") -> LabRun:
+    """Fuse a pair without and with the settings' interventions (and drawn masks), from scratch."""
+    return run_session_pair(SessionPair(fuser, visible, infrared, model), settings, drawn)

@@ -7,11 +7,18 @@ from typing import Sequence
 import numpy as np
 
 from .. import io
-from ..interventions import MaskConfig, sample_masks
+from ..interventions import MaskConfig, get_intervention, sample_masks
 
-DROPOUT_CHOICES = ("none", "drop visible", "drop IR")
-_DROPOUT_KIND = {"none": None, "drop visible": "drop-vis", "drop IR": "drop-ir",
-                 "drop-vis": "drop-vis", "drop-ir": "drop-ir", None: None, "": None}
+DROPOUT_CHOICES = ("none", "drop visible", "drop infrared")
+# page words and old spellings -> INTERVENTIONS name (None: no dropout)
+_DROPOUT_KIND = {"none": None, "": None, None: None, "drop visible": "drop-visible", "drop infrared": "drop-infrared",
+                 "drop IR": "drop-infrared", "drop-visible": "drop-visible", "drop-infrared": "drop-infrared",
+                 "drop-vis": "drop-visible", "drop-ir": "drop-infrared"}
+# The paper's 16-pixel holes on 256-pixel crops are 6.25% of the short side: holes scale with
+# the image, so that an intervention hides the same share of any picture.
+DEFAULT_HOLE_PERCENT = 6.25
+HOLE_PERCENT_RANGE = (1.0, 25.0)
+DEFAULT_HOLES = 6
 
 
 @dataclass(frozen=True)
@@ -19,30 +26,46 @@ class Settings:
     """The lab's intervention controls.
 
     complementary, random: the two masking interventions (toggles; both may be on).
-    dropout: "none", "drop visible" or "drop IR" (or "drop-vis" / "drop-ir").
-    mask_size: side of each square hole in pixels (paper: 16); holes: holes per mask (1 to 6);
-    seed: fixes every random choice.
+    dropout: "none", "drop visible" or "drop infrared" (or an INTERVENTIONS name / alias).
+    hole_percent: side of each square hole as a percentage of the image's short side
+        (paper: 16 px of 256, 6.25%); holes: holes per mask (1 to 6); seed: fixes every mask.
     """
 
     complementary: bool = False
     random: bool = False
     dropout: str = "none"
-    mask_size: int = 16
-    holes: int = 3
+    hole_percent: float = DEFAULT_HOLE_PERCENT
+    holes: int = DEFAULT_HOLES
     seed: int = 0
 
     def __post_init__(self):
         if self.dropout not in _DROPOUT_KIND:
             raise ValueError(f"dropout must be one of {', '.join(DROPOUT_CHOICES)}, got {self.dropout!r}")
-        object.__setattr__(self, "dropout", {None: "none", "drop-vis": "drop visible", "drop-ir": "drop IR", "": "none"}
-                           .get(self.dropout, self.dropout))
-        for name, lo, hi in (("mask_size", 1, 512), ("holes", 1, 6), ("seed", 0, 2**31 - 1)):
+        kind = _DROPOUT_KIND[self.dropout]
+        object.__setattr__(self, "dropout", "none" if kind is None else get_intervention(kind).label)
+        lo, hi = HOLE_PERCENT_RANGE
+        try:
+            pct = float(self.hole_percent)
+        except (TypeError, ValueError):
+            pct = float("nan")
+        if not lo <= pct <= hi:  # NaN fails too
+            raise ValueError(f"hole size must be from {lo:g}% to {hi:g}% of the image's short side, "
+                             f"got {self.hole_percent!r}")
+        object.__setattr__(self, "hole_percent", pct)
+        for name, lo, hi in (("holes", 1, 6), ("seed", 0, 2**31 - 1)):
             v = getattr(self, name)
-            if v is None or float(v) != int(float(v)) or not lo <= int(v) <= hi:
-                raise ValueError(f"{name.replace('_', ' ')} must be a whole number from {lo} to {hi}, got {v!r}")
+            try:
+                ok = v is not None and float(v) == int(float(v)) and lo <= int(v) <= hi
+            except (TypeError, ValueError, OverflowError):
+                ok = False
+            if not ok:
+                raise ValueError(f"{name} must be a whole number from {lo} to {hi}, got {v!r}")
             object.__setattr__(self, name, int(v))
-        object.__setattr__(self, "complementary", bool(self.complementary))
-        object.__setattr__(self, "random", bool(self.random))
+        for name in ("complementary", "random"):
+            v = getattr(self, name)
+            if v not in (True, False, 0, 1) or isinstance(v, str):
+                raise ValueError(f"{name} must be true or false, got {v!r}")
+            object.__setattr__(self, name, bool(v))
 
     @property
     def masking_kinds(self) -> list[str]:
@@ -57,13 +80,15 @@ class Settings:
         """The enabled interventions, as `ivfusion.INTERVENTIONS` names."""
         return self.masking_kinds + ([self.dropout_kind] if self.dropout_kind else [])
 
-    def mask_config(self) -> MaskConfig:
-        return MaskConfig(mask_size=self.mask_size, min_holes=self.holes, max_holes=self.holes)
+    def hole_px(self, height: int, width: int) -> int:
+        """The hole side in pixels for an image of this size."""
+        return max(1, round(min(height, width) * self.hole_percent / 100.0))
+
+    def mask_config(self, height: int, width: int) -> MaskConfig:
+        return MaskConfig(mask_size=self.hole_px(height, width), min_holes=self.holes, max_holes=self.holes)
 
     def label(self, drawn: bool = False) -> str:
-        names = {"complementary": "complementary masking", "random": "random masking",
-                 "drop-vis": "drop visible", "drop-ir": "drop IR"}
-        parts = [names[k] for k in self.kinds] + (["drawn mask"] if drawn else [])
+        parts = [get_intervention(k).label for k in self.kinds] + (["drawn mask"] if drawn else [])
         return " + ".join(parts) if parts else "none"
 
 
@@ -79,7 +104,7 @@ def intervention_masks(settings: Settings, height: int, width: int,
         rng = np.random.default_rng(settings.seed if rng is None else rng)
     m_vi = np.ones((height, width), np.float32)
     m_ir = np.ones((height, width), np.float32)
-    cfg = settings.mask_config()
+    cfg = settings.mask_config(height, width)
     todo = list(settings.masking_kinds if kinds is None else kinds)
     if settings.dropout_kind:
         todo.append(settings.dropout_kind)

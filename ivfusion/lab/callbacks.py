@@ -1,0 +1,265 @@
+"""The Lab's callbacks: widget values in, named outputs out (`app.py` draws the widgets).
+
+Every callback returns a dict keyed by output *names*; `app.py` turns it into Gradio's order
+with the name tuples defined here (`FUSE_OUTPUTS`, `RENDER_OUTPUTS`, `STABILITY_OUTPUTS`),
+which docs/API.md documents for gradio_client users. Per-user state lives in the session
+dict (a `gr.State`): "pair" (the loaded pair with its clean pass, `runs.SessionPair`), "run"
+(the last `runs.LabRun`, re-rendered when a display option changes), "metrics" (the images
+the metrics need) and "cancel" (a `threading.Event` a stability run watches).
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from ..hub import WeightsError
+from ..io import ImageError
+from ..levels import GATE_LEVELS
+from . import analysis, downloads, examples, models, render, runs, session, settings, uploads
+
+log = logging.getLogger("ivfusion.app")
+
+LEVEL_OUTPUTS = tuple(f"gate_{lv.key}_{part}" for lv in GATE_LEVELS for part in ("clean", "intervened", "change"))
+CAPTION_OUTPUTS = tuple(f"caption_{lv.key}" for lv in GATE_LEVELS)
+# The display re-render (a display option changed): the gate maps and their captions.
+RENDER_OUTPUTS = (*LEVEL_OUTPUTS, *CAPTION_OUTPUTS)
+# /fuse, in Gradio's order; the API returns all but the last ("state" stays on the server).
+FUSE_OUTPUTS = ("fused_clean", "fused_intervened", "difference", "difference_caption", "input_visible",
+                "input_infrared", *RENDER_OUTPUTS, "notices", "state")
+STABILITY_OUTPUTS = ("instability", "mean_gate", "summary")
+DEFAULTS = dict(complementary=True, random_masking=False, dropout="none", hole_percent=settings.DEFAULT_HOLE_PERCENT,
+                holes=settings.DEFAULT_HOLES, seed=0, gate_scale=render.DEFAULT_GATE_SCALE)
+
+
+def user_errors(fn):
+    """Turn every failure into a readable gr.Error (never a traceback in the browser)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except (ImageError, WeightsError, ValueError) as e:
+            raise gr.Error(str(e), title="Cannot use this input") from None
+        except MemoryError:
+            raise gr.Error("Out of memory: the image is too large for this machine. Try a smaller one.",
+                           title="Out of memory") from None
+        except Exception as e:  # noqa: BLE001
+            log.exception("unexpected error in %s", fn.__name__)
+            raise gr.Error(f"Something went wrong ({type(e).__name__}: {e}). Please report it with the images used.",
+                           title="Unexpected error") from None
+
+    return wrapper
+
+
+def ordered(names: tuple[str, ...], out: dict[str, Any]) -> tuple:
+    """A callback's named outputs in Gradio's order."""
+    return tuple(out[n] for n in names)
+
+
+class LabCallbacks:
+    """The callbacks, bound to one ModelBank (shared, read-only models); per-user state comes
+    in and goes out through the session dict. The default example's result is computed once,
+    at start-up, so the first page already shows what the Lab is about."""
+
+    def __init__(self, bank: models.ModelBank | None = None, precompute: bool = True):
+        self.bank = bank or models.ModelBank()
+        self.default_model, self.startup_notes = self.bank.default_choice()
+        self.static_dir = Path(tempfile.mkdtemp(prefix="ivfusion-lab-static-"))
+        pairs = {Path(v).stem: (v, i) for v, i, _ in examples.example_pairs()}
+        self.default_pair = pairs.get(examples.DEFAULT_EXAMPLE) or next(iter(pairs.values()), (None, None))
+        self.default_run: runs.LabRun | None = None
+        self.default_outputs: dict[str, Any] = {}
+        if precompute and self.default_pair[0]:
+            try:
+                out = self._fuse_named(*self.default_pair, self.default_model, folder=self.static_dir, **DEFAULTS)
+                self.default_run = out["state"]["run"]
+                self.default_outputs = out
+            except Exception:  # noqa: BLE001 - the page then opens empty, as before
+                log.exception("could not precompute the default example")
+
+    # -- helpers
+    def _settings(self, complementary, random_masking, dropout, hole_percent, holes, seed) -> settings.Settings:
+        return settings.Settings(complementary, random_masking, dropout or "none", hole_percent, holes,
+                                 0 if seed is None else seed)
+
+    def _pair(self, state: dict, visible, infrared, model) -> runs.SessionPair:
+        """This session's pair: reused when the same images and model come again."""
+        vis = uploads.load_image(visible, "visible image")
+        ir = uploads.load_image(infrared, "infrared image")
+        fuser, _ = self.bank.get(model)
+        model = model or models.DEFAULT_CHOICE
+        key = runs.pair_key(f"{model}|{fuser.weights_source}", vis, ir)
+        pair = state.get("pair")
+        if pair is None or pair.key != key:
+            pair = runs.SessionPair(fuser, vis, ir, model)
+            state["pair"] = pair
+        return pair
+
+    # -- actions
+    def _fuse_named(self, visible, infrared, model=None, complementary=True, random_masking=False, dropout="none",
+                    hole_percent=settings.DEFAULT_HOLE_PERCENT, holes=settings.DEFAULT_HOLES, seed=0,
+                    draw_visible=None, draw_infrared=None, gate_scale=render.DEFAULT_GATE_SCALE, state=None,
+                    folder: Path | None = None) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        s = self._settings(complementary, random_masking, dropout, hole_percent, holes, seed)
+        render.gate_scale_name(gate_scale)  # a bad choice fails before any work
+        drawn = (uploads.drawn_keep_mask(draw_visible), uploads.drawn_keep_mask(draw_infrared))
+        state = state if isinstance(state, dict) else {}
+        pair = self._pair(state, visible, infrared, model)
+        run = runs.run_session_pair(pair, s, drawn)
+        t_run = time.perf_counter()
+        figs = render.render(run, gate_scale)
+        t_render = time.perf_counter()
+        folder = folder or session.request_dir()
+        out: dict[str, Any] = {
+            "fused_clean": downloads.save_image(folder, "fused_clean", figs.fused_clean, lossless=True),
+            "fused_intervened": downloads.save_image(folder, "fused_intervened", figs.fused_intervened, lossless=True),
+            "difference": downloads.save_image(folder, "difference", figs.difference, lossless=False),
+            "difference_caption": "**Change in the fused image**, |F_intervened - F_clean|: " + figs.difference_caption,
+            "input_visible": downloads.save_image(folder, "input_visible", figs.input_visible, lossless=True),
+            "input_infrared": downloads.save_image(folder, "input_infrared", figs.input_infrared, lossless=True),
+        }
+        out.update(self._level_outputs(figs.levels, folder))
+        state.update(run=run, metrics=downloads.metric_sources(run))
+        total = time.perf_counter() - t0
+        state["timings"] = {"run": t_run - t0, "render": t_render - t_run, "encode": total - (t_render - t0),
+                            "total": total}
+        out["notices"] = "  \n".join(run.notices + [f"{model or models.DEFAULT_CHOICE} · computed in {total:.2f} s."])
+        out["state"] = state
+        return out
+
+    @staticmethod
+    def _level_outputs(levels: list[render.LevelFigures], folder: Path) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for level, fig in zip(GATE_LEVELS, levels):
+            for part in ("clean", "intervened", "change"):
+                name = f"gate_{level.key}_{part}"
+                out[name] = downloads.save_image(folder, name, getattr(fig, part), lossless=False)
+            out[f"caption_{level.key}"] = fig.caption
+        return out
+
+    @user_errors
+    def fuse(self, visible, infrared, model=None, complementary=True, random_masking=False, dropout="none",
+             hole_percent=settings.DEFAULT_HOLE_PERCENT, holes=settings.DEFAULT_HOLES, seed=0, draw_visible=None,
+             draw_infrared=None, gate_scale=render.DEFAULT_GATE_SCALE, state=None) -> dict[str, Any]:
+        """Fuse the pair without and with the interventions. Returns the outputs named in
+        FUSE_OUTPUTS: the two fused images (lossless PNG), the difference map, the network
+        inputs as fed, per gate level the clean, intervened and change maps with a caption,
+        the notices (Markdown) and the session state. A pair already loaded in this session
+        (same images and model) reuses its clean pass: only the intervened pass runs."""
+        return self._fuse_named(visible, infrared, model, complementary, random_masking, dropout, hole_percent,
+                                holes, seed, draw_visible, draw_infrared, gate_scale, state)
+
+    @user_errors
+    def rerender(self, gate_scale, state=None) -> dict[str, Any]:
+        """A display option changed: redraw the gate maps of this session's last run (or of the
+        precomputed default result) without running the network. Outputs: RENDER_OUTPUTS."""
+        run = (state or {}).get("run") if isinstance(state, dict) else None
+        run = run or self.default_run
+        if run is None:
+            return {n: gr.skip() for n in RENDER_OUTPUTS}
+        return self._level_outputs(render.render_levels(run, gate_scale), session.request_dir())
+
+    @user_errors
+    def metrics(self, state) -> list[list]:
+        """The eleven metrics of the last fuse in this session (clean, intervened, change)."""
+        src = (state or {}).get("metrics") if isinstance(state, dict) else None
+        if src is None:
+            if self.default_run is None:
+                raise gr.Error("Fuse a pair first.", title="Nothing to measure")
+            src = downloads.metric_sources(self.default_run)
+        return downloads.metrics_table(src)
+
+    @user_errors
+    def downloads(self, state) -> list[str]:
+        """Write the last run's download files (fused PNGs, gates.npz) now that they are asked for."""
+        run = (state or {}).get("run") if isinstance(state, dict) else None
+        run = run or self.default_run
+        if run is None:
+            raise gr.Error("Fuse a pair first.", title="Nothing to download")
+        return downloads.write_downloads(run, session.request_dir())
+
+    def prefetch(self, visible, infrared, model, state):
+        """A pair was loaded (or the model changed): compute its clean pass now, into this
+        session's state. Silent: bad inputs are reported by the pair info and by Fuse."""
+        if visible is None or infrared is None:
+            return gr.skip()
+        try:
+            state = state if isinstance(state, dict) else {}
+            self._pair(state, visible, infrared, model)
+        except Exception:  # noqa: BLE001 - a prefetch must never bother the user
+            log.debug("prefetch skipped", exc_info=True)
+            return gr.skip()
+        return state
+
+    def model_info(self, model) -> str:
+        """The chosen model in words (no server paths) and its notices."""
+        try:
+            fuser, notes = self.bank.get(model)
+        except WeightsError as e:
+            return f"**{model}** cannot be loaded: {e}"
+        return f"Runs on the {fuser.path} inference path ({fuser.device}). " + " ".join(notes)
+
+    @staticmethod
+    def hole_text(visible, hole_percent) -> str:
+        """The hole size in pixels for the loaded visible image (read from its header only)."""
+        try:
+            pct = float(hole_percent)
+            path = uploads.source_path(visible)
+            from PIL import Image
+
+            with Image.open(path) as im:
+                w, h = im.size
+            side = max(1, round(min(h, w) * pct / 100))
+            return f"Holes of {pct:g}% of the short side: **{side} px** on this {w}x{h} pair (paper: 16 px on 256 px crops)."
+        except Exception:  # noqa: BLE001 - no pair yet, or not readable: say it generally
+            return "Holes are sized relative to the image's short side (paper: 16 px on 256 px crops, 6.25%)."
+
+    def cancel(self, state) -> None:
+        """Ask this session's running stability analysis to stop."""
+        if isinstance(state, dict) and isinstance(state.get("cancel"), threading.Event):
+            state["cancel"].set()
+
+    @user_errors
+    def stability(self, visible, infrared, model=None, complementary=True, random_masking=False, dropout="none",
+                  hole_percent=settings.DEFAULT_HOLE_PERCENT, holes=settings.DEFAULT_HOLES, seed=0,
+                  draw_visible=None, draw_infrared=None, k=8, gate_scale=render.DEFAULT_GATE_SCALE, state=None,
+                  progress=gr.Progress()) -> dict[str, Any]:
+        """Run K seeded interventions. Outputs (STABILITY_OUTPUTS): the instability map, the
+        mean gate map and a Markdown summary with their correlation. Progress is reported per
+        intervention; the session's Cancel stops it between interventions."""
+        try:
+            k = int(k)
+        except (TypeError, ValueError):
+            raise gr.Error(f"K must be a whole number from 4 to 32, got {k!r}.") from None
+        if not 4 <= k <= 32:
+            raise gr.Error(f"K must be from 4 to 32, got {k}.")
+        s = self._settings(complementary, random_masking, dropout, hole_percent, holes, seed)
+        drawn = (uploads.drawn_keep_mask(draw_visible), uploads.drawn_keep_mask(draw_infrared))
+        vis = uploads.load_image(visible, "visible image")
+        ir = uploads.load_image(infrared, "infrared image")
+        fuser, _ = self.bank.get(model)
+        cancel = threading.Event()
+        if isinstance(state, dict):
+            state["cancel"] = cancel
+        progress(0.0, desc=f"0 of {k} interventions")
+        try:
+            res = analysis.stability(
+                fuser, vis, ir, s, k, drawn, batch_pixels=1, cancelled=cancel.is_set,
+                progress=lambda done, total: progress(done / total, desc=f"{done} of {total} interventions"))
+        except analysis.Cancelled as e:
+            gr.Info(f"Stability analysis cancelled ({e}).")
+            return {"instability": gr.skip(), "mean_gate": gr.skip(), "summary": f"Cancelled ({e})."}
+        inst, gate, text = analysis.stability_figures(res, gate_scale)
+        folder = session.request_dir()
+        return {"instability": downloads.save_image(folder, "instability", inst, lossless=False),
+                "mean_gate": downloads.save_image(folder, "mean_gate", gate, lossless=False), "summary": text}
