@@ -43,9 +43,6 @@ def bundled_path(name: str = "") -> Path:
 
 DEFAULT_WEIGHTS = bundled_path("weights/isfuse-ivfusion")
 EXAMPLES_DIR = bundled_path("examples")
-# Deprecated: only ivfusion.lab still reads it (for the examples); use EXAMPLES_DIR or
-# bundled_path, which also work once installed. Remove when lab.py has switched.
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 class WeightsError(RuntimeError):

@@ -252,9 +252,6 @@ def check_array(img, name: str, *, max_pixels: int | None = MAX_PIXELS) -> np.nd
     return img
 
 
-_check_array = check_array  # deprecated private name, kept until lab.py and predictor.py switch
-
-
 def to_unit_float(img: np.ndarray, name: str) -> tuple[np.ndarray, str | None]:
     """Scale uint8 (/255), uint16 (/65535) or float in [0, 1] to float32 in [0, 1]."""
     if img.dtype == np.uint8:
