@@ -1,28 +1,35 @@
-"""`Fuser`: numpy images in, fused image and invariance gates out (segment-anything's Predictor)."""
+"""`Fuser`: numpy images in, fused image and invariance gates out (segment-anything's Predictor).
+
+    fuser = Fuser()
+    clean = fuser.set_pair(visible_rgb, infrared)        # runs and caches the clean pass
+    a = fuser.intervene("complementary", seed=1)         # recomputes only what the masks change
+    b = fuser.intervene(["complementary", "drop-infrared"], seed=2)
+
+`set_pair` keeps the clean pass's encoder features. `intervene` then re-encodes only what its
+keep masks change: a modality kept whole reuses its clean features, a dropped one uses the
+features of an all-zero image (cached per size), and a partly hidden one is re-encoded only in
+crops around the hidden pixels (`ivfusion.reencode`, exact). The CFIs and the decoder see
+every pixel of both modalities and always run.
+"""
 from __future__ import annotations
 
+import dataclasses
+from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from . import io
+from .device import resolve_device
 from .hub import describe, load_model
-from .interventions import KINDS, MaskConfig, apply_masks, sample_masks
+from .interventions import MaskConfig, get_intervention
 from .modeling import ISFuse
+from .reencode import Geometry, reencode
 
 DEFAULT_MAX_SIDE = 2048
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """'auto' is CUDA when available, else CPU; a CUDA request without CUDA is an error."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' was requested but this torch build sees no CUDA GPU; use 'cpu' or 'auto'")
-    return device
 
 
 @dataclass
@@ -44,21 +51,26 @@ class PreparedPair:
     def shape(self) -> tuple[int, int]:
         return self.infrared.shape
 
+    @property
+    def visible_y(self) -> np.ndarray:
+        """(H, W) float32 in [0, 1]: the visible luminance the network sees."""
+        return self.ycrcb[..., 0]
+
 
 @dataclass
 class FusionResult:
-    """What `Fuser.fuse` returns. Every array is (H, W[, C]) at the (possibly downscaled) input size.
+    """One pass of the network. Every array is (H, W[, C]) at the (possibly downscaled) input size.
 
     fused_rgb: (H, W, 3) uint8, the fused luminance with the visible Cr/Cb put back.
     fused_y: (H, W) float32 in [0, 1], the network's fused luminance.
-    gates: the three invariance gate maps at native size, coarsest first:
-        (H/4, W/4), (H/2, W/2), (H, W), float32 in [0, 1].
+    gates: the three invariance gate maps at native size, coarsest first (`ivfusion.levels`):
+        (H/4, W/4), (H/2, W/2), (H, W) (floored), float32 in [0, 1].
     gates_full: (3, H, W) float32 in [0, 1], the same gates bilinearly resized to (H, W).
     inputs: the exact network inputs, after any intervention: {"visible_y", "infrared"},
         each (H, W) float32 in [0, 1].
-    masks: keep masks (M_vi, M_ir), (H, W) float32, 1 = kept, 0 = hidden.
+    masks: keep masks (M_visible, M_infrared), (H, W) float32 in [0, 1], 1 = kept, 0 = hidden.
     visible_rgb: (H, W, 3) uint8, the visible image as processed.
-    intervention: the intervention applied ("none" if none).
+    intervention: the intervention applied: "none", a registry name, or names joined by "+".
     notices: what was changed on the way (downscaling, resizing, channel handling).
     """
 
@@ -77,6 +89,23 @@ class FusionResult:
         return tuple(float(g.mean()) for g in self.gates)
 
 
+@dataclass
+class BatchOutput:
+    """One chunk of `Fuser.intervene_batch`: items start .. start + len(masks) - 1.
+
+    fused: (B, 1, H, W) float32 in [0, 1]; gates: three (B, 1, h, w) float32 in [0, 1],
+    coarsest first; cross: None, or the CFIs' cross-attended features, three (B, C, h, w)
+    float32 (unbounded), coarsest first; masks: the B keep-mask pairs, (H, W) float32 in [0, 1].
+    Tensors are on the CPU.
+    """
+
+    start: int
+    fused: torch.Tensor
+    gates: tuple[torch.Tensor, ...]
+    cross: tuple[torch.Tensor, ...] | None
+    masks: list[tuple[np.ndarray, np.ndarray]]
+
+
 class Fuser:
     """Fuse registered infrared/visible numpy images with ISFuse.
 
@@ -88,6 +117,9 @@ class Fuser:
         ivfusion.modeling, op by op as the authors' forward pass), "fast" (fp32 fast path) or
         "fast-bf16". The fast paths copy the weights: after changing `model`'s weights, build a
         new Fuser (or call `set_path`).
+
+    A Fuser holds one pair at a time (`set_pair`) and is not thread-safe; `fork()` gives another
+    Fuser that shares the weights and networks but holds its own pair.
     """
 
     def __init__(self, model: ISFuse | str | None = None, device: str | torch.device = "auto",
@@ -95,24 +127,57 @@ class Fuser:
         self.device = resolve_device(device)
         self.model = (model if isinstance(model, torch.nn.Module) else load_model(model)).to(self.device).eval()
         self.max_side = max_side
+        self._geometry = {name: Geometry.of(getattr(self.model, f"encoder_{name}")) for name in ("vi", "ir")}
         self.set_path(path)
 
     def set_path(self, path: str = "auto") -> None:
-        """Choose the module that runs inference, `self.net`: (vis_y, ir) -> (fused, gates)."""
+        """Choose the module that runs inference, `self.net`: (vis_y, ir) -> (fused, gates).
+        Forgets the current pair (its cached features belong to the previous module)."""
         from .fast import make_net
 
         self.net, self.path = make_net(self.model, self.device, path)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the current pair and every cached feature."""
+        self._pair: PreparedPair | None = None
+        self._clean: FusionResult | None = None
+        self._feats: dict[str, list[torch.Tensor]] = {}
+        self._zero_feats: OrderedDict = OrderedDict()
+
+    def fork(self) -> "Fuser":
+        """A Fuser sharing this one's model and inference module, holding no pair (one per
+        session or thread)."""
+        other = object.__new__(Fuser)
+        other.__dict__.update({k: v for k, v in self.__dict__.items()})
+        other.reset()
+        return other
+
+    @property
+    def eta(self) -> float:
+        """The gate regulariser's target mean activation, from the model's config."""
+        return float(self.model.config.eta)
 
     @property
     def weights_source(self) -> str:
         return describe(self.model)
 
+    @property
+    def pair(self) -> PreparedPair | None:
+        """The pair given to `set_pair`, as prepared (None before)."""
+        return self._pair
+
+    @property
+    def clean(self) -> FusionResult | None:
+        """The clean pass of the current pair (None before `set_pair`)."""
+        return self._clean
+
     def prepare(self, visible: np.ndarray, infrared: np.ndarray, resize_ir: bool = False) -> PreparedPair:
         """Validate and convert a pair. IR of another size than the visible image is an error
         unless resize_ir=True, which resizes it to the visible size (with a notice)."""
         notices: list[str] = []
-        vis_arr = io._check_array(visible, "visible image")
-        ir_arr = io._check_array(infrared, "infrared image")
+        vis_arr = io.check_array(visible, "visible image")
+        ir_arr = io.check_array(infrared, "infrared image")
         if vis_arr.shape[:2] != ir_arr.shape[:2]:
             (vh, vw), (ih, iw) = vis_arr.shape[:2], ir_arr.shape[:2]
             if not resize_ir:
@@ -137,44 +202,122 @@ class Fuser:
         fused, gates = self.net(vis_y.to(self.device), ir.to(self.device))
         return fused.float().cpu(), tuple(g.float().cpu() for g in gates)
 
+    # ------------------------------------------------------------------ the predictor interface
+    @torch.inference_mode()
+    def set_pair(self, visible: np.ndarray, infrared: np.ndarray, *, resize_ir: bool = False) -> FusionResult:
+        """Prepare a pair, run the clean pass and keep it with both encoders' features.
+
+        visible: (H, W, 3) RGB or (H, W) grey, uint8/uint16 or float in [0, 1] (RGBA: alpha dropped).
+        infrared: (H, W) grey or (H, W, 3), uint8/uint16 or float in [0, 1].
+        Returns the clean FusionResult. Setting the same pair again reuses the cached pass.
+        """
+        pair = self.prepare(visible, infrared, resize_ir=resize_ir)
+        old = self._pair
+        if (old is not None and old.shape == pair.shape and np.array_equal(old.ycrcb, pair.ycrcb)
+                and np.array_equal(old.infrared, pair.infrared)):
+            return self._clean
+        self.reset()
+        vis_t, ir_t = self._tensor(pair.visible_y), self._tensor(pair.infrared)
+        f_vi, f_ir = self.net.encode(vis_t, ir_t)
+        fused, gates = self.net.fuse_features(f_vi, f_ir)
+        ones = np.ones(pair.shape, np.float32)
+        self._pair, self._feats = pair, {"vi": list(f_vi), "ir": list(f_ir)}
+        self._clean = self.build_result(pair, fused.float().cpu(), tuple(g.float().cpu() for g in gates),
+                                        pair.visible_y, pair.infrared, (ones, ones.copy()), "none")
+        return self._clean
+
+    def sample_masks(self, intervention: str | Sequence[str] = "complementary", seed: int = 0, *,
+                     masks: tuple[np.ndarray | None, np.ndarray | None] | None = None,
+                     mask_config: MaskConfig = MaskConfig()) -> tuple[tuple[np.ndarray, np.ndarray], str]:
+        """The keep masks `intervene` uses, and the intervention's name, for the current pair.
+
+        intervention: one name of `ivfusion.interventions.INTERVENTIONS` (or a deprecated
+            alias), or a list of names whose masks multiply, all drawn from one Generator
+            seeded with `seed`, in order.
+        masks: optional hand-drawn keep masks (M_visible, M_infrared), (H, W) or any size
+            (resized), values in [0, 1] (1 keeps, 0 hides); either may be None. They multiply
+            the intervention's masks.
+        Returns ((M_visible, M_infrared), name), each mask (H, W) float32 in [0, 1].
+        """
+        h, w = self._require_pair().shape
+        names = [intervention] if isinstance(intervention, str) or intervention is None else list(intervention)
+        resolved = [get_intervention(n or "none") for n in names]
+        rng = np.random.default_rng(seed)
+        m_vi, m_ir = np.ones((h, w), np.float32), np.ones((h, w), np.float32)
+        for iv in resolved:
+            a, b = iv.sample(h, w, rng, mask_config)
+            m_vi, m_ir = m_vi * a, m_ir * b
+        if masks is not None:
+            m_vi = m_vi * _user_mask(masks[0], h, w, "visible mask")
+            m_ir = m_ir * _user_mask(masks[1], h, w, "infrared mask")
+        name = "+".join(iv.name for iv in resolved if iv.name != "none") or "none"
+        return (m_vi.astype(np.float32), m_ir.astype(np.float32)), name
+
+    @torch.inference_mode()
+    def intervene(self, intervention: str | Sequence[str] = "complementary", seed: int = 0, *,
+                  masks: tuple[np.ndarray | None, np.ndarray | None] | None = None,
+                  mask_config: MaskConfig = MaskConfig()) -> FusionResult:
+        """Fuse the current pair under an intervention, recomputing only what it changes.
+
+        intervention, seed, masks, mask_config: as `sample_masks` (a seed fixes every mask).
+        Returns a FusionResult whose `inputs` are the masked inputs (visible_y * M_visible,
+        infrared * M_infrared) and whose `masks` are the keep masks.
+        """
+        (m_vi, m_ir), name = self.sample_masks(intervention, seed, masks=masks, mask_config=mask_config)
+        pair = self._pair
+        if m_vi.min() == 1 and m_ir.min() == 1:
+            return dataclasses.replace(self._clean, intervention=name, notices=list(self._clean.notices))
+        f_vi, f_ir = self._features("vi", m_vi), self._features("ir", m_ir)
+        fused, gates = self.net.fuse_features(f_vi, f_ir)
+        return self.build_result(pair, fused.float().cpu(), tuple(g.float().cpu() for g in gates),
+                                 pair.visible_y * m_vi, pair.infrared * m_ir, (m_vi, m_ir), name)
+
+    @torch.inference_mode()
+    def intervene_batch(self, keep_masks: Sequence[tuple[np.ndarray | None, np.ndarray | None]], *,
+                        batch_pixels: int = 2 * 640 * 480, return_cross: bool = False) -> Iterator[BatchOutput]:
+        """Fuse the current pair under many keep-mask pairs, in chunks of at most
+        `batch_pixels` pixels (at least one item), so memory stays bounded.
+
+        keep_masks: (M_visible, M_infrared) pairs, each (H, W) float in [0, 1] or None (keep all).
+        Yields a BatchOutput per chunk, in order; with return_cross, also the CFIs'
+        cross-attended features. Encoder features are reused as in `intervene`.
+        """
+        pair = self._require_pair()
+        h, w = pair.shape
+        per = max(1, int(batch_pixels) // (h * w))
+        ones = np.ones((h, w), np.float32)
+        for start in range(0, len(keep_masks), per):
+            chunk = [(ones if a is None else np.asarray(a, np.float32), ones if b is None else np.asarray(b, np.float32))
+                     for a, b in keep_masks[start:start + per]]
+            items = [(self._features("vi", a), self._features("ir", b)) for a, b in chunk]
+            f_vi = [torch.cat([it[0][k] for it in items]) if len(items) > 1 else items[0][0][k] for k in range(3)]
+            f_ir = [torch.cat([it[1][k] for it in items]) if len(items) > 1 else items[0][1][k] for k in range(3)]
+            out = self.net.fuse_features(f_vi, f_ir, return_cross=return_cross)
+            cpu = lambda ts: tuple(t.float().cpu() for t in ts)
+            yield BatchOutput(start, out[0].float().cpu(), cpu(out[1]), cpu(out[2]) if return_cross else None, chunk)
+
     def fuse(
         self,
         visible: np.ndarray,
         infrared: np.ndarray,
-        intervention: str | None = None,
+        intervention: str | Sequence[str] | None = None,
         seed: int = 0,
         *,
         masks: tuple[np.ndarray | None, np.ndarray | None] | None = None,
         mask_config: MaskConfig = MaskConfig(),
         resize_ir: bool = False,
     ) -> FusionResult:
-        """Fuse one pair.
-
-        visible: (H, W, 3) RGB or (H, W) grey, uint8/uint16 or float in [0, 1] (RGBA: alpha dropped).
-        infrared: (H, W) grey or (H, W, 3), uint8/uint16 or float in [0, 1].
-        intervention: None/"none", "complementary", "random", "drop-vis" or "drop-ir", drawn
-            with `seed` and `mask_config`.
-        masks: optional hand-drawn keep masks (M_vi, M_ir) at the input size, values in [0, 1]
-            (1 keeps, 0 hides); either may be None. They multiply any intervention's masks.
-        """
-        kind = intervention or "none"
-        if kind not in KINDS:
-            raise ValueError(f"unknown intervention {kind!r}; accepted: {', '.join(KINDS)}")
-        pair = self.prepare(visible, infrared, resize_ir=resize_ir)
-        h, w = pair.shape
-        m_vi, m_ir = sample_masks(kind, h, w, seed, mask_config)
-        if masks is not None:
-            m_vi, m_ir = (m * _user_mask(u, h, w, name) for m, u, name in
-                          ((m_vi, masks[0], "visible mask"), (m_ir, masks[1], "infrared mask")))
-        vis_y, ir = apply_masks(pair.ycrcb[..., 0], pair.infrared, m_vi, m_ir)
-        fused, gates = self.run(torch.from_numpy(vis_y)[None, None], torch.from_numpy(ir)[None, None])
-        return self.build_result(pair, fused, gates, vis_y, ir, (m_vi, m_ir), kind)
+        """Fuse one pair: `set_pair`, then `intervene` unless no intervention and no masks are
+        asked for (then the clean pass alone). Arguments as for those two methods."""
+        clean = self.set_pair(visible, infrared, resize_ir=resize_ir)
+        if (intervention in (None, "none")) and masks is None:
+            return clean
+        return self.intervene(intervention or "none", seed, masks=masks, mask_config=mask_config)
 
     @staticmethod
     def build_result(pair: PreparedPair, fused, gates, vis_y, ir, masks, kind: str) -> FusionResult:
         """A FusionResult from one network output: fused (1, 1, H, W) and gates (1, 1, h, w)
-        tensors (as `run` returns them, sliced to one item), the inputs fed (H, W) and the
-        keep masks. For callers that batch several passes through `run` themselves."""
+        CPU float32 tensors, the inputs fed (H, W) and the keep masks."""
         h, w = pair.shape
         fused_y = fused[0, 0].numpy()
         full = torch.cat([F.interpolate(g[:1], size=(h, w), mode="bilinear", align_corners=False) for g in gates], 1)
@@ -190,6 +333,35 @@ class Fuser:
             notices=list(pair.notices),
         )
 
+    # ------------------------------------------------------------------ feature reuse
+    def _require_pair(self) -> PreparedPair:
+        if self._pair is None:
+            raise RuntimeError("no pair is set: call Fuser.set_pair(visible, infrared) first")
+        return self._pair
+
+    def _tensor(self, a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a, np.float32))[None, None].to(self.device)
+
+    def _features(self, which: str, keep: np.ndarray) -> list[torch.Tensor]:
+        """Encoder features of modality `which` ("vi" or "ir") with keep mask `keep`."""
+        encoder = self.net.encoder_vi if which == "vi" else self.net.encoder_ir
+        if keep.min() == 1:
+            return self._feats[which]
+        if keep.max() == 0:
+            return self._zero_features(which, encoder)
+        image = self._pair.visible_y if which == "vi" else self._pair.infrared
+        x = self._tensor(image * keep)
+        feats, _ = reencode(encoder, x, self._feats[which], keep != 1, self._geometry[which])
+        return feats
+
+    def _zero_features(self, which: str, encoder) -> list[torch.Tensor]:
+        """Features of an all-zero image of the current size; kept for the last size only."""
+        key = (which, self._pair.shape)
+        if key not in self._zero_feats:
+            self._zero_feats = OrderedDict((k, v) for k, v in self._zero_feats.items() if k[1] == key[1])
+            self._zero_feats[key] = encoder(torch.zeros(1, 1, *key[1], device=self.device))
+        return self._zero_feats[key]
+
 
 def _user_mask(mask, h: int, w: int, name: str) -> np.ndarray:
     if mask is None:
@@ -202,3 +374,6 @@ def _user_mask(mask, h: int, w: int, name: str) -> np.ndarray:
     if mask.shape != (h, w):
         mask = io.resize_to(mask, h, w)
     return np.clip(mask, 0.0, 1.0)
+
+
+__all__ = ["BatchOutput", "Fuser", "FusionResult", "PreparedPair", "resolve_device"]

@@ -1,0 +1,99 @@
+"""Exact local re-encoding: recompute an encoder's features only around changed input pixels.
+
+The ISFuse encoder is local: 3x3 convolutions (zero padding), BatchNorm (affine in eval),
+LeakyReLU and 2x2 max-pooling between stages. A changed input pixel therefore changes the
+features only within a bounded distance (`Geometry.influence`), and the features of a crop of
+the input equal the full image's features except within a bounded band along the crop's
+inner edges (`Geometry.margin`), provided the crop starts on the pooling grid
+(`Geometry.align`). `reencode` uses both to rebuild the features of an intervened input from
+the clean features plus the encoder run on a few crops, with the same values as a full
+forward (to float rounding: the convolution kernels may sum in another order).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """align: crops start on multiples of this (the coarsest level's pixel, in input pixels).
+    influence: a changed input pixel changes features whose footprint lies within this many
+        input pixels of it, at every level.
+    margin: a crop's features are exact except within this many input pixels of an inner
+        crop edge (a multiple of align)."""
+
+    align: int
+    influence: int
+    margin: int
+
+    @classmethod
+    def of(cls, encoder: nn.Module) -> "Geometry":
+        """From an `Encoder`'s own description: per-stage conv reach and the pooling factor."""
+        radii, pool = encoder.stage_radii(), encoder.pool
+        align = pool ** (len(radii) - 1)
+        influence = 0
+        for offset in range(align):  # where the changed pixel sits on the pooling grid
+            lo = hi = offset
+            for level, r in enumerate(radii):
+                if level:
+                    lo, hi = lo // pool, hi // pool  # pooled cell i holds pixels pool*i .. pool*i + pool - 1
+                lo, hi = lo - r, hi + r
+                s = pool ** level
+                influence = max(influence, offset - lo * s, hi * s + s - 1 - offset)
+        band, margin = 0, 0
+        for level, r in enumerate(radii):  # contaminated band along an inner crop edge
+            band = (math.ceil(band / pool) if level else 0) + r
+            margin = max(margin, band * pool ** level)
+        return cls(align, influence, -(-margin // align) * align)
+
+
+def dirty_boxes(changed: np.ndarray, geometry: Geometry) -> list[tuple[int, int, int, int]]:
+    """Boxes (y0, y1, x0, x1), in input pixels, that together cover every feature the changed
+    pixels (a (H, W) bool array) can reach: the bounding boxes of the connected parts of the
+    changed pixels dilated by geometry.influence, widened to the pooling grid (y0, x0 on
+    multiples of geometry.align; y1, x1 too, or clipped to the image)."""
+    h, w = changed.shape
+    d, a = geometry.influence, geometry.align
+    grown = cv2.dilate(changed.astype(np.uint8), np.ones((2 * d + 1, 2 * d + 1), np.uint8))
+    n, _, stats, _ = cv2.connectedComponentsWithStats(grown, connectivity=8)
+    boxes = []
+    for x, y, bw, bh, _ in stats[1:n]:
+        boxes.append((y // a * a, min(h, -(-(y + bh) // a) * a), x // a * a, min(w, -(-(x + bw) // a) * a)))
+    return boxes
+
+
+def reencode(encoder: nn.Module, x: Tensor, clean: list[Tensor], changed: np.ndarray, geometry: Geometry,
+             max_fraction: float = 0.6) -> tuple[list[Tensor], str]:
+    """The encoder's features of `x` (1, 1, H, W), given the features `clean` of an input that
+    differs from x only where `changed` ((H, W) bool) is True.
+
+    Returns (features, how): how is "local" (crops around the changes, pasted into a copy of
+    `clean`) or "full" (a full forward, when the crops would cover more than max_fraction of
+    the image or the image is too small for crops).
+    """
+    h, w = changed.shape
+    m, a = geometry.margin, geometry.align
+    boxes = dirty_boxes(changed, geometry)
+    crops = [(max(0, y0 - m), min(h, y1 + m), max(0, x0 - m), min(w, x1 + m)) for y0, y1, x0, x1 in boxes]
+    area = sum((cy1 - cy0) * (cx1 - cx0) for cy0, cy1, cx0, cx1 in crops)
+    if area > max_fraction * h * w or any(min(cy1 - cy0, cx1 - cx0) < 2 * a for cy0, cy1, cx0, cx1 in crops):
+        return encoder(x), "full"
+    out = [f.clone() for f in clean]
+    pool = encoder.pool
+    for (y0, y1, x0, x1), (cy0, cy1, cx0, cx1) in zip(boxes, crops):
+        feats = encoder(x[..., cy0:cy1, cx0:cx1].contiguous())
+        for level, (dst, src) in enumerate(zip(out, feats)):
+            s = pool ** level
+            hl, wl = dst.shape[-2:]
+            ty0, tx0 = y0 // s, x0 // s
+            ty1 = hl if y1 == h else y1 // s  # at the image's end the floored size decides
+            tx1 = wl if x1 == w else x1 // s
+            sy0, sx0 = ty0 - cy0 // s, tx0 - cx0 // s
+            dst[..., ty0:ty1, tx0:tx1] = src[..., sy0:sy0 + ty1 - ty0, sx0:sx0 + tx1 - tx0]
+    return out, "local"
