@@ -77,9 +77,10 @@ def test_wheel_holds_the_bundled_weights_and_examples(installed):
             assert (assets / "examples" / src.relative_to(REPO / "assets" / "examples")).is_file(), src
     assert (assets / "weights/isfuse-ivfusion/model.safetensors").read_bytes() == \
         (REPO / "assets/weights/isfuse-ivfusion/model.safetensors").read_bytes()
-    # every package of the checkout is in the wheel (setup.py finds them)
-    for init in (REPO / "ivfusion").rglob("__init__.py"):
-        assert (installed / init.relative_to(REPO)).is_file(), init
+    # every package of the checkout, and every data file beside its modules, is in the wheel
+    for file in (REPO / "ivfusion").rglob("*"):
+        if file.is_file() and "__pycache__" not in file.parts and file.suffix != ".pyc":
+            assert (installed / file.relative_to(REPO)).is_file(), file
 
 
 def test_installed_copy_fuses_with_the_bundled_weights_from_another_folder(installed, tmp_path):
