@@ -8,9 +8,7 @@ disk included) never leaves a partial PNG or npz.
 from __future__ import annotations
 
 import io as _bytes_io
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -50,34 +48,6 @@ def add_parser(subparsers) -> None:
     q.set_defaults(func=run_info)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write bytes to a temporary file beside `path`, then rename it over `path`.
-
-    Stand-in until ivfusion.io.atomic_write lands (same contract); the rename is atomic on one
-    file system, so readers see the old file or the whole new one, never a partial one.
-    """
-    atomic = getattr(io, "atomic_write", None)
-    if atomic is not None:
-        return atomic(path, data)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _png_bytes(rgb: np.ndarray) -> bytes:
-    import cv2
-
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR) if rgb.ndim == 3 else rgb)
-    if not ok:
-        raise OSError("could not encode the fused image as PNG")
-    return buf.tobytes()
-
-
 def _gates_bytes(result) -> bytes:
     buf = _bytes_io.BytesIO()
     np.savez_compressed(buf, **{npz_key(lv): result.gates[lv.index] for lv in GATE_LEVELS},
@@ -110,9 +80,9 @@ def _fuse_one(fuser, args, kind: str, ir_path: Path, vis_path: Path, target: Pat
                             "registered (same size). Add --resize-ir to resize the infrared image to the visible size.")
     result = fuser.fuse(visible, infrared, kind, args.seed, resize_ir=args.resize_ir)
     target.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(target, _png_bytes(result.fused_rgb))
+    io.write_png(target, result.fused_rgb)  # atomic: a temporary name, then renamed
     if args.save_gates:
-        _atomic_write(target.with_name(f"{target.stem}_gates.npz"), _gates_bytes(result))
+        io.atomic_write(target.with_name(f"{target.stem}_gates.npz"), _gates_bytes(result))
     return result.notices
 
 
