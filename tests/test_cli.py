@@ -1,5 +1,4 @@
 """The `ivfusion` command as a user runs it: real files, folders, failures reported by name."""
-import json
 import shutil
 import subprocess
 import sys

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Dict, Optional, Tuple
 
-import numpy as np
-
 from ..cli_flags import failure_reason
 from ..data import load_pair
 from ..interventions import INTERVENTIONS
