@@ -257,6 +257,9 @@ class Workspace:
     def clear(self) -> None:
         self._local.__dict__.pop("bufs", None)
 
+    def __deepcopy__(self, memo) -> "Workspace":
+        return Workspace(self.max_bytes / 2**20)  # a copy gets its own (empty) buffers
+
 
 def _swap(module: nn.Module, workspace: Workspace, patch_first: bool) -> nn.Module | None:
     """The fast replacement of one reference module, or None to keep it (and look inside)."""

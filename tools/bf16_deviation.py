@@ -10,44 +10,47 @@ emulated: expect about ten seconds per 640x480 pass.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+import copy
 
 import torch
-import torch.nn.functional as F
 
 from ivfusion import load_model
-from ivfusion.fast import build_fast, max_deviation, real_pairs
+from ivfusion.bench.deviation import max_deviation, pair_tensors
+from ivfusion.fast import build_fast
+from ivfusion.hub import EXAMPLES_DIR
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "assets" / "examples"
+PARTS = {"encoders": ("encoder_vi", "encoder_ir"), "cfis": ("cfis.0", "cfis.1", "cfis.2"), "decoder": ("decoder",)}
 
 
-class Hybrid(torch.nn.Module):
-    """The fast network with each part (encoders, CFIs, decoder) taken from the bf16 or the
-    fp32 build; activations are cast at the part boundaries."""
+def _cast(x, dtype):
+    if torch.is_tensor(x):
+        return x.to(dtype) if x.is_floating_point() else x
+    if isinstance(x, (list, tuple)):
+        return type(x)(_cast(v, dtype) for v in x)
+    return x
 
-    def __init__(self, fp32, bf16, parts: set[str]):
+
+class Cast(torch.nn.Module):
+    """A module of the bf16 build inside the fp32 build: inputs cast to bf16, outputs to fp32."""
+
+    def __init__(self, module: torch.nn.Module):
         super().__init__()
-        self.fp32, self.bf16, self.parts = fp32, bf16, parts
+        self.module = module
 
-    def _net(self, part: str):
-        return self.bf16 if part in self.parts else self.fp32
+    def forward(self, *args):
+        return _cast(self.module(*_cast(args, torch.bfloat16)), torch.float32)
 
-    @torch.inference_mode()
-    def forward(self, vis, ir):
-        enc = self._net("encoders")
-        f_vi, f_ir = enc.encode(vis, "vi"), enc.encode(ir, "ir")
-        cfi_net = self._net("cfis")
-        dt = cfi_net.dtype
-        psi, gates = [], []
-        for cfi, level in zip(cfi_net.cfis, (2, 1, 0)):
-            p, g = cfi(f_vi[level].to(dt), f_ir[level].to(dt), cfi_net.workspace)
-            psi.append(p)
-            gates.append(g)
-        dec = self._net("decoder")
-        x = psi[0].to(dec.dtype)
-        for block, skip in zip(dec.blocks, psi[1:]):
-            x = block(F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False).add_(skip.to(dec.dtype)))
-        return dec.head(x).float(), tuple(g.float() for g in gates)
+    def forward_with_cross(self, *args):  # what ISFuse.fuse_features calls on a CFI
+        return _cast(self.module.forward_with_cross(*_cast(args, torch.bfloat16)), torch.float32)
+
+
+def hybrid(fp32, bf16, part: str):
+    """The fp32 fast network with one part (encoders, CFIs or decoder) from the bf16 build."""
+    net = copy.deepcopy(fp32)
+    for name in PARTS[part]:
+        parent, _, child = ("model." + name).rpartition(".")
+        setattr(net.get_submodule(parent), child, Cast(bf16.get_submodule("model." + name)))
+    return net
 
 
 def main() -> None:
@@ -59,16 +62,16 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model = load_model(args.weights).eval()
     fp32, bf16 = build_fast(model, "cpu", "fp32"), build_fast(model, "cpu", "bf16")
-    pairs = real_pairs(EXAMPLES)
+    pairs = pair_tensors(EXAMPLES_DIR)
     d = max_deviation(model, bf16, pairs)
     print(f"fast-bf16 on {len(pairs)} bundled pairs: fused {d['fused'] * 255:.2f}/255 (worst: {d['pair']} {d['size']}), "
           f"gates {d['gates'] * 255:.2f}/255", flush=True)
     one = [p for p in pairs if p[0] == args.pair]
     if not one:
         raise SystemExit(f"no bundled pair named {args.pair!r}; names: {', '.join(p[0] for p in pairs)}")
-    for parts in ({"encoders"}, {"cfis"}, {"decoder"}):
-        d = max_deviation(model, Hybrid(fp32, bf16, parts), one)
-        print(f"{args.pair}, only the {next(iter(parts))} in bf16: fused {d['fused'] * 255:.2f}/255", flush=True)
+    for part in PARTS:
+        d = max_deviation(model, hybrid(fp32, bf16, part), one)
+        print(f"{args.pair}, only the {part} in bf16: fused {d['fused'] * 255:.2f}/255", flush=True)
 
 
 if __name__ == "__main__":

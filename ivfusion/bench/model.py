@@ -1,85 +1,24 @@
-"""`ivfusion bench`: parameters, MACs, latency, throughput, peak memory and deviation of each
-inference path, plus the time of the eleven metrics on one pair.
-
-Timing is interleaved: every timed round runs each path once, in rotating order, so that a
-busy machine slows all paths alike and the speed-up (reference median / path median) is
-measured in the same run. Each row also gives the process CPU time per forward, which a busy
-machine inflates far less than wall time. Deviation is the largest absolute difference of a
-path's fused image (and gates) from the reference forward, on the benchmark input and on real
-pairs at their native sizes (odd sizes included).
-
-    ivfusion bench --threads 2                       # 256x256 and 640x480, reference vs fast
-    ivfusion bench --sizes 640x480 --runs 20 --json bench.json
-    ivfusion bench --ablation                        # what each optimisation step buys
-    ivfusion bench --app                             # the Intervention Lab's request latency
-"""
+"""The model benchmark: parameters, MACs, latency, throughput, peak memory and deviation of each
+inference path, the cost of `Fuser.intervene` relative to one forward pass, and the time of the
+eleven metrics on one pair. See `ivfusion bench --help`."""
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import platform
 import resource
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def _shared_dir() -> Path:
-    env = os.environ.get("IVFUSION_SHARED")
-    return Path(env) if env else REPO_ROOT.parent / "shared"
-
-
-def _parse_size(text: str) -> tuple[int, int]:
-    """'640x480' (width x height) -> (height, width)."""
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size {text!r}: expected WIDTHxHEIGHT, e.g. 640x480") from None
-    if min(w, h) < 4:
-        raise argparse.ArgumentTypeError(f"size {text!r}: each side must be at least 4 pixels")
-    return h, w
-
-
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
-        "bench", help="latency, throughput, MACs, memory and deviation of each inference path",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--weights", default=None,
-                   help="weights spec as for `ivfusion fuse` (a folder, .safetensors, the authors' .pth, hf://...); "
-                        "default: the bundled weights if present, else 'synthetic' (random weights with random "
-                        "BatchNorm statistics). 'untrained' and 'synthetic' are accepted.")
-    p.add_argument("--sizes", default="256x256,640x480", help="comma-separated WIDTHxHEIGHT (default: 256x256,640x480)")
-    p.add_argument("--batch", type=int, default=1, help="images per forward (default 1)")
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
-    p.add_argument("--runs", type=int, default=10, help="timed runs per path and size (default 10)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed runs per path and size first (default 2)")
-    p.add_argument("--paths", default=None,
-                   help="comma-separated paths to time, from reference, fast, fast-bf16 (default: reference, fast, "
-                        "and fast-bf16 where bf16 is native)")
-    p.add_argument("--ablation", action="store_true",
-                   help="also time each optimisation step alone (BN folding, channels-last, attention, fusion)")
-    p.add_argument("--pairs", action="append", default=None,
-                   help="folder with ir/ and vi/ for the deviation check, repeatable (default: shared "
-                        "data roadscene/test and msrs/train)")
-    p.add_argument("--max-pairs", type=int, default=4, help="pairs per folder for the deviation check (0: all; default 4)")
-    p.add_argument("--metrics-repeats", type=int, default=3, help="repeats for the metrics timing (0: skip; default 3)")
-    p.add_argument("--json", dest="json_path", default=None, help="also write the results as JSON to this file")
-    p.add_argument("--app", action="store_true", help="benchmark the Intervention Lab request instead (ivfusion.lab)")
-    p.add_argument("--requests", type=int, default=100, help="requests for --app (default 100)")
-    p.set_defaults(func=run)
-    return p
+from ..data import load_pair
+from .macs import count_macs
+from .paths import parse_size, shared_dir
 
 
 def _load(spec: str | None):
-    from .fast import synthetic_model
-    from .hub import DEFAULT_WEIGHTS, load_model
+    from ..hub import DEFAULT_WEIGHTS, load_model
+    from .deviation import synthetic_model
 
     if spec == "synthetic" or (spec is None and not os.environ.get("IVFUSION_WEIGHTS")
                                and not (DEFAULT_WEIGHTS / "model.safetensors").is_file()):
@@ -88,31 +27,11 @@ def _load(spec: str | None):
 
 
 def _param_counts(model) -> dict:
-    from .config import ISFuseConfig
-    from .modeling import ISFuse
+    from ..config import ISFuseConfig
+    from ..modeling import ISFuse
 
     full = ISFuse(ISFuseConfig(**{**model.config.to_dict(), "with_unused": True}))
     return {"used": model.num_parameters(used_only=True), "with_unused": full.num_parameters(used_only=False)}
-
-
-def count_macs(net, vis_y, ir) -> int:
-    """Multiply-accumulates of one forward from torch's FLOP counter (MACs = FLOPs / 2; it
-    counts convolutions and matrix products, not element-wise operations)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from .fast import FastConv
-
-    # oneDNN's fused convolution has no FLOP formula: count the same convolution unfused
-    fused = [m for m in net.modules() if isinstance(m, FastConv) and m.fused]
-    for m in fused:
-        m.fused = False
-    try:
-        with FlopCounterMode(display=False) as counter, torch.inference_mode():
-            net(vis_y, ir)
-    finally:
-        for m in fused:
-            m.fused = True
-    return counter.get_total_flops() // 2
 
 
 def _sync(device):
@@ -157,11 +76,9 @@ def _bench_input(height: int, width: int, batch: int, device) -> tuple[torch.Ten
     """A real MSRS pair resized to height x width (random images if the data is missing)."""
     import torch.nn.functional as F
 
-    from .fast import read_pair
-
-    data = _shared_dir() / "data" / "msrs" / "train"
+    data = shared_dir() / "data" / "msrs" / "train"
     try:
-        vis, ir = read_pair(data / "ir" / "00001D.png", data / "vi" / "00001D.png")
+        vis, ir = (torch.from_numpy(a)[None, None] for a in load_pair(data / "ir" / "00001D.png", data / "vi" / "00001D.png"))
         src = "msrs/train 00001D"
         if vis.shape[-2:] != (height, width):
             vis, ir = (F.interpolate(t, size=(height, width), mode="bilinear", align_corners=False).clamp_(0, 1)
@@ -175,7 +92,8 @@ def _bench_input(height: int, width: int, batch: int, device) -> tuple[torch.Ten
 
 
 def _nets(model, device, paths: list[str], ablation: bool) -> dict:
-    from .fast import ChannelsLast, build_fast, fold_bn_model
+    from ..fast import build_fast
+    from .deviation import ChannelsLast, fold_bn_model
 
     nets = {}
     for name in paths:
@@ -215,20 +133,60 @@ def time_paths(nets: dict, vis_y, ir, runs: int, warmup: int, device) -> dict:
     return out
 
 
+INTERVENTION_RUNS = ("complementary", "random", "drop-visible", "drop-infrared")
+
+
+def time_intervene(model, device, vis_y, ir, runs: int, warmup: int) -> dict:
+    """The default Fuser's costs as ratios to its own forward pass, timed interleaved:
+    "forward" (one network call on tensors), "set_pair" (a new pair: preparation, clean pass,
+    result arrays) and a re-fuse with each intervention after set_pair ("intervene: NAME",
+    seeds change per run). Returns {name: {"median_s", "cpu_median_s", "ratio", "cpu_ratio"}}."""
+    from ..predictor import Fuser
+
+    fuser = Fuser(model, device=device, max_side=None)
+    visible, infrared = vis_y[0, 0].float().cpu().numpy(), ir[0, 0].float().cpu().numpy()
+    x, y = vis_y[:1], ir[:1]
+
+    def set_pair():
+        fuser.reset()
+        fuser.set_pair(visible, infrared)
+
+    steps = {"forward": lambda r: fuser.run(x, y), "set_pair": lambda r: set_pair()}
+    for name in INTERVENTION_RUNS:
+        steps[f"intervene: {name}"] = lambda r, name=name: fuser.intervene(name, seed=r)
+    times = {n: {"wall": [], "cpu": []} for n in steps}
+    fuser.set_pair(visible, infrared)
+    for r in range(warmup + runs):
+        for n, step in steps.items():
+            c0, t0 = time.process_time(), time.perf_counter()
+            step(r)
+            _sync(device)
+            if r >= warmup:
+                times[n]["wall"].append(time.perf_counter() - t0)
+                times[n]["cpu"].append(time.process_time() - c0)
+    fw = statistics.median(times["forward"]["wall"])
+    fw_cpu = statistics.median(times["forward"]["cpu"])
+    out = {"path": fuser.path}
+    for n, t in times.items():
+        med, cpu = statistics.median(t["wall"]), statistics.median(t["cpu"])
+        out[n] = {"median_s": med, "cpu_median_s": cpu, "ratio": med / fw, "cpu_ratio": cpu / fw_cpu if fw_cpu > 0 else None}
+    return out
+
+
 def _p90(xs: list[float]) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(round(0.9 * (len(xs) - 1))))]
 
 
 def run_bench(args) -> dict:
-    from .fast import BOUND, bf16_native, max_deviation, real_pairs
-    from .predictor import resolve_device
+    from ..device import resolve_device
+    from ..fast import BOUND, bf16_native, resolve_path
+    from ..hub import describe
+    from .deviation import max_deviation, pair_tensors
 
     device = resolve_device(args.device)
     torch.set_num_threads(args.threads)
     model = _load(args.weights).to(device).eval()
-    from .hub import describe
-
     if args.paths:
         paths = [p.strip() for p in args.paths.split(",") if p.strip()]
     else:
@@ -236,8 +194,6 @@ def run_bench(args) -> dict:
     if "reference" not in paths:
         paths.insert(0, "reference")
     nets = _nets(model, device, paths, args.ablation)
-    from .fast import resolve_path
-
     report = {
         "weights": describe(model),
         "device": str(device),
@@ -255,7 +211,7 @@ def run_bench(args) -> dict:
         "params": _param_counts(model),
         "sizes": [],
     }
-    for height, width in [_parse_size(s) for s in args.sizes.split(",") if s.strip()]:
+    for height, width in [parse_size(s) for s in args.sizes.split(",") if s.strip()]:
         vis_y, ir, src = _bench_input(height, width, args.batch, device)
         entry = {"size": f"{width}x{height}", "input": src, "macs": {}, "paths": {}}
         for name, net in nets.items():
@@ -283,22 +239,24 @@ def run_bench(args) -> dict:
                 "cpu_speedup": ref_cpu / statistics.median(cpu) if statistics.median(cpu) > 0 else None,
                 "wall_s": wall,
             })
+        if args.intervene:
+            entry["fuser"] = time_intervene(model, device, vis_y, ir, args.runs, args.warmup)
         report["sizes"].append(entry)
     # deviation on real pairs at their native sizes
-    folders = args.pairs or [str(_shared_dir() / "data" / "roadscene" / "test"), str(_shared_dir() / "data" / "msrs" / "train")]
+    folders = args.pairs or [str(shared_dir() / "data" / "roadscene" / "test"), str(shared_dir() / "data" / "msrs" / "train")]
     pairs = []
     for folder in folders:
         if Path(folder, "ir").is_dir():
-            pairs += real_pairs(folder, limit=args.max_pairs or None)
+            pairs += pair_tensors(folder, limit=args.max_pairs or None)
     pairs = [(n, v.to(device), i.to(device)) for n, v, i in pairs]
     report["real_pairs"] = {"folders": folders, "count": len(pairs),
                             "sizes": sorted({f"{v.shape[-1]}x{v.shape[-2]}" for _, v, _ in pairs}),
                             "max_dev": {name: max_deviation(model, net, pairs) for name, net in nets.items() if name != "reference"}}
     if args.metrics_repeats > 0:
-        from .metrics import time_metrics
+        from .metrics_time import time_metrics
 
         try:
-            report["metrics_time_s"] = time_metrics(repeats=args.metrics_repeats, shared_dir=_shared_dir())
+            report["metrics_time_s"] = time_metrics(repeats=args.metrics_repeats, shared_dir=shared_dir())
         except Exception as e:  # no shared data: say so, do not fail the benchmark
             report["metrics_time_s"] = {"error": f"{type(e).__name__}: {e}"}
     report["process_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -338,6 +296,13 @@ def format_report(r: dict) -> str:
                 f"{p['images_per_s']:7.2f} {p['speedup']:7.2f}x {p['speedup_min']:5.2f}x {p['cpu_median_s'] * 1e3:6.0f}ms "
                 f"{(p['cpu_speedup'] or 0):5.2f}x {p['max_dev']:9.2e} {p['max_dev'] * 255:7.4f} "
                 f"{mem if mem is None else f'{mem:8.0f}'}")
+        fz = e.get("fuser")
+        if fz:
+            lines.append(f"  Fuser (path {fz['path']}), as ratios to its own forward pass (wall; cpu): a new pair = set_pair, "
+                         f"a re-fuse = intervene after set_pair")
+            for name, t in fz.items():
+                if name != "path":
+                    lines.append(f"    {name:30s} {t['median_s'] * 1e3:7.0f}ms {t['ratio']:6.2f}x; cpu {(t['cpu_ratio'] or 0):5.2f}x")
     rp = r["real_pairs"]
     lines.append("")
     lines.append(f"deviation from the reference on {rp['count']} real pairs at native sizes ({', '.join(rp['sizes'])}); "
@@ -355,29 +320,3 @@ def format_report(r: dict) -> str:
     return "\n".join(lines)
 
 
-def run(args) -> int:
-    if args.app:
-        try:
-            from .lab import benchmark_app
-        except ImportError as e:
-            print(f"ivfusion bench --app: the Intervention Lab (ivfusion.lab.benchmark_app) is not available: {e}",
-                  file=sys.stderr)
-            return 2
-        h, w = _parse_size(args.sizes.split(",")[-1])
-        result = benchmark_app(weights=args.weights, height=h, width=w, requests=args.requests, threads=args.threads)
-        print(json.dumps(result, indent=2, default=str))
-        if args.json_path:
-            Path(args.json_path).write_text(json.dumps({"app": result}, indent=2, default=str))
-        return 0
-    report = run_bench(args)
-    print(format_report(report))
-    if args.json_path:
-        Path(args.json_path).write_text(json.dumps(report, indent=2, default=str))
-        print(f"wrote {args.json_path}")
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    from .cli import main
-
-    sys.exit(main(["bench", *sys.argv[1:]]))
