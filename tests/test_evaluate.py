@@ -240,7 +240,14 @@ def test_usage_errors(folders, tmp_path, capsys):
     assert E.main(base + ["--fused", str(root / "avg"), "--names", "x,y"]) == 2
     assert E.main(base + ["--fused", str(tmp_path / "nope")]) == 2
     assert E.main(base + ["--fused", str(root / "avg"), "--interventions"]) == 2
+    renamed = tmp_path / "renamed"
+    renamed.mkdir()
+    for p in (root / "vi").iterdir():
+        shutil.copy(p, renamed / f"v_{p.name}")
+    assert E.main(["--infrared", str(root / "ir"), "--visible", str(renamed), "--baseline", "mean",
+                   "--no-progress"]) == 2
     err = capsys.readouterr().err
+    assert "no pairs found: the file names" in err and "differ" in err and f"v_{STEMS[0]}.jpg" in err
     assert "--names gives 2 names for 1 --fused folders" in err
     assert "fused folder not found" in err
     assert "--interventions needs exactly one --weights" in err
