@@ -19,7 +19,7 @@ from pathlib import Path
 
 OUT = Path("runs/ablation")
 BASE = ["--data", "../shared/data/roadscene/train", "--val", "../shared/data/msrs/train", "--val-pairs", "8",
-        "--init", "assets/weights/isfuse-ivfusion", "--crop", "64", "--batch-size", "8", "--threads", "2",
+        "--init", "assets/weights/isfuse-ivfusion", "--crop", "64", "--batch-size", "8", "--threads", "1",
         "--workers", "0", "--log-every", "5", "--seed", "0"]
 # name: (what changes, extra flags). "faithful" is the authors' recipe at CPU scale.
 RUNS = {
