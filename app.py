@@ -193,17 +193,13 @@ class LabApp(cb.LabCallbacks):
                 for level in GATE_LEVELS:
                     captions[level.key] = gr.Markdown(first.get(f"caption_{level.key}"), elem_classes="lab-note",
                                                       elem_id=f"caption-{level.key}")
-                    with gr.Row(equal_height=True, elem_classes="level-row"):
-                        for part in ("clean", "intervened", "change"):
-                            name = f"gate_{level.key}_{part}"
-                            level_imgs[name] = gr.Image(first.get(name), label=part, elem_id=f"gate-{level.key}-{part}",
-                                                        **heat)
-                gr.Markdown("### What the network saw\nThe inputs after the intervention (black = hidden).")
-                with gr.Row(equal_height=True, elem_classes="level-row"):
-                    in_vis = gr.Image(first.get("input_visible"), label="Visible input (Y)", interactive=False,
-                                      elem_id="input-visible", min_width=0, **png)
-                    in_ir = gr.Image(first.get("input_infrared"), label="Infrared input", interactive=False,
-                                     elem_id="input-infrared", min_width=0, **png)
+                    level_imgs[f"gate_{level.key}"] = gr.Image(
+                        first.get(f"gate_{level.key}"), label=f"{level.label}: clean | intervened | change",
+                        show_label=False, elem_id=f"gate-{level.key}", **heat)
+                gr.Markdown("### What the network saw\nThe inputs after the intervention, visible (Y) left and "
+                            "infrared right (black = hidden).")
+                inputs_img = gr.Image(first.get("inputs"), label="Network inputs", show_label=False, interactive=False,
+                                      elem_id="inputs", **png)
                 with gr.Row(equal_height=False):
                     with gr.Column(scale=3, min_width=300):
                         gr.Markdown("### Metrics\n" + lab.downloads.METRICS_NOTE, elem_classes="lab-note")
@@ -231,7 +227,7 @@ class LabApp(cb.LabCallbacks):
                 gr.Markdown(HOW_IT_WORKS, latex_delimiters=LATEX)
 
             comps = {"fused_clean": fused_clean, "fused_intervened": fused_int, "difference": diff,
-                     "difference_caption": diff_md, "input_visible": in_vis, "input_infrared": in_ir,
+                     "difference_caption": diff_md, "inputs": inputs_img,
                      **level_imgs, **{f"caption_{k}": c for k, c in captions.items()}, "notices": notices,
                      "state": state}
             fuse_outputs = [comps[n] for n in FUSE_OUTPUTS]
@@ -290,7 +286,9 @@ def build_demo(bank: lab.ModelBank | None = None, max_size: int | None = None,
     """The app, with a bounded queue: at most `concurrency` computations at once (default 1:
     two CPU cores are best used by one request at a time) and `max_size` waiting. Stability
     runs have their own group (one at a time), so they never hold up anyone's Fuse."""
-    demo = LabApp(bank, precompute=precompute).build()
+    lab_app = LabApp(bank, precompute=precompute)
+    demo = lab_app.build()
+    demo.lab_app = lab_app  # for in-process benchmarks (ivfusion.bench.app)
     concurrency = concurrency or int(os.environ.get("IVFUSION_CONCURRENCY") or 1)
     max_size = max_size or int(os.environ.get("IVFUSION_QUEUE") or 16)
     demo.queue(max_size=max_size, default_concurrency_limit=concurrency)

@@ -432,10 +432,11 @@ def edge_overlay(heat_rgb: np.ndarray, base: np.ndarray, darken: float = EDGE_DA
 
 def heat_image(values: np.ndarray, *, base: np.ndarray | None = None, vmin: float = 0.0, vmax: float = 1.0,
                cmap: str = GATE_CMAP, ticks: Sequence[float] | None = None,
-               marks: Iterable[tuple[float, str]] = (), smooth: bool = True,
+               marks: Iterable[tuple[float, str]] = (), smooth: bool = True, bar: bool = True,
                max_side: int = PANEL_MAX_SIDE, min_side: int = PANEL_MIN_SIDE) -> np.ndarray:
-    """A heat map of `values` (2-D float) with its colour bar on the right and no text above:
-    the page writes the caption, so it stays readable at any screen width.
+    """A heat map of `values` (2-D float) with its colour bar on the right (bar=False: none,
+    for a map that shares the bar of its neighbour) and no text above: the page writes the
+    caption, so it stays readable at any screen width.
 
     base: an image whose edges are drawn over the map (see `edge_overlay`), or None.
     Returns (h, w, 3) uint8, the map's long side in [min_side, max_side].
@@ -448,15 +449,18 @@ def heat_image(values: np.ndarray, *, base: np.ndarray | None = None, vmin: floa
     heat = colorize(resize_for_display(values, size, smooth), vmin, vmax, cmap)
     if base is not None:
         heat = edge_overlay(heat, base)
+    if not bar:
+        return heat
     tick_size = int(np.clip(round(size[1] / 26), 14, 26))
     bar = colorbar(size[0], vmin, vmax, cmap, ticks=ticks, marks=marks, font_size=tick_size)
     return np.concatenate([heat, np.full((size[0], 4, 3), _BG, np.uint8), bar], axis=1)
 
 
-def gate_image(gate: np.ndarray, base: np.ndarray | None, vmin: float, vmax: float, eta: float) -> np.ndarray:
+def gate_image(gate: np.ndarray, base: np.ndarray | None, vmin: float, vmax: float, eta: float,
+               bar: bool = True) -> np.ndarray:
     """One gate map (any resolution, values in [0, 1]) on the scale vmin..vmax, eta marked."""
     fixed = (vmin, vmax) == (0.0, 1.0)
-    return heat_image(gate, base=base, vmin=vmin, vmax=vmax, cmap=GATE_CMAP,
+    return heat_image(gate, base=base, vmin=vmin, vmax=vmax, cmap=GATE_CMAP, bar=bar,
                       ticks=(0.0, 0.5, 1.0) if fixed else None, marks=[(eta, f"\u03b7={eta:g}")])
 
 

@@ -35,6 +35,13 @@ def lab_app(bank):
     return app.LabApp(bank)
 
 
+def _inputs(out: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The visible and infrared network inputs from the side-by-side `inputs` image (128 px wide each)."""
+    both = read_image(out["inputs"])
+    both = both[..., 0] if both.ndim == 3 else both
+    return both[:, :128], both[:, -128:]
+
+
 def _fuse(lab_app, *args, **kwargs) -> dict:
     out = lab_app.fuse(*args, **kwargs)
     assert sorted(out) == sorted(app.FUSE_OUTPUTS)  # every named output, nothing else
@@ -49,12 +56,12 @@ def test_fuse_callback_returns_every_named_output(lab_app):
     assert not np.array_equal(clean, inter)
     run = out["state"]["run"]
     np.testing.assert_array_equal(inter, run.intervened.fused_rgb)  # the page shows the exact pixels
-    in_vis, in_ir = read_image(out["input_visible"]), read_image(out["input_infrared"])
+    in_vis, in_ir = _inputs(out)
     assert in_ir.max() == 0 and in_vis.min() == 0  # infrared dropped; visible holes
     for level in ("coarse", "mid", "fine"):
-        maps = [read_image(out[f"gate_{level}_{part}"]) for part in ("clean", "intervened", "change")]
-        assert all(m.ndim == 3 and m.shape[1] > 128 for m in maps)  # heat map + colour bar
-        assert "mean clean" in out[f"caption_{level}"] and "\u03b7 = 0.3" in out[f"caption_{level}"]
+        strip = read_image(out[f"gate_{level}"])
+        assert strip.ndim == 3 and strip.shape[1] > 3 * 128  # clean | intervened | change, with colour bars
+        assert "Mean clean" in out[f"caption_{level}"] and "\u03b7 = 0.3" in out[f"caption_{level}"]
     notices = out["notices"]
     assert "complementary masking + drop infrared (holes of 12 px)" in notices and "Downscaled from 640x480" in notices
     assert "/" not in notices.replace("1/4", "")  # no server paths
@@ -89,10 +96,10 @@ def test_display_options_rerender_without_a_forward_pass(lab_app, monkeypatch):
     fixed = lab_app.rerender("fixed 0 to 1", state)
     assert sorted(fixed) == sorted(app.RENDER_OUTPUTS) and calls == []
     assert "span 0 to 1" in fixed["caption_fine"] and "span 0 to 1" not in out["caption_fine"]
-    a, b = read_image(fixed["gate_fine_clean"]).astype(int), read_image(out["gate_fine_clean"]).astype(int)
+    a, b = read_image(fixed["gate_fine"]).astype(int), read_image(out["gate_fine"]).astype(int)
     assert a.shape == b.shape and np.abs(a - b).mean() > 5
     back = lab_app.rerender("stretched per level", state)
-    assert np.abs(read_image(back["gate_fine_clean"]).astype(int) - b).mean() < 2  # JPEG noise only
+    assert np.abs(read_image(back["gate_fine"]).astype(int) - b).mean() < 2  # JPEG noise only
     with pytest.raises(gr.Error, match="gate colour scale must be one of"):
         lab_app.rerender("rainbow", state)
     # a new session shows the precomputed default result, and re-renders it too
@@ -107,7 +114,7 @@ def test_fuse_callback_takes_gradio_payloads_and_a_drawn_mask(lab_app, tmp_path)
     editor = {"background": {"path": str(IR)}, "layers": [{"path": str(tmp_path / "layer.png")}], "composite": None}
     out = _fuse(lab_app, {"path": str(VIS)}, {"path": str(IR)}, lab.UNTRAINED_CHOICE, False, False, "none", 6.25, 3, 0,
                 None, editor)
-    in_vis, in_ir = read_image(out["input_visible"]), read_image(out["input_infrared"])
+    in_vis, in_ir = _inputs(out)
     assert "drawn mask" in out["notices"]
     assert in_ir[21:59, 41:79].max() == 0 and in_ir.max() > 0  # the box (20:60, 40:80 at 128x96) is hidden
     assert in_vis.min() > 0 or (in_vis == 0).mean() < 0.01  # the visible input is untouched
@@ -152,7 +159,7 @@ def test_other_callbacks(lab_app, tmp_path):
     assert "/" not in lab_app.model_info(lab.DEFAULT_CHOICE)  # no server paths
     assert "**30 px** on this 640x480 pair" in lab_app.hole_text(str(VIS), 6.25)
     cleared = dict(zip(app.FUSE_OUTPUTS, lab_app.clear_outputs()))
-    assert cleared["fused_clean"] is None and cleared["gate_fine_change"] is None and "press" in cleared["notices"]
+    assert cleared["fused_clean"] is None and cleared["gate_fine"] is None and "press" in cleared["notices"]
 
 
 def test_prefetch_callback_prepares_the_clean_pass_for_fuse(lab_app):
@@ -259,7 +266,7 @@ def test_fuse_over_http_with_each_intervention(client, kwargs, expect):
     assert f"Intervention: {expect}" in out["notices"]
     clean, inter = read_image(out["fused_clean"]), read_image(out["fused_intervened"])
     assert clean.shape == (96, 128, 3) and not np.array_equal(clean, inter)
-    in_vis, in_ir = read_image(out["input_visible"]), read_image(out["input_infrared"])
+    in_vis, in_ir = _inputs(out)
     if expect == "drop infrared":
         assert in_ir.max() == 0 and in_vis.max() > 0
     elif expect == "drop visible":
@@ -267,8 +274,8 @@ def test_fuse_over_http_with_each_intervention(client, kwargs, expect):
         assert (inter[..., 0] == inter[..., 1]).all() and "output is grey" in out["notices"]
     else:
         assert (in_vis == 0).any() and (in_ir == 0).any()
-    assert all(read_image(out[n]).shape[1] > 128 for n in app.RENDER_OUTPUTS if n.startswith("gate_"))
-    assert "mean clean" in out["caption_mid"]
+    assert all(read_image(out[n]).shape[1] > 3 * 128 for n in app.RENDER_OUTPUTS if n.startswith("gate_"))
+    assert "Mean clean" in out["caption_mid"]
 
 
 def test_stability_over_http(client):

@@ -26,13 +26,13 @@ from . import analysis, downloads, examples, models, render, runs, session, sett
 
 log = logging.getLogger("ivfusion.app")
 
-LEVEL_OUTPUTS = tuple(f"gate_{lv.key}_{part}" for lv in GATE_LEVELS for part in ("clean", "intervened", "change"))
+LEVEL_OUTPUTS = tuple(f"gate_{lv.key}" for lv in GATE_LEVELS)  # per level: clean | intervened | change
 CAPTION_OUTPUTS = tuple(f"caption_{lv.key}" for lv in GATE_LEVELS)
 # The display re-render (a display option changed): the gate maps and their captions.
 RENDER_OUTPUTS = (*LEVEL_OUTPUTS, *CAPTION_OUTPUTS)
 # /fuse, in Gradio's order; the API returns all but the last ("state" stays on the server).
-FUSE_OUTPUTS = ("fused_clean", "fused_intervened", "difference", "difference_caption", "input_visible",
-                "input_infrared", *RENDER_OUTPUTS, "notices", "state")
+FUSE_OUTPUTS = ("fused_clean", "fused_intervened", "difference", "difference_caption", "inputs",
+                *RENDER_OUTPUTS, "notices", "state")
 STABILITY_OUTPUTS = ("instability", "mean_gate", "summary")
 DEFAULTS = dict(complementary=True, random_masking=False, dropout="none", hole_percent=settings.DEFAULT_HOLE_PERCENT,
                 holes=settings.DEFAULT_HOLES, seed=0, gate_scale=render.DEFAULT_GATE_SCALE)
@@ -77,6 +77,7 @@ class LabCallbacks:
         pairs = {Path(v).stem: (v, i) for v, i, _ in examples.example_pairs()}
         self.default_pair = pairs.get(examples.DEFAULT_EXAMPLE) or next(iter(pairs.values()), (None, None))
         self.default_run: runs.LabRun | None = None
+        self.last_timings: dict[str, float] = {}  # of the last /fuse, for `ivfusion bench --app`
         self.default_outputs: dict[str, Any] = {}
         if precompute and self.default_pair[0]:
             try:
@@ -115,6 +116,7 @@ class LabCallbacks:
         drawn = (uploads.drawn_keep_mask(draw_visible), uploads.drawn_keep_mask(draw_infrared))
         state = state if isinstance(state, dict) else {}
         pair = self._pair(state, visible, infrared, model)
+        t_pair = time.perf_counter()
         run = runs.run_session_pair(pair, s, drawn)
         t_run = time.perf_counter()
         figs = render.render(run, gate_scale)
@@ -125,14 +127,14 @@ class LabCallbacks:
             "fused_intervened": downloads.save_image(folder, "fused_intervened", figs.fused_intervened, lossless=True),
             "difference": downloads.save_image(folder, "difference", figs.difference, lossless=False),
             "difference_caption": "**Change in the fused image**, |F_intervened - F_clean|: " + figs.difference_caption,
-            "input_visible": downloads.save_image(folder, "input_visible", figs.input_visible, lossless=True),
-            "input_infrared": downloads.save_image(folder, "input_infrared", figs.input_infrared, lossless=True),
+            "inputs": downloads.save_image(folder, "inputs", figs.inputs, lossless=True),
         }
         out.update(self._level_outputs(figs.levels, folder))
         state.update(run=run, metrics=downloads.metric_sources(run))
         total = time.perf_counter() - t0
-        state["timings"] = {"run": t_run - t0, "render": t_render - t_run, "encode": total - (t_render - t0),
-                            "total": total}
+        self.last_timings = state["timings"] = {
+            "pair": t_pair - t0, "run": t_run - t_pair, "render": t_render - t_run,
+            "encode": total - (t_render - t0), "total": total}
         out["notices"] = "  \n".join(run.notices + [f"{model or models.DEFAULT_CHOICE} · computed in {total:.2f} s."])
         out["state"] = state
         return out
@@ -141,9 +143,7 @@ class LabCallbacks:
     def _level_outputs(levels: list[render.LevelFigures], folder: Path) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for level, fig in zip(GATE_LEVELS, levels):
-            for part in ("clean", "intervened", "change"):
-                name = f"gate_{level.key}_{part}"
-                out[name] = downloads.save_image(folder, name, getattr(fig, part), lossless=False)
+            out[f"gate_{level.key}"] = downloads.save_image(folder, f"gate_{level.key}", fig.image, lossless=False)
             out[f"caption_{level.key}"] = fig.caption
         return out
 

@@ -30,11 +30,14 @@ def gate_scale_name(choice: str | None) -> str:
 
 @dataclass
 class LevelFigures:
-    """One gate level: clean, intervened and change maps (uint8 RGB) and a Markdown caption."""
+    """One gate level: the clean and intervened gate maps (one colour bar, shared) and the
+    change map (its own diverging bar), uint8 RGB, and `image`, the three side by side (one
+    picture per level: it stays side by side on a phone, and is one file to send)."""
 
     clean: np.ndarray
     intervened: np.ndarray
     change: np.ndarray
+    image: np.ndarray
     caption: str
 
 
@@ -46,6 +49,7 @@ class LabFigures:
     fused_intervened: np.ndarray
     input_visible: np.ndarray
     input_infrared: np.ndarray
+    inputs: np.ndarray  # the two inputs side by side
     difference: np.ndarray
     difference_caption: str
     levels: list[LevelFigures]
@@ -61,29 +65,32 @@ def render_levels(run: LabRun, gate_scale: str = "stretched") -> list[LevelFigur
         k = level.index
         g_clean, g_inter = run.clean.gates[k], run.intervened.gates[k]
         lo, hi = viz.gate_range([g_clean, g_inter], scale)
-        clean_img = viz.gate_image(run.clean.gates_full[k], base, lo, hi, run.eta)
-        inter_img = clean_img if run.intervened is run.clean else viz.gate_image(
-            run.intervened.gates_full[k], base, lo, hi, run.eta)
+        clean_img = viz.gate_image(run.clean.gates_full[k], base, lo, hi, run.eta, bar=False)
+        inter_img = viz.gate_image(run.intervened.gates_full[k], base, lo, hi, run.eta)
         change = run.intervened.gates_full[k] - run.clean.gates_full[k]
         limit = viz.change_range(change)
         change_img = viz.gate_change_image(change, base, limit)
         m_c, m_i = float(g_clean.mean()), float(g_inter.mean())
         span = "0 to 1" if (lo, hi) == (0.0, 1.0) else f"{lo:.3f} to {hi:.3f}"
-        caption = (f"**{level.label[:1].upper() + level.label[1:]} gates** · mean clean {m_c:.3f}, "
-                   f"intervened {m_i:.3f} (target \u03b7 = {run.eta:g}) · gate colours span {span} · "
-                   f"change scale \u00b1{limit:.3f}")
-        out.append(LevelFigures(clean_img, inter_img, change_img, caption))
+        caption = (f"**{level.label[:1].upper() + level.label[1:]} gates**: clean | intervened | change. "
+                   f"Mean clean {m_c:.3f}, intervened {m_i:.3f} (target \u03b7 = {run.eta:g}); gate colours span "
+                   f"{span}; change scale \u00b1{limit:.3f}.")
+        image = viz.side_by_side([clean_img, inter_img, change_img], gap=12)
+        out.append(LevelFigures(clean_img, inter_img, change_img, image, caption))
     return out
 
 
 def render(run: LabRun, gate_scale: str = "stretched") -> LabFigures:
     """The figures of one request (fused images are the exact pixels; heat maps are drawn)."""
     diff, diff_caption = viz.difference_image(run.intervened.fused_y, run.clean.fused_y)
+    in_vis = viz.to_uint8(run.intervened.inputs["visible_y"])
+    in_ir = viz.to_uint8(run.intervened.inputs["infrared"])
     return LabFigures(
         fused_clean=run.clean.fused_rgb,
         fused_intervened=run.intervened.fused_rgb,
-        input_visible=viz.to_uint8(run.intervened.inputs["visible_y"]),
-        input_infrared=viz.to_uint8(run.intervened.inputs["infrared"]),
+        input_visible=in_vis,
+        input_infrared=in_ir,
+        inputs=viz.side_by_side([in_vis, in_ir], gap=8),
         difference=diff,
         difference_caption=diff_caption,
         levels=render_levels(run, gate_scale),

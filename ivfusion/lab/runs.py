@@ -7,14 +7,12 @@ intervention changes (`Fuser.set_pair` / `Fuser.intervene`).
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import time
 from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import numpy as np
-import torch
 
 from .. import io, viz
 from ..predictor import Fuser, FusionResult
@@ -47,8 +45,7 @@ class LabRun:
 
 def fuser_eta(fuser: Fuser) -> float:
     """eta, the gate regulariser's target mean, from the model's config."""
-    eta = getattr(fuser, "eta", None)
-    return float(eta if eta is not None else fuser.model.config.eta)
+    return fuser.eta
 
 
 def pair_key(model: str, visible: np.ndarray, infrared: np.ndarray) -> str:
@@ -62,8 +59,8 @@ def pair_key(model: str, visible: np.ndarray, infrared: np.ndarray) -> str:
 class SessionPair:
     """One session's pair and its clean pass, computed once.
 
-    fuser: the shared Fuser of the chosen model; a shallow copy is kept, so the cached pass
-    belongs to this session only. visible, infrared: the decoded uploads (sizes may differ:
+    fuser: the shared Fuser of the chosen model; a `fork` of it is kept, so the cached pass and
+    encoder features belong to this session only. visible, infrared: the decoded uploads (sizes may differ:
     the infrared image is resized to the visible size, with a notice).
     """
 
@@ -72,18 +69,9 @@ class SessionPair:
         self.key = pair_key(f"{model}|{fuser.weights_source}", visible, infrared)
         self.model = model
         self.eta = fuser_eta(fuser)
-        self.fuser = copy.copy(fuser)
+        self.fuser = fuser.fork()
         self.size_notices = size_notes(visible.shape[:2], infrared.shape[:2])[1:]
-        if hasattr(self.fuser, "set_pair"):
-            self.clean = self.fuser.set_pair(visible, infrared, resize_ir=True)
-            self._prepared = None
-        else:  # until Fuser.set_pair exists: the same, here
-            pair = self.fuser.prepare(visible, infrared, resize_ir=True)
-            vis_y, ir = pair.ycrcb[..., 0], pair.infrared
-            fused, gates = self.fuser.run(torch.from_numpy(vis_y)[None, None], torch.from_numpy(ir)[None, None])
-            ones = np.ones(pair.shape, np.float32)
-            self.clean = Fuser.build_result(pair, fused, gates, vis_y, ir, (ones, ones), "none")
-            self._prepared = pair
+        self.clean = self.fuser.set_pair(visible, infrared, resize_ir=True)
         self.seconds = time.perf_counter() - t0
 
     @property
@@ -96,13 +84,7 @@ class SessionPair:
         has_drawn = any(d is not None for d in drawn)
         m_vi, m_ir = intervention_masks(settings, h, w, drawn)
         label = settings.label(has_drawn)
-        if hasattr(self.fuser, "intervene"):
-            res = self.fuser.intervene("none", settings.seed, masks=(m_vi, m_ir))
-        else:
-            pair = self._prepared
-            vis_y, ir = pair.ycrcb[..., 0] * m_vi, pair.infrared * m_ir
-            fused, gates = self.fuser.run(torch.from_numpy(vis_y)[None, None], torch.from_numpy(ir)[None, None])
-            res = Fuser.build_result(pair, fused, gates, vis_y, ir, (m_vi, m_ir), label)
+        res = self.fuser.intervene("none", settings.seed, masks=(m_vi, m_ir))
         return replace(res, intervention=label, fused_rgb=colour_from_visible(res, self.clean.visible_rgb))
 
 
