@@ -1,5 +1,11 @@
 """Reading images and turning them into the network's inputs, and colour restoration.
 
+Every image file entering the project goes through one guarded decoder, `read_image`: the
+header is read first (`read_header`, nothing decoded) and checked against a pixel budget and a
+decoded-byte budget (`check_header`), so a small file that would decode to gigabytes is refused
+for the cost of reading its header. Arrays passed in memory are checked by `check_array`.
+Files are written with `atomic_write` (a temporary name, then a rename).
+
 Conventions: numpy images are RGB (not OpenCV's BGR), (H, W) or (H, W, C). The network sees
 luminance in [0, 1]: the visible image's Y (OpenCV YCrCb weights, computed in float from the
 8-bit image without rounding, as the reference does) and the infrared image as grey / 255.
