@@ -1,0 +1,313 @@
+"""`StabilityAnalysis`: do the invariance gates open where the model is stable under interventions?
+
+The paper's claim (METHOD.md): the invariance gate g opens where the cross-modal features stay
+stable under the interventions. The analysis runs K seeded interventions through one `Fuser`
+(the clean pass and its encoder features are reused, see `Fuser.intervene_batch`) and measures
+two things per pixel:
+
+* output instability: the RMS change of the fused luminance from the clean pass, over only
+  the runs in which that pixel was visible to the network (kept in both inputs), normalised by
+  how often it was; a pixel never visible is NaN and left out. Without this, the map of change
+  would mostly be a map of where the holes fell;
+* feature change, per gate level: the RMS change of the CFI's cross-attended features (the
+  features the gate reads) from the clean pass, per pixel of that level, over the runs in which
+  the pixel's whole footprint was visible.
+
+Each is correlated (Pearson r over the pixels where both maps are defined) with a gate map of
+the clean pass: the level-averaged gate for the output, that level's gate for the features.
+Neighbouring pixels are not independent, so the p-value comes from a block permutation test:
+square blocks of one map are shuffled against the other, which keeps the spatial
+autocorrelation inside each block. The claim predicts r < 0 (stable where the gate is open).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .interventions import MaskConfig, get_intervention
+from .levels import GATE_LEVELS, GateLevel
+from .metrics import pearson
+from .predictor import Fuser
+
+Intervention = str | Sequence[str]  # a registry name, or names whose masks multiply
+
+
+@dataclass
+class Correlation:
+    """Pearson r between an instability map and a gate map, with its block-permutation p-value.
+
+    r: over the pixels where both maps are defined (NaN if either is constant there).
+    p_value: two-sided, (1 + #{|r_perm| >= |r_obs|}) / (1 + permutations), from permuting
+        `block` x `block` tiles of the instability map (the maps cropped to whole blocks).
+    n_pixels: pixels the r is computed over. reading: one plain sentence.
+    """
+
+    r: float
+    p_value: float
+    n_pixels: int
+    block: int
+    permutations: int
+    reading: str
+
+
+@dataclass
+class LevelStability:
+    """The feature-level view at one gate level; maps are (h, w) at that level's size.
+
+    change: float32 >= 0, RMS over channels and over the runs in which the pixel was visible
+        of (cross_run - cross_clean), in feature units; NaN where never visible.
+    gate: float32 in [0, 1], the clean pass's gate at this level.
+    visible_count: int32, in how many runs the pixel's footprint was visible in both inputs.
+    """
+
+    level: GateLevel
+    change: np.ndarray
+    gate: np.ndarray
+    visible_count: np.ndarray
+    correlation: Correlation
+
+
+@dataclass
+class StabilityResult:
+    """What `StabilityAnalysis.run` returns; (H, W) maps at the prepared pair's size.
+
+    instability: float32 >= 0 in luminance units ([0, 1] scale), the RMS of
+        (F_run - F_clean) over the runs in which the pixel was visible; NaN where never visible.
+    visible_count: int32, in how many runs the pixel was visible in both inputs.
+    gate: float32 in [0, 1], the clean pass's three gates upsampled and averaged.
+    correlation: r of instability against gate. levels: the feature-level view per gate level
+        (empty when features=False). runs: the intervention name of each completed run.
+    cancelled: True when stopped early; the maps then cover the `done` completed runs.
+    """
+
+    instability: np.ndarray
+    visible_count: np.ndarray
+    gate: np.ndarray
+    correlation: Correlation
+    levels: list[LevelStability]
+    runs: list[str]
+    k: int
+    done: int
+    cancelled: bool
+    seed: int
+    visible_rgb: np.ndarray
+    seconds: float = 0.0
+    notices: list[str] = field(default_factory=list)
+
+
+class StabilityAnalysis:
+    """K seeded interventions through one Fuser, summarised per pixel (see the module docstring).
+
+    fuser: the Fuser to run (its current pair is used unless `run` gets a pair).
+    interventions: run i uses interventions[i % len(interventions)]; each entry is a registry
+        name or a list of names whose masks multiply (e.g. ["complementary", "drop-infrared"]).
+        Default: alternate complementary and random masking, the interventions of L_inv.
+    k: number of runs (1..256). seed: run i draws its masks from the seed (seed, i), so a seed
+        fixes every mask. mask_config: how masks are drawn. masks: optional hand-drawn keep
+        masks (M_visible, M_infrared) applied in every run.
+    features: also compute the feature-level view (one more pass for the clean cross features).
+    permutations: block permutations for each p-value (0: no p-value, NaN).
+    block: block side in pixels of each map; None: a tenth of the map's shorter side (>= 2).
+    batch_pixels: at most this many pixels per batched forward (bounds memory).
+    """
+
+    def __init__(self, fuser: Fuser, interventions: Sequence[Intervention] = ("complementary", "random"),
+                 k: int = 16, seed: int = 0, mask_config: MaskConfig = MaskConfig(), *,
+                 masks: tuple[np.ndarray | None, np.ndarray | None] | None = None, features: bool = True,
+                 permutations: int = 999, block: int | None = None, batch_pixels: int = 640 * 480):
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= 256:
+            raise ValueError(f"k must be a whole number from 1 to 256, got {k!r}")
+        if isinstance(interventions, str):
+            interventions = [interventions]
+        if not interventions:
+            raise ValueError("interventions must name at least one intervention")
+        for spec in interventions:  # unknown names fail here, not after some runs
+            for name in [spec] if isinstance(spec, str) else spec:
+                get_intervention(name)
+        if not 0 <= int(permutations) <= 100_000:
+            raise ValueError(f"permutations must be from 0 to 100000, got {permutations!r}")
+        self.fuser, self.interventions, self.k, self.seed = fuser, list(interventions), int(k), int(seed)
+        self.mask_config, self.masks, self.features = mask_config, masks, features
+        self.permutations, self.block, self.batch_pixels = int(permutations), block, batch_pixels
+
+    def run(self, visible: np.ndarray | None = None, infrared: np.ndarray | None = None, *, resize_ir: bool = False,
+            progress: Callable[[int, int], None] | None = None, cancel=None) -> StabilityResult:
+        """Run the analysis on (visible, infrared), or on the fuser's current pair if None.
+
+        progress(done, k) is called after each completed run. cancel: a threading.Event or a
+        callable returning True to stop; checked before each batch of runs, so a cancelled
+        analysis returns the runs done so far, marked cancelled.
+        """
+        t0 = time.perf_counter()
+        fuser = self.fuser
+        if visible is not None or infrared is not None:
+            if visible is None or infrared is None:
+                raise ValueError("give both visible and infrared, or neither (to use the fuser's current pair)")
+            fuser.set_pair(visible, infrared, resize_ir=resize_ir)
+        elif fuser.pair is None:
+            raise RuntimeError("no pair: pass visible and infrared, or call fuser.set_pair first")
+        clean, pair = fuser.clean, fuser.pair
+        h, w = pair.shape
+        is_cancelled = _cancel_check(cancel)
+        per_batch = max(1, self.batch_pixels // (h * w))
+        names: list[str] = []
+
+        clean_fused = torch.from_numpy(clean.fused_y).double()
+        out_sq, out_n = torch.zeros(h, w, dtype=torch.float64), torch.zeros(h, w, dtype=torch.float64)
+        clean_cross, feat_sq, feat_n = None, [], []
+        if self.features:
+            first = next(fuser.intervene_batch([(None, None)], return_cross=True))
+            clean_cross = [c[0].double() for c in first.cross]
+            feat_sq = [torch.zeros(c.shape[-2:], dtype=torch.float64) for c in clean_cross]
+            feat_n = [torch.zeros_like(s) for s in feat_sq]
+        done, cancelled = 0, False
+        while done < self.k:
+            if is_cancelled():
+                cancelled = True
+                break
+            plan = []  # masks drawn per batch: K mask pairs at once could be large
+            for i in range(done, min(self.k, done + per_batch)):
+                spec = self.interventions[i % len(self.interventions)]
+                m, name = fuser.sample_masks(spec, [self.seed, i], masks=self.masks, mask_config=self.mask_config)
+                plan.append(m)
+                names.append(name)
+            out = next(fuser.intervene_batch(plan, batch_pixels=len(plan) * h * w, return_cross=self.features))
+            for j, (m_vi, m_ir) in enumerate(out.masks):
+                visible_px = torch.from_numpy((m_vi >= 1) & (m_ir >= 1)).double()
+                out_sq += visible_px * (out.fused[j, 0].double() - clean_fused) ** 2
+                out_n += visible_px
+                if self.features:
+                    for lv, level in enumerate(GATE_LEVELS):
+                        c = out.cross[lv][j].double()
+                        vis_l = _footprint_visible(visible_px, level, c.shape[-2:])
+                        d2 = ((c - clean_cross[lv]) ** 2).mean(0)
+                        feat_sq[lv] += vis_l * d2
+                        feat_n[lv] += vis_l
+                done += 1
+                if progress is not None:
+                    progress(done, self.k)
+
+        notices = [n[0].upper() + n[1:] + "." for n in pair.notices]
+        instability = _rms(out_sq, out_n)
+        gate = clean.gates_full.mean(0).astype(np.float32)
+        if done and not (out_n > 0).any():
+            notices.append("No pixel was visible in both inputs in any run (a modality is dropped or hidden in every "
+                           "run), so the output instability is undefined.")
+        if cancelled:
+            notices.append(f"Cancelled after {done} of {self.k} runs; the maps cover the runs done.")
+        rng_seed = [self.seed, 10_000]
+        correlation = self.correlate(instability, gate, "the fused output changes", rng_seed)
+        levels = []
+        if self.features:
+            for lv, level in enumerate(GATE_LEVELS):
+                change = _rms(feat_sq[lv], feat_n[lv])
+                g = clean.gates[level.index].astype(np.float32)
+                corr = self.correlate(change, g, f"the {level.label} cross-attended features change",
+                                      [self.seed, lv])
+                levels.append(LevelStability(level, change, g, feat_n[lv].numpy().astype(np.int32), corr))
+        return StabilityResult(instability, out_n.numpy().astype(np.int32), gate, correlation, levels, names,
+                               self.k, done, cancelled, self.seed, pair.visible_rgb, time.perf_counter() - t0, notices)
+
+    def correlate(self, instability: np.ndarray, gate: np.ndarray, what: str, seed) -> Correlation:
+        """r, block-permutation p-value and a plain reading, for one map against one gate map."""
+        block = self.block or max(2, min(instability.shape) // 10)
+        valid = np.isfinite(instability) & np.isfinite(gate)
+        n = int(valid.sum())
+        r = pearson(instability[valid], gate[valid]) if n >= 3 else float("nan")
+        p = block_permutation_p(instability, gate, block, self.permutations, seed) if math.isfinite(r) else float("nan")
+        return Correlation(r, p, n, block, self.permutations, reading(r, p, what))
+
+
+def block_permutation_p(x: np.ndarray, y: np.ndarray, block: int, permutations: int, seed=0) -> float:
+    """Two-sided p-value of Pearson r(x, y) under shuffling `block` x `block` tiles of x
+    against y (NaN pixels left out of each pairing). The maps are cropped to whole blocks;
+    the observed r is recomputed on the crop. NaN with fewer than 4 blocks or no permutations.
+
+    Each permuted r comes from per-block-pair sums (one matrix product each), so a thousand
+    permutations cost a few gathers of (blocks,) arrays.
+    """
+    nby, nbx = x.shape[0] // block, x.shape[1] // block
+    nb = nby * nbx
+    if permutations <= 0 or nb < 4:
+        return float("nan")
+
+    def tiles(a):
+        a = np.asarray(a, np.float64)[: nby * block, : nbx * block]
+        return a.reshape(nby, block, nbx, block).transpose(0, 2, 1, 3).reshape(nb, block * block)
+
+    xb, yb = tiles(x), tiles(y)
+    vx, vy = np.isfinite(xb), np.isfinite(yb)
+    if not (vx & vy).any():
+        return float("nan")
+    xb = np.where(vx, xb - np.nanmean(xb), 0.0)  # centred: less cancellation in the sums below
+    yb = np.where(vy, yb - np.nanmean(yb), 0.0)
+    vx, vy = vx.astype(np.float64), vy.astype(np.float64)
+    # S[i, j]: sums over pixels of x's tile i paired with y's tile j, where both are defined
+    n, sx, sxx = vx @ vy.T, xb @ vy.T, (xb * xb) @ vy.T
+    sy, syy, sxy = vx @ yb.T, vx @ (yb * yb).T, xb @ yb.T
+    rng = np.random.default_rng(seed)
+    perms = np.vstack([np.arange(nb), np.argsort(rng.random((permutations, nb)), axis=1)])
+    cols = np.arange(nb)
+
+    def r_of(idx):
+        g = lambda m: m[idx, cols].sum(-1)
+        nn, a, b = g(n), g(sx), g(sy)
+        cov = nn * g(sxy) - a * b
+        den = np.sqrt(np.clip(nn * g(sxx) - a * a, 0, None) * np.clip(nn * g(syy) - b * b, 0, None))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(den > 0, cov / np.where(den > 0, den, 1), np.nan)
+
+    rs = r_of(perms)
+    r_obs, null = rs[0], rs[1:]
+    if not math.isfinite(r_obs):
+        return float("nan")
+    null = null[np.isfinite(null)]
+    return float((1 + np.sum(np.abs(null) >= abs(r_obs) - 1e-12)) / (1 + null.size))
+
+
+def reading(r: float, p: float, what: str) -> str:
+    """One plain sentence on r and its p-value; `what` is the subject and verb, e.g.
+    "the fused output changes"."""
+    if not math.isfinite(r):
+        return ("Undefined: the change map or the gate is constant over the pixels that stayed visible (or no pixel "
+                "stayed visible), so there is nothing to correlate.")
+    strength = "weak" if abs(r) < 0.3 else ("moderate" if abs(r) < 0.6 else "strong")
+    ptxt = f"p = {p:.3f}" if math.isfinite(p) else "no p-value"
+    if not (math.isfinite(p) and p < 0.05):
+        return (f"r = {r:+.2f} ({ptxt}): no clear relation between where the gate opens and how much {what} "
+                "under the interventions; on this image the data neither support nor refute the paper's claim.")
+    if r < 0:
+        return (f"r = {r:+.2f} ({ptxt}), a {strength} negative relation: where the gate is more open, {what} "
+                "less under the interventions, as the paper's claim predicts.")
+    return (f"r = {r:+.2f} ({ptxt}), a {strength} positive relation: where the gate is more open, {what} "
+            "more under the interventions, the opposite of what the paper's claim predicts.")
+
+
+def _rms(sq: torch.Tensor, count: torch.Tensor) -> np.ndarray:
+    out = torch.where(count > 0, sq / count.clamp_min(1), torch.full_like(sq, float("nan"))).sqrt()
+    return out.float().numpy()
+
+
+def _footprint_visible(visible: torch.Tensor, level: GateLevel, size) -> torch.Tensor:
+    """1 where a level pixel's whole footprint (the input pixels pooled into it) is visible."""
+    s = round(1 / level.scale)
+    if s <= 1:
+        return visible
+    hidden = F.max_pool2d((1 - visible)[None, None], s)[0, 0]  # floors as the encoder's pooling does
+    return 1 - hidden[: size[0], : size[1]]
+
+
+def _cancel_check(cancel) -> Callable[[], bool]:
+    if cancel is None:
+        return lambda: False
+    if hasattr(cancel, "is_set"):
+        return cancel.is_set
+    if callable(cancel):
+        return lambda: bool(cancel())
+    raise TypeError(f"cancel must be a threading.Event or a callable returning bool, got {type(cancel).__name__}")
