@@ -101,9 +101,17 @@ class AppServer:
         self._log.flush()
         return self.log_path.read_text(errors="replace")[-n:]
 
-    def tracebacks(self) -> int:
+    def tracebacks(self) -> list[str]:
+        """The exception lines of the tracebacks in the server's log, less gr.Error: those are
+        user errors shown as a toast, which Gradio also prints unless print_exception=False."""
         self._log.flush()
-        return self.log_path.read_text(errors="replace").count("Traceback (most recent call last)")
+        out = []
+        for chunk in self.log_path.read_text(errors="replace").split("Traceback (most recent call last)")[1:]:
+            lines = [ln for ln in chunk.splitlines() if ln.strip(" :") and not ln.startswith((" ", "\t", "^"))]
+            last = lines[0] if lines else "?"
+            if not last.startswith("gradio.exceptions.Error"):
+                out.append(last)
+        return out
 
     def rss(self) -> float:
         return proc_mib(self.pid, "VmRSS")
