@@ -1,12 +1,11 @@
-"""Pairs on disk: the one `find_pairs` (discovery) and the one `load_pair` (reading), and the
-training set built on them (`PairDataset`: registered pairs, randomly cropped)."""
+"""Pairs on disk: the one `find_pairs` (discovery) and the one `load_pair` (reading). The
+training set built on them is `ivfusion.train.dataset.PairDataset`."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from . import io
 
@@ -99,43 +98,3 @@ def load_pair(ir_path: str | os.PathLike, vi_path: str | os.PathLike, form: str 
         ir, _ = io.infrared_to_grey(ir)
         vis = np.ascontiguousarray(io.visible_to_ycrcb(vis)[..., 0])
     return vis, ir
-
-
-class PairDataset(torch.utils.data.Dataset):
-    """All pairs of the given folders, held in memory as float32 luminance.
-
-    `sample(index, epoch)` returns a (2, crop, crop) float32 array [visible Y, IR]: one random
-    crop at the SAME offset in both modalities (the reference code crops them independently,
-    which misaligns the pair), then a random flip and rot90. The randomness is a function of
-    (seed, epoch, index) alone, so a resumed run sees exactly the crops it would have seen.
-    """
-
-    def __init__(self, folders: list[str], crop: int, seed: int = 0):
-        self.crop, self.seed = crop, seed
-        self.items = []
-        for folder in folders:
-            for stem, ir_path, vi_path in find_pairs(folder):
-                y, ir = load_pair(ir_path, vi_path)
-                if min(y.shape) < crop:
-                    raise ValueError(f"{vi_path}: {y.shape} is smaller than the crop {crop}")
-                self.items.append((np.stack([y, ir]), f"{Path(folder).name}/{stem}"))
-        if not self.items:
-            raise ValueError(f"no pairs found in {folders}")
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def sample(self, index: int, epoch: int) -> np.ndarray:
-        rng = np.random.default_rng([self.seed, epoch, index])
-        img = self.items[index][0]
-        _, h, w = img.shape
-        y = int(rng.integers(0, h - self.crop + 1))
-        x = int(rng.integers(0, w - self.crop + 1))
-        out = img[:, y : y + self.crop, x : x + self.crop]
-        if rng.random() < 0.5:
-            out = out[:, :, ::-1]
-        out = np.rot90(out, k=int(rng.integers(0, 4)), axes=(1, 2))
-        return np.ascontiguousarray(out)
-
-    def __getitem__(self, index: int) -> np.ndarray:
-        return self.sample(index, 0)

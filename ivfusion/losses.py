@@ -53,7 +53,7 @@ def gate_regulariser(g_bar: Tensor, eta: float = 0.3) -> Tensor:
     return ((g.mean(1) - eta).abs() - entropy).mean()
 
 
-REGULARISERS = ("aggregated", "per-level")
+REGULARISERS = ("aggregated", "per-level", "area-only")
 
 
 def intervention_loss(
@@ -70,7 +70,8 @@ def intervention_loss(
     changes where the gate is open (claims stability) is penalised.
     regulariser: "aggregated" (the authors' code): R(G_bar_d); "per-level": the mean over the
     three levels of R(G_d^level) at each level's own size, so no level can stay flat behind
-    the average.
+    the average; "area-only": |mean(G_bar_d) - eta| without the entropy term, which (see
+    gate_regulariser) is what rewards a flat gate.
     """
     if regulariser not in REGULARISERS:
         raise ValueError(f"unknown regulariser {regulariser!r}; accepted: {', '.join(REGULARISERS)}")
@@ -79,6 +80,8 @@ def intervention_loss(
         g_bar = mean_gate(gates, fused.shape[-2:])
         if regulariser == "aggregated":
             reg = gate_regulariser(g_bar, eta)
+        elif regulariser == "area-only":
+            reg = (g_bar.flatten(1).mean(1) - eta).abs().mean()
         else:
             reg = torch.stack([gate_regulariser(g, eta) for g in gates]).mean()
         terms.append(((f_d - fused).abs() * g_bar).mean() + reg)

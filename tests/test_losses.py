@@ -76,7 +76,9 @@ def test_aggregated_and_per_level_regularisers_differ_by_hand():
     per = losses.intervention_loss(f, [f], [g], eta=0.3, regulariser="per-level").item()
     assert agg == pytest.approx(-h(0.3), abs=1e-5)
     assert per == pytest.approx((0.2 - h(0.1) - h(0.3) + 0.2 - h(0.5)) / 3, abs=1e-5)
-    with pytest.raises(ValueError, match="accepted: aggregated, per-level"):
+    area = losses.intervention_loss(f, [f], [levels(0.2, 0.2, 0.2)], eta=0.3, regulariser="area-only").item()
+    assert area == pytest.approx(0.1, abs=1e-6)  # |0.2 - 0.3|, no entropy
+    with pytest.raises(ValueError, match="accepted: aggregated, per-level, area-only"):
         losses.intervention_loss(f, [f], [g], regulariser="mean")
 
 

@@ -243,6 +243,7 @@ def test_defaults_are_the_authors_recipe_and_flags_reach_nested_fields(tmp_path)
     (["--lr-schedule", "linear"], "--lr-schedule 'linear' is unknown; accepted: constant, cosine"),
     (["--val", ""], "--val: empty"),
     (["--passes", "three"], "accepted: separate, pooled"),
+    (["--regulariser", "none"], "accepted: aggregated, per-level, area-only"),
     (["--masks.style", "square"], "unknown mask style 'square'; accepted: disjoint, paper"),
     (["--model.r", "0"], "r"),
     (["--data", "/nonexistent/folder"], "/nonexistent/folder"),

@@ -2,13 +2,16 @@
 one factor changed per run, then one table of gate structure and fusion scores.
 
     nice -n 10 python tools/ablation.py run [--only NAME ...] [--steps 60]   # trains (minutes each)
+    nice -n 10 python tools/ablation.py recal [--only NAME ...]            # + clean BN recalibration
     python tools/ablation.py table                                          # reprints the table
 
 Every run starts from the v2 weights (assets/weights/isfuse-ivfusion), trains on
-roadscene/train and validates on the first 8 pairs of msrs/train (another sensor and scene
+roadscene/train and validates on the first 6 pairs of msrs/train (another sensor and scene
 set: the cross-dataset proxy), all in runs/ablation/NAME. The table reads each run's last
 validation record from its log.jsonl: per gate level the spatial std and the 1st-99th
-percentile span (eval mode, full-size pairs), then Qabf and VIF.
+percentile span (eval mode, full-size pairs), then Qabf and VIF. "+ recal" rows are the same
+weights after ivfusion.train.recalibrate.recalibrate_bn (BN statistics re-estimated on 40
+batches of 16 clean 128x128 roadscene/train crops, seed 0; nothing else changes).
 """
 from __future__ import annotations
 
@@ -18,8 +21,8 @@ import sys
 from pathlib import Path
 
 OUT = Path("runs/ablation")
-BASE = ["--data", "../shared/data/roadscene/train", "--val", "../shared/data/msrs/train", "--val-pairs", "8",
-        "--init", "assets/weights/isfuse-ivfusion", "--crop", "64", "--batch-size", "8", "--threads", "1",
+BASE = ["--data", "../shared/data/roadscene/train", "--val", "../shared/data/msrs/train", "--val-pairs", "6",
+        "--init", "assets/weights/isfuse-ivfusion", "--crop", "64", "--batch-size", "4", "--threads", "1",
         "--workers", "0", "--log-every", "5", "--seed", "0"]
 # name: (what changes, extra flags). "faithful" is the authors' recipe at CPU scale.
 RUNS = {
@@ -27,9 +30,10 @@ RUNS = {
     "pooled-bn": ("one pooled forward (BN statistics shared by the five variants)", ["--passes", "pooled"]),
     "disjoint-masks": ("squares placed apart, area capped (v1/v2's sampler)", ["--masks.style", "disjoint"]),
     "per-level-R": ("R on each level's gate, not on their mean", ["--regulariser", "per-level"]),
-    "crop-128": ("crop 128 (batch 2, same pixels per step)", ["--crop", "128", "--batch-size", "2"]),
+    "crop-32": ("crop 32 (batch 16, same pixels per step)", ["--crop", "32", "--batch-size", "16"]),
     "lr-1e-3": ("lr 1e-3", ["--lr", "1e-3"]),
     "no-L_inv": ("alpha = 0: no L_inv at all (what L_f alone does to the gates)", ["--alpha", "0"]),
+    "area-only-R": ("R without its entropy term (|mean - eta| only)", ["--regulariser", "area-only"]),
 }
 LEVELS = ("coarse", "mid", "fine")
 
@@ -48,16 +52,42 @@ def run(names: list[str], steps: int) -> None:
         print(json.dumps(main(cfg)), flush=True)
 
 
+def _val_pairs():
+    from ivfusion.data import find_pairs, load_pair
+
+    return [load_pair(ir, vi) for _, ir, vi in find_pairs("../shared/data/msrs/train")[:6]]
+
+
 def baseline_row() -> dict:
     """The init itself (v2), validated the same way, so every run can be read against it."""
-    from ivfusion.data import find_pairs, load_pair
+    import torch
+
     from ivfusion.hub import load_model
     from ivfusion.train.loop import validate
 
+    return validate(load_model("assets/weights/isfuse-ivfusion"), _val_pairs(), torch.device("cpu"), 1.0)
+
+
+def recal(names: list[str]) -> None:
+    """Clean-BN recalibration of the init and of each finished run, validated like the runs."""
     import torch
 
-    pairs = [load_pair(ir, vi) for _, ir, vi in find_pairs("../shared/data/msrs/train")[:8]]
-    return validate(load_model("assets/weights/isfuse-ivfusion"), pairs, torch.device("cpu"), 1.0)
+    from ivfusion.hub import load_model
+    from ivfusion.train.dataset import PairDataset
+    from ivfusion.train.loop import validate
+    from ivfusion.train.recalibrate import recalibrate_bn
+
+    torch.set_num_threads(1)
+    data = PairDataset(["../shared/data/roadscene/train"], 128, seed=0)
+    pairs = _val_pairs()
+    for name in ["init"] + names:
+        spec = "assets/weights/isfuse-ivfusion" if name == "init" else OUT / name / "last"
+        if name != "init" and not (OUT / name / "last").is_dir():
+            continue
+        model = recalibrate_bn(load_model(spec), data, batches=40, batch_size=16, seed=0)
+        (OUT / name).mkdir(parents=True, exist_ok=True)
+        (OUT / name / "recal.json").write_text(json.dumps(validate(model, pairs, torch.device("cpu"), 1.0)))
+        print(f"recalibrated {name}", flush=True)
 
 
 def table() -> str:
@@ -70,6 +100,12 @@ def table() -> str:
         cache.write_text(json.dumps(baseline_row()))
     init = json.loads(cache.read_text())
     lines.append("| init (v2) | no training | 0 | " + " | ".join(f"{init[c]:.3f}" for c in cols) + " |")
+    rows = []
+    for name, (what, _) in [("init", ("v2, no training", None))] + list(RUNS.items()):
+        r = OUT / name / "recal.json"
+        if r.is_file():
+            v = json.loads(r.read_text())
+            rows.append(f"| {name} + recal | {what}; clean BN statistics | | " + " | ".join(f"{v[c]:.3f}" for c in cols) + " |")
     for name, (what, _) in RUNS.items():
         log = OUT / name / "log.jsonl"
         if not log.is_file():
@@ -80,17 +116,19 @@ def table() -> str:
             continue
         v = val[-1]
         lines.append(f"| {name} | {what} | {v['step']} | " + " | ".join(f"{v[c]:.3f}" for c in cols) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines + rows)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["run", "table"])
+    p.add_argument("what", choices=["run", "recal", "table"])
     p.add_argument("--only", nargs="+", choices=list(RUNS), help="these runs only")
-    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--steps", type=int, default=40)
     args = p.parse_args(argv)
     if args.what == "run":
         run(args.only or list(RUNS), args.steps)
+    if args.what == "recal":
+        recal(args.only or list(RUNS))
     print(table())
     return 0
 

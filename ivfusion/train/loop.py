@@ -59,12 +59,13 @@ def main(cfg: TrainConfig, echo=print) -> dict:
     out = Path(cfg.out)
 
     # ---- data ----------------------------------------------------------------------------
-    dataset = PairDataset(cfg.data, cfg.crop, cfg.seed, cfg.masks)
+    try:  # the data's own errors (no pairs, unreadable or unregistered files) name the problem
+        dataset = PairDataset(cfg.data, cfg.crop, cfg.seed, cfg.masks)
+        val_set = [load_pair(ir, vi) for _, ir, vi in find_pairs(cfg.val)[: cfg.val_pairs]] if cfg.val else []
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     if master and dataset.skipped:
         echo(f"{len(dataset.skipped)} pairs smaller than {cfg.crop}x{cfg.crop} left out; training on {len(dataset)}")
-    val_set = [load_pair(ir, vi) for _, ir, vi in find_pairs(cfg.val)[: cfg.val_pairs]] if cfg.val else []
-    if cfg.val and not val_set:
-        raise ConfigError(f"--val {cfg.val}: no pairs in it")
 
     # ---- model and optimiser, or the state of an interrupted run --------------------------
     model = ISFuse(cfg.model).to(device)
