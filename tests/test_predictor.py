@@ -1,8 +1,14 @@
-"""The Fuser facade on real pairs: outputs, interventions, seeds, and bad input."""
+"""The Fuser facade on real pairs: outputs, interventions, seeds, feature reuse and bad input."""
 import numpy as np
 import pytest
+import torch
 
-from ivfusion import INTERVENTIONS, Fuser, FusionResult, ImageError, MaskConfig
+from ivfusion import Fuser, FusionResult, ImageError, MaskConfig
+from ivfusion.interventions import INTERVENTIONS
+
+from .helpers import encoder_calls, plain_forward
+
+FP32_TOL = 1e-5  # fast vs reference forward deviate by ~2e-6 (test_fast.py)
 
 
 @pytest.fixture(scope="module")
@@ -38,17 +44,44 @@ def test_colour_restoration_keeps_visible_chroma(fuser, pairs):
 
 
 @pytest.mark.parametrize("kind", INTERVENTIONS)
-def test_inputs_are_what_the_network_saw(fuser, pairs, kind):
+def test_inputs_and_masks_follow_the_intervention(fuser, pairs, kind):
     _, vis, ir = pairs[2]
     r = fuser.fuse(vis, ir, kind, seed=3)
     clean = fuser.prepare(vis, ir)
     m_vi, m_ir = r.masks
-    np.testing.assert_array_equal(r.inputs["visible_y"], clean.ycrcb[..., 0] * m_vi)
-    np.testing.assert_array_equal(r.inputs["infrared"], clean.infrared * m_ir)
-    if kind == "drop-vis":
-        assert r.inputs["visible_y"].max() == 0
+    assert r.intervention == kind
+    for m in (m_vi, m_ir):
+        assert m.shape == clean.shape and m.dtype == np.float32 and set(np.unique(m)) <= {0.0, 1.0}
+    hidden_vi, hidden_ir = m_vi == 0, m_ir == 0
+    expected_hidden = {  # which modality loses pixels, and whether the two masks coincide
+        "none": (False, False), "complementary": (True, True), "random": (True, True),
+        "drop-visible": (True, False), "drop-infrared": (False, True),
+    }[kind]
+    assert (hidden_vi.any(), hidden_ir.any()) == expected_hidden
     if kind == "complementary":
-        assert not np.any((m_vi == 0) & (m_ir == 0)) and (m_vi == 0).any()
+        assert not (hidden_vi & hidden_ir).any()
+    if kind == "random":
+        assert np.array_equal(hidden_vi, hidden_ir)
+    if kind.startswith("drop-"):
+        assert (hidden_vi if kind == "drop-visible" else hidden_ir).all()
+    if kind in ("complementary", "random"):
+        assert (hidden_vi | hidden_ir).mean() <= MaskConfig().max_fraction
+    # the inputs are the clean inputs, zero exactly where hidden
+    for name, src, hidden in (("visible_y", clean.visible_y, hidden_vi), ("infrared", clean.infrared, hidden_ir)):
+        assert (r.inputs[name][hidden] == 0).all()
+        np.testing.assert_array_equal(r.inputs[name][~hidden], src[~hidden])
+
+
+def test_deprecated_alias_and_combined_interventions(fuser, pairs):
+    _, vis, ir = pairs[2]
+    fuser.set_pair(vis, ir)
+    assert fuser.intervene("drop-ir").intervention == "drop-infrared"
+    both = fuser.intervene(["complementary", "drop-infrared"], seed=5)
+    assert both.intervention == "complementary+drop-infrared"
+    assert both.masks[1].max() == 0 and (both.masks[0] == 0).any()
+    # the visible mask is the complementary draw of the same seed: masks multiply in order
+    alone = fuser.intervene("complementary", seed=5)
+    np.testing.assert_array_equal(both.masks[0], alone.masks[0])
 
 
 def test_a_seed_fixes_the_result_and_changes_with_it(fuser, pairs):
@@ -60,11 +93,22 @@ def test_a_seed_fixes_the_result_and_changes_with_it(fuser, pairs):
     assert not np.array_equal(a.masks[0], c.masks[0])
 
 
-def test_intervention_changes_the_output_where_masked(fuser, pairs):
+def test_intervention_changes_the_output_where_masked(pairs):
+    from ivfusion.hub import DEFAULT_WEIGHTS
+
+    fuser = Fuser(str(DEFAULT_WEIGHTS), device="cpu", max_side=None)
     _, vis, ir = pairs[1]
-    clean = fuser.fuse(vis, ir)
-    dropped = fuser.fuse(vis, ir, "drop-ir")
-    assert np.abs(clean.fused_y - dropped.fused_y).mean() > 1e-4
+    clean = fuser.set_pair(vis, ir)
+    h, w = clean.fused_y.shape
+    keep = np.ones((h, w), np.float32)
+    y0, x0 = h // 2 - 24, w // 2 - 24
+    keep[y0:y0 + 48, x0:x0 + 48] = 0  # hide a 48x48 square of the infrared image
+    diff = np.abs(fuser.intervene("none", masks=(None, keep)).fused_y - clean.fused_y)
+    inside = diff[y0:y0 + 48, x0:x0 + 48].mean()
+    far = np.ones((h, w), bool)
+    far[max(0, y0 - 64):y0 + 112, max(0, x0 - 64):x0 + 112] = False  # 64 px away and more
+    assert inside > 0
+    assert inside > diff[far].mean()
 
 
 def test_hand_drawn_masks_are_applied(fuser, pairs):
@@ -117,7 +161,7 @@ def test_bad_input_is_named(fuser, vis, ir, message):
 
 def test_unknown_intervention_is_named(fuser, pairs):
     _, vis, ir = pairs[0]
-    with pytest.raises(ValueError, match="accepted: none, complementary, random, drop-vis, drop-ir"):
+    with pytest.raises(ValueError, match="accepted: none, complementary, random, drop-visible, drop-infrared"):
         fuser.fuse(vis, ir, "blur")
 
 
@@ -128,3 +172,81 @@ def test_sixteen_bit_pair(fuser, pairs):
     assert any("16-bit" in n for n in r16.notices)
     # same pixels up to the 8-bit rounding of the 8-bit pair's downscaling
     assert np.abs(r8.inputs["visible_y"] - r16.inputs["visible_y"]).max() < 1 / 255
+
+
+# ---------------------------------------------------------------- set_pair / intervene
+
+
+@pytest.fixture(scope="module")
+def crops(pairs):
+    """A native-size real pair (496x301) and an odd-sized crop of another (131x97)."""
+    _, vis, ir = pairs[0]
+    _, vis2, ir2 = pairs[1]
+    return [(vis, ir), (vis2[41:138, 17:148], ir2[41:138, 17:148])]
+
+
+@pytest.mark.parametrize("path", ["reference", "fast"])
+@pytest.mark.parametrize("intervention", [*INTERVENTIONS, ["complementary", "drop-infrared"], ["random", "drop-visible"]])
+def test_intervene_equals_a_full_forward_of_the_intervened_inputs(untrained, crops, path, intervention):
+    fuser = Fuser(untrained, device="cpu", max_side=None, path=path)
+    for seed, (vis, ir) in enumerate(crops):
+        fuser.set_pair(vis, ir)
+        r = fuser.intervene(intervention, seed=seed)
+        fused, gates = plain_forward(untrained, r.inputs["visible_y"], r.inputs["infrared"])
+        assert np.abs(r.fused_y - fused).max() < FP32_TOL
+        assert max(np.abs(a - b).max() for a, b in zip(r.gates, gates)) < FP32_TOL
+
+
+def test_reuse_skips_encoder_work(untrained, crops):
+    fuser = Fuser(untrained, device="cpu", max_side=None)
+    vis, ir = crops[0]
+    with encoder_calls(fuser.net) as seen:
+        clean = fuser.set_pair(vis, ir)
+    h, w = clean.fused_y.shape
+    assert seen == {"vi": [(h, w)], "ir": [(h, w)]}
+    with encoder_calls(fuser.net) as seen:
+        fuser.set_pair(vis, ir)  # the same pair again: nothing runs
+        fuser.intervene("none")
+    assert seen == {"vi": [], "ir": []}
+    with encoder_calls(fuser.net) as seen:
+        fuser.intervene("drop-infrared", seed=0)
+    assert seen == {"vi": [], "ir": [(h, w)]}  # visible reused; the zero image encoded once
+    with encoder_calls(fuser.net) as seen:
+        fuser.intervene("drop-infrared", seed=1)
+        fuser.intervene("drop-visible")
+    assert seen["ir"] == [] and seen["vi"] == [(h, w)]  # zero features of this size are cached
+    with encoder_calls(fuser.net) as seen:
+        r = fuser.intervene("complementary", seed=2)
+    # partly hidden inputs: the encoders run on crops around the holes only
+    for m in ("vi", "ir"):
+        assert seen[m] and all(ch < h or cw < w for ch, cw in seen[m])
+        assert sum(ch * cw for ch, cw in seen[m]) < h * w
+    assert (r.masks[0] == 0).any() and (r.masks[1] == 0).any()
+
+
+def test_intervene_batch_matches_intervene(untrained, crops):
+    fuser = Fuser(untrained, device="cpu", max_side=None)
+    vis, ir = crops[1]
+    fuser.set_pair(vis, ir)
+    singles = [fuser.intervene(kind, seed=4) for kind in ("complementary", "drop-visible", "random")]
+    masks = [r.masks for r in singles] + [(None, None)]
+    outs = list(fuser.intervene_batch(masks, batch_pixels=2 * 97 * 131, return_cross=True))
+    assert [o.start for o in outs] == [0, 2] and [len(o.masks) for o in outs] == [2, 2]
+    fused = torch.cat([o.fused for o in outs])
+    for k, r in enumerate(singles):
+        assert (fused[k, 0].numpy() - r.fused_y).__abs__().max() < FP32_TOL
+    assert (fused[3, 0].numpy() - fuser.clean.fused_y).__abs__().max() < FP32_TOL
+    assert [c.shape[-2:] for c in outs[0].cross] == [g.shape for g in fuser.clean.gates]
+
+
+def test_predictor_state_eta_and_fork(untrained, crops):
+    fuser = Fuser(untrained, device="cpu", max_side=None)
+    assert fuser.eta == untrained.config.eta
+    with pytest.raises(RuntimeError, match="set_pair"):
+        fuser.intervene("random")
+    vis, ir = crops[1]
+    fuser.set_pair(vis, ir)
+    other = fuser.fork()
+    assert other.net is fuser.net and other.pair is None and fuser.pair is not None
+    other.set_pair(*crops[0])
+    assert fuser.pair.shape == (97, 131) and other.pair.shape == (301, 496)

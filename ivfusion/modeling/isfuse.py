@@ -55,13 +55,13 @@ class ISFuse(
             )
 
     def forward(self, vis_y: Tensor, ir: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
-        check_inputs(vis_y, ir)
         return self.fuse_features(*self.encode(vis_y, ir))
 
     def encode(self, vis_y: Tensor, ir: Tensor) -> tuple[list[Tensor], list[Tensor]]:
         """The two encoders' features (f_vi, f_ir), each a list of three (B, C, h, w) maps at
         H, H/2 and H/4 (floored), finest first. Each encoder sees only its own modality, so a
-        caller that changes one input may reuse the other's features."""
+        caller that changes one input may reuse the other's features. Inputs as for `forward`."""
+        check_inputs(vis_y, ir)
         return self.encoder_vi(vis_y), self.encoder_ir(ir)
 
     def fuse_features(
