@@ -12,10 +12,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ivfusion.fast import (BOUND, FastConv, FastISFuse, build_fast, fold_bn, make_net, max_deviation,
-                           read_pair, real_pairs, resolve_path, synthetic_model)
+from ivfusion.bench.deviation import max_deviation, pair_tensors, synthetic_model
+from ivfusion.fast import BOUND, FastConv, FastISFuse, build_fast, fold_bn, make_net, resolve_path
 from ivfusion.modeling import ISFuse
-from ivfusion.modeling.blocks import ConvBNAct
+from ivfusion.modeling.blocks import ConvBNAct, double_conv
+from ivfusion.modeling.cfi import GatedMix, PooledCrossAttention
 from ivfusion.predictor import Fuser
 
 FP32_TOL = 1e-5
@@ -45,7 +46,7 @@ def fast(model):
 @pytest.fixture(scope="module")
 def pairs(shared_dir):
     """Two RoadScene test pairs at native sizes (496x301 and 505x351: odd heights)."""
-    rs = real_pairs(shared_dir / "data" / "roadscene" / "test", limit=2)
+    rs = pair_tensors(shared_dir / "data" / "roadscene" / "test", limit=2)
     assert [tuple(v.shape[-2:]) for _, v, _ in rs] == [(301, 496), (351, 505)]
     return rs
 
@@ -105,30 +106,63 @@ def test_bf16_path_within_bound(model, pairs):
     assert bf16.path == "fast-bf16"
 
 
-def test_batch_consistency_and_dedup(model, fast, pairs):
+def test_batch_consistency(model, fast, pairs):
     _, vis, ir = pairs[0]
     vis, ir = vis[..., :96, :128], ir[..., :96, :128]
     torch.manual_seed(1)
     mask = (torch.rand_like(ir) > 0.3).float()
-    # clean, IR masked, IR dropped, a different pair: the visible image repeats three times
     _, vis2, ir2 = pairs[1]
     vb = torch.cat([vis, vis, vis, vis2[..., :96, :128]])
     ib = torch.cat([ir, ir * mask, torch.zeros_like(ir), ir2[..., :96, :128]])
-    seen = []
-    hook = fast.encoder_vi.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[0]))
-    try:
-        with torch.inference_mode():
-            fb, gb = fast(vb, ib)
-    finally:
-        hook.remove()
-    assert seen == [2]  # four visible inputs, two distinct: encoded once each
     with torch.inference_mode():
+        fb, gb = fast(vb, ib)
         for k in range(4):
             f1, g1 = model(vb[k:k + 1], ib[k:k + 1])
             assert (fb[k:k + 1] - f1).abs().max() < FP32_TOL
             assert max((a[k:k + 1] - b).abs().max() for a, b in zip(gb, g1)) < FP32_TOL
-        no_dedup = FastISFuse(model, dedup=False)
-        assert (no_dedup(vb, ib)[0] - fb).abs().max() < 1e-6
+
+
+def test_fast_net_is_derived_by_swapping(model, fast):
+    """No reference module with a fast form is left, the reference wiring (Encoder, CFI,
+    Decoder, ISFuse) is kept, and the weights are copies: the reference is untouched."""
+    kinds = {type(m).__name__ for m in fast.model.modules()}
+    assert not kinds & {"ConvBNAct", "PooledCrossAttention", "GatedMix", "BatchNorm2d", "Conv2d"}
+    assert {"ISFuse", "Encoder", "CFI", "InvarianceGate", "Decoder", "FastAttention", "FastMix", "PatchConv"} <= kinds
+    n_blocks = sum(isinstance(m, ConvBNAct) for m in model.modules())
+    n_fast = sum(type(m).__name__ in ("FastConv", "PatchConv") for m in fast.model.modules())
+    assert n_fast == n_blocks + 1  # every conv block, plus the decoder's bare head convolution
+    assert any(isinstance(m, PooledCrossAttention) for m in model.modules())  # the reference keeps its own
+
+
+def test_a_changed_architecture_needs_no_change_in_fast(pairs):
+    """Change modeling the way a contributor might (a deeper decoder block, another r, a
+    shared encoder): the derived fast net follows and stays exact."""
+    from ivfusion import ISFuseConfig
+
+    _, vis, ir = pairs[1]
+    vis, ir = vis[..., :75, :99], ir[..., :75, :99]
+    for config in (ISFuseConfig(r=4), ISFuseConfig(shared_encoder=True, dim=16)):
+        model = synthetic_model(5, config)
+        model.decoder.blocks[0] = torch.nn.Sequential(*double_conv(config.dim, config.dim), ConvBNAct(config.dim, config.dim))
+        model.eval()
+        d = max_deviation(model, build_fast(model), [("crop", vis, ir)])
+        assert d["fused"] < FP32_TOL and d["gates"] < FP32_TOL, (config, d)
+    assert isinstance(model.cfis[0].mix, GatedMix)
+
+
+def test_encode_and_fuse_features_match_forward(model, fast, pairs):
+    _, vis, ir = pairs[0]
+    vis, ir = vis[..., :61, :83], ir[..., :61, :83]
+    with torch.inference_mode():
+        f_ref, g_ref, c_ref = model.fuse_features(*model.encode(vis, ir), return_cross=True)
+        f, g, c = fast.fuse_features(*fast.encode(vis, ir), return_cross=True)
+        keep = [t.clone() for t in c]
+        fast(1 - vis, 1 - ir)  # another call must not overwrite the returned cross features
+    assert (f - f_ref).abs().max() < FP32_TOL
+    assert max((a - b).abs().max() for a, b in zip(g, g_ref)) < FP32_TOL
+    scale = max(t.abs().max() for t in c_ref)
+    assert max((a - b).abs().max() for a, b in zip(c, c_ref)) < FP32_TOL * scale
+    assert all(torch.equal(a, b) for a, b in zip(c, keep))
 
 
 def test_outputs_do_not_alias_workspace(fast, pairs):
@@ -164,17 +198,6 @@ def test_fuser_paths(model, shared_dir):
     b = auto.fuse(vis, ir, "complementary", seed=4)
     assert np.abs(a.fused_y - b.fused_y).max() < FP32_TOL
     assert all(np.abs(x - y).max() < FP32_TOL for x, y in zip(a.gates, b.gates))
-
-
-def test_read_pair_matches_fuser_inputs(shared_dir):
-    from ivfusion import io
-
-    d = shared_dir / "data" / "roadscene" / "test"
-    vis, ir = read_pair(d / "ir" / "FLIR_00211.jpg", d / "vi" / "FLIR_00211.jpg")
-    prep = Fuser(ISFuse(), device="cpu", max_side=None, path="reference").prepare(
-        io.read_image(d / "vi" / "FLIR_00211.jpg"), io.read_image(d / "ir" / "FLIR_00211.jpg"))
-    assert torch.equal(vis[0, 0], torch.from_numpy(prep.ycrcb[..., 0]))
-    assert torch.equal(ir[0, 0], torch.from_numpy(prep.infrared))
 
 
 def test_macs_match_the_paper():
@@ -217,3 +240,9 @@ def test_bench_command_end_to_end(tmp_path, shared_dir):
     assert r["real_pairs"]["count"] == 1 and r["real_pairs"]["sizes"] == ["137x99"]
     assert r["real_pairs"]["max_dev"]["fast"]["fused"] < FP32_TOL
     assert r["metrics_time_s"]["evaluate_pair"] > 0
+    for e in r["sizes"]:  # the default Fuser's costs as ratios to its own forward pass
+        fz = e["fuser"]
+        assert fz["path"] == "fast" and fz["forward"]["ratio"] == 1.0
+        steps = {"set_pair", "intervene: complementary", "intervene: random", "intervene: drop-visible",
+                 "intervene: drop-infrared"}
+        assert steps <= set(fz) and all(fz[n]["ratio"] > 0 and fz[n]["median_s"] > 0 for n in steps)
