@@ -64,16 +64,88 @@ def test_shared_encoder_is_one_module():
     assert m.num_parameters() == 192_388 - 46_944  # one encoder of 46,944 fewer
 
 
-def test_key_cfi_properties():
-    """Pooled K/V: the attention sees r*r tokens whatever the size; gate in (0, 1)."""
+def test_attention_sees_only_the_pooled_keys_and_values():
+    """Visible queries see the infrared features only through their r x r average pooling:
+    a change of f_ir with zero mean in every pooling cell leaves that direction unchanged,
+    a change with non-zero cell means does not."""
+    torch.manual_seed(0)
+    att = ISFuse().eval().cfis[0].attention  # r = 8
+    f_vi, f_ir = torch.rand(1, 32, 16, 24), torch.rand(1, 32, 16, 24)
+    checker = torch.tensor([[1.0, -1.0], [-1.0, 1.0]]).repeat(8, 12)  # 2x2 cells (16/8, 24/8), zero mean each
+    direction = lambda f: att._attend(att.q_vi(f_vi), att.k_ir(f), att.v_ir(f))
+    with torch.no_grad():
+        base = direction(f_ir)
+        same = direction(f_ir + 0.5 * checker)
+        moved = direction(f_ir + 0.5 * checker.abs())
+        cross = att(f_vi, f_ir)
+    assert (same - base).abs().max() < 1e-5
+    assert (moved - base).abs().max() > 1e-3
+    assert cross.shape == f_vi.shape
+
+
+def test_cfi_output_and_gate_range():
     m = ISFuse().eval()
-    cfi = m.cfis[0]
     f_vi, f_ir = torch.rand(1, 32, 9, 13), torch.rand(1, 32, 9, 13)
     with torch.no_grad():
-        k = F.adaptive_avg_pool2d(cfi.attention.k_ir(f_ir), 8)
-        fused, g = cfi(f_vi, f_ir)
-    assert k.shape[-2:] == (8, 8)
+        fused, g = m.cfis[0](f_vi, f_ir)
+        fused2, g2, cross = m.cfis[0].forward_with_cross(f_vi, f_ir)
+        expected_cross = m.cfis[0].attention(f_vi, f_ir)
     assert fused.shape == f_vi.shape and g.shape == (1, 1, 9, 13)
+    assert 0 < g.min() and g.max() < 1
+    assert torch.equal(fused, fused2) and torch.equal(g, g2) and torch.equal(cross, expected_cross)
+
+
+def test_encode_then_fuse_features_is_forward(untrained):
+    x = torch.rand(2, 1, 37, 51, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        fused, gates = untrained(x, x.flip(-1))
+        f_vi, f_ir = untrained.encode(x, x.flip(-1))
+        fused2, gates2, cross = untrained.fuse_features(f_vi, f_ir, return_cross=True)
+    assert [f.shape[-2:] for f in f_vi] == [(37, 51), (18, 25), (9, 12)]
+    assert torch.equal(fused, fused2) and all(torch.equal(a, b) for a, b in zip(gates, gates2))
+    assert [c.shape for c in cross] == [(2, 32, 9, 12), (2, 32, 18, 25), (2, 32, 37, 51)]
+    # the split adds no parameters: checkpoint keys are the encoders', CFIs' and decoder's only
+    assert {k.split(".")[0] for k in untrained.state_dict()} == {"encoder_vi", "encoder_ir", "cfis", "decoder"}
+    assert not any(".mix." in k for k in untrained.state_dict())
+
+
+def test_encoder_geometry_matches_a_brute_force_probe(untrained):
+    """reencode's locality figures, derived from the Encoder's description, against the
+    farthest feature change that flipping one input pixel actually causes."""
+    from ivfusion.reencode import Geometry
+
+    geo = Geometry.of(untrained.encoder_vi)
+    x = torch.rand(1, 1, 64, 64, generator=torch.Generator().manual_seed(3))
+    reach = 0
+    with torch.no_grad():
+        clean = untrained.encoder_vi(x)
+        for p in range(28, 36):  # every position on the 4-pixel pooling grid, twice
+            xi = x.clone()
+            xi[..., p, p] += 5
+            for level, (a, b) in enumerate(zip(clean, untrained.encoder_vi(xi))):
+                ys = torch.nonzero((a - b).abs().amax(1)[0] > 0)[:, 0]
+                s = 2 ** level
+                reach = max(reach, p - int(ys.min()) * s, int(ys.max()) * s + s - 1 - p)
+    assert geo.influence == reach
+    assert geo.align == 4 and geo.margin % geo.align == 0
+
+
+def test_reencode_from_crops_equals_a_full_encode(untrained):
+    from ivfusion.reencode import Geometry, reencode
+
+    geo = Geometry.of(untrained.encoder_ir)
+    x = torch.rand(1, 1, 203, 250, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        clean = untrained.encoder_ir(x)
+        for box in [(0, 9, 0, 11), (190, 203, 240, 250), (97, 120, 101, 131)]:  # corners and the middle
+            changed = torch.zeros(203, 250, dtype=torch.bool)
+            changed[box[0]:box[1], box[2]:box[3]] = True
+            xi = torch.where(changed, 0.0, x)
+            feats, how = reencode(untrained.encoder_ir, xi, clean, changed.numpy(), geo)
+            full = untrained.encoder_ir(xi)
+            assert how == "local"
+            for a, b in zip(feats, full):
+                assert (a - b).abs().max() <= 1e-5 * max(1.0, b.abs().max())
 
 
 @pytest.mark.parametrize("size", [(48, 64), (37, 51), (75, 99)])
