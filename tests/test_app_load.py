@@ -76,6 +76,8 @@ def test_40_clients_get_results_or_a_clear_queue_full_error_and_rss_returns(serv
     assert not unclear, f"errors other than a clear queue-full: {unclear[:3]}"
     assert errors, f"{N_CLIENTS} clients against a queue of {QUEUE}: some must be refused"
     after = _settle(server)
+    print(f"\n40 clients: {N_CLIENTS - len(errors)} served, {len(errors)} queue-full, {burst_s:.0f} s; "
+          f"RSS {base:.0f} MiB before, {after:.0f} MiB after")
     assert server.alive() and not server.tracebacks(), server.tracebacks()
     assert after - base <= RSS_BACK_MIB, (f"RSS {base:.0f} MiB before the burst, {after:.0f} MiB after it "
                                           f"({burst_s:.0f} s, {N_CLIENTS - len(errors)} served)")
