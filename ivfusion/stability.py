@@ -15,9 +15,12 @@ two things per pixel:
 
 Each is correlated (Pearson r over the pixels where both maps are defined) with a gate map of
 the clean pass: the level-averaged gate for the output, that level's gate for the features.
-Neighbouring pixels are not independent, so the p-value comes from a block permutation test:
-square blocks of one map are shuffled against the other, which keeps the spatial
-autocorrelation inside each block. The claim predicts r < 0 (stable where the gate is open).
+Neighbouring pixels are not independent, so the p-value comes from a toroidal shift test: r is
+recomputed for every circular shift of one map against the other, which keeps each map's
+whole spatial structure (autocorrelation and large-scale trends) and breaks only their
+alignment. (Shuffling pixels, or blocks of a tenth of the side, rejected independence for 19
+and 14 of 24 pairings of unrelated real images at p < 0.05; the shift test for 4.) The claim
+predicts r < 0 (stable where the gate is open).
 """
 from __future__ import annotations
 
@@ -40,19 +43,19 @@ Intervention = str | Sequence[str]  # a registry name, or names whose masks mult
 
 @dataclass
 class Correlation:
-    """Pearson r between an instability map and a gate map, with its block-permutation p-value.
+    """Pearson r between an instability map and a gate map, with its toroidal-shift p-value.
 
     r: over the pixels where both maps are defined (NaN if either is constant there).
-    p_value: two-sided, (1 + #{|r_perm| >= |r_obs|}) / (1 + permutations), from permuting
-        `block` x `block` tiles of the instability map (the maps cropped to whole blocks).
-    n_pixels: pixels the r is computed over. reading: one plain sentence.
+    p_value: two-sided, (1 + #{shifts with |r_shift| >= |r|}) / (1 + shifts), over every
+        circular shift of one map against the other (NaN when not computed or undefined).
+    n_pixels: pixels the r is computed over; shifts: size of the null distribution.
+    reading: one plain sentence.
     """
 
     r: float
     p_value: float
     n_pixels: int
-    block: int
-    permutations: int
+    shifts: int
     reading: str
 
 
@@ -112,15 +115,14 @@ class StabilityAnalysis:
         fixes every mask. mask_config: how masks are drawn. masks: optional hand-drawn keep
         masks (M_visible, M_infrared) applied in every run.
     features: also compute the feature-level view (one more pass for the clean cross features).
-    permutations: block permutations for each p-value (0: no p-value, NaN).
-    block: block side in pixels of each map; None: a tenth of the map's shorter side (>= 2).
+    p_values: compute the toroidal-shift p-values (False: NaN).
     batch_pixels: at most this many pixels per batched forward (bounds memory).
     """
 
     def __init__(self, fuser: Fuser, interventions: Sequence[Intervention] = ("complementary", "random"),
                  k: int = 16, seed: int = 0, mask_config: MaskConfig = MaskConfig(), *,
                  masks: tuple[np.ndarray | None, np.ndarray | None] | None = None, features: bool = True,
-                 permutations: int = 999, block: int | None = None, batch_pixels: int = 640 * 480):
+                 p_values: bool = True, batch_pixels: int = 640 * 480):
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= 256:
             raise ValueError(f"k must be a whole number from 1 to 256, got {k!r}")
         if isinstance(interventions, str):
@@ -130,11 +132,9 @@ class StabilityAnalysis:
         for spec in interventions:  # unknown names fail here, not after some runs
             for name in [spec] if isinstance(spec, str) else spec:
                 get_intervention(name)
-        if not 0 <= int(permutations) <= 100_000:
-            raise ValueError(f"permutations must be from 0 to 100000, got {permutations!r}")
         self.fuser, self.interventions, self.k, self.seed = fuser, list(interventions), int(k), int(seed)
         self.mask_config, self.masks, self.features = mask_config, masks, features
-        self.permutations, self.block, self.batch_pixels = int(permutations), block, batch_pixels
+        self.p_values, self.batch_pixels = p_values, batch_pixels
 
     def run(self, visible: np.ndarray | None = None, infrared: np.ndarray | None = None, *, resize_ir: bool = False,
             progress: Callable[[int, int], None] | None = None, cancel=None) -> StabilityResult:
@@ -201,74 +201,67 @@ class StabilityAnalysis:
                            "run), so the output instability is undefined.")
         if cancelled:
             notices.append(f"Cancelled after {done} of {self.k} runs; the maps cover the runs done.")
-        rng_seed = [self.seed, 10_000]
-        correlation = self.correlate(instability, gate, "the fused output changes", rng_seed)
+        correlation = self.correlate(instability, gate, "the fused output changes")
         levels = []
         if self.features:
             for lv, level in enumerate(GATE_LEVELS):
                 change = _rms(feat_sq[lv], feat_n[lv])
                 g = clean.gates[level.index].astype(np.float32)
-                corr = self.correlate(change, g, f"the {level.label} cross-attended features change",
-                                      [self.seed, lv])
+                corr = self.correlate(change, g, f"the {level.label} cross-attended features change")
                 levels.append(LevelStability(level, change, g, feat_n[lv].numpy().astype(np.int32), corr))
         return StabilityResult(instability, out_n.numpy().astype(np.int32), gate, correlation, levels, names,
                                self.k, done, cancelled, self.seed, pair.visible_rgb, time.perf_counter() - t0, notices)
 
-    def correlate(self, instability: np.ndarray, gate: np.ndarray, what: str, seed) -> Correlation:
-        """r, block-permutation p-value and a plain reading, for one map against one gate map."""
-        block = self.block or max(2, min(instability.shape) // 10)
+    def correlate(self, instability: np.ndarray, gate: np.ndarray, what: str) -> Correlation:
+        """r, toroidal-shift p-value and a plain reading, for one map against one gate map."""
         valid = np.isfinite(instability) & np.isfinite(gate)
         n = int(valid.sum())
         r = pearson(instability[valid], gate[valid]) if n >= 3 else float("nan")
-        p = block_permutation_p(instability, gate, block, self.permutations, seed) if math.isfinite(r) else float("nan")
-        return Correlation(r, p, n, block, self.permutations, reading(r, p, what))
+        p, shifts = float("nan"), 0
+        if self.p_values and math.isfinite(r):
+            p, shifts = toroidal_p(instability, gate)
+        return Correlation(r, p, n, shifts, reading(r, p, what))
 
 
-def block_permutation_p(x: np.ndarray, y: np.ndarray, block: int, permutations: int, seed=0) -> float:
-    """Two-sided p-value of Pearson r(x, y) under shuffling `block` x `block` tiles of x
-    against y (NaN pixels left out of each pairing). The maps are cropped to whole blocks;
-    the observed r is recomputed on the crop. NaN with fewer than 4 blocks or no permutations.
-
-    Each permuted r comes from per-block-pair sums (one matrix product each), so a thousand
-    permutations cost a few gathers of (blocks,) arrays.
-    """
-    nby, nbx = x.shape[0] // block, x.shape[1] // block
-    nb = nby * nbx
-    if permutations <= 0 or nb < 4:
-        return float("nan")
-
-    def tiles(a):
-        a = np.asarray(a, np.float64)[: nby * block, : nbx * block]
-        return a.reshape(nby, block, nbx, block).transpose(0, 2, 1, 3).reshape(nb, block * block)
-
-    xb, yb = tiles(x), tiles(y)
-    vx, vy = np.isfinite(xb), np.isfinite(yb)
-    if not (vx & vy).any():
-        return float("nan")
-    xb = np.where(vx, xb - np.nanmean(xb), 0.0)  # centred: less cancellation in the sums below
-    yb = np.where(vy, yb - np.nanmean(yb), 0.0)
+def shifted_correlations(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Pearson r of x against y circularly shifted by (dy, dx), for every shift: an (H, W)
+    array, [0, 0] being the unshifted r. NaN pixels are left out of each pairing; r is NaN
+    where undefined. All sums come from FFT cross-correlations, so every shift costs O(1)."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    vx, vy = np.isfinite(x), np.isfinite(y)
+    x = np.where(vx, x - np.nanmean(x) if vx.any() else 0.0, 0.0)  # centred: less cancellation
+    y = np.where(vy, y - np.nanmean(y) if vy.any() else 0.0, 0.0)
     vx, vy = vx.astype(np.float64), vy.astype(np.float64)
-    # S[i, j]: sums over pixels of x's tile i paired with y's tile j, where both are defined
-    n, sx, sxx = vx @ vy.T, xb @ vy.T, (xb * xb) @ vy.T
-    sy, syy, sxy = vx @ yb.T, vx @ (yb * yb).T, xb @ yb.T
-    rng = np.random.default_rng(seed)
-    perms = np.vstack([np.arange(nb), np.argsort(rng.random((permutations, nb)), axis=1)])
-    cols = np.arange(nb)
+    shape = x.shape
+    fy = {k: np.conj(np.fft.rfft2(v)) for k, v in (("v", vy), ("y", y), ("yy", y * y))}
+    corr = lambda a, b: np.fft.irfft2(np.fft.rfft2(a) * fy[b], shape)  # sum_p a[p + d] * b[p]
+    n, sx, sxx = corr(vx, "v"), corr(x, "v"), corr(x * x, "v")
+    sy, syy, sxy = corr(vx, "y"), corr(vx, "yy"), corr(x, "y")
+    n = np.round(n)
+    cov = n * sxy - sx * sy
+    den = np.sqrt(np.clip(n * sxx - sx * sx, 0, None) * np.clip(n * syy - sy * sy, 0, None))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = np.where(den > 1e-12 * np.maximum(n, 1) ** 2, cov / np.where(den > 0, den, 1.0), np.nan)
+    r[n < 3] = np.nan
+    return r
 
-    def r_of(idx):
-        g = lambda m: m[idx, cols].sum(-1)
-        nn, a, b = g(n), g(sx), g(sy)
-        cov = nn * g(sxy) - a * b
-        den = np.sqrt(np.clip(nn * g(sxx) - a * a, 0, None) * np.clip(nn * g(syy) - b * b, 0, None))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(den > 0, cov / np.where(den > 0, den, 1), np.nan)
 
-    rs = r_of(perms)
-    r_obs, null = rs[0], rs[1:]
+def toroidal_p(x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
+    """Two-sided p-value of Pearson r(x, y) against every other circular shift of x over y
+    (shifts that leave fewer than half of the pixels paired are left out), and the number of
+    shifts used: (p, shifts). NaN when r is undefined or no shift is usable."""
+    r = shifted_correlations(x, y)
+    r_obs = r[0, 0]
     if not math.isfinite(r_obs):
-        return float("nan")
-    null = null[np.isfinite(null)]
-    return float((1 + np.sum(np.abs(null) >= abs(r_obs) - 1e-12)) / (1 + null.size))
+        return float("nan"), 0
+    valid = np.isfinite(x) & np.isfinite(y)
+    paired = np.round(np.fft.irfft2(np.fft.rfft2(np.isfinite(x).astype(np.float64))
+                                    * np.conj(np.fft.rfft2(np.isfinite(y).astype(np.float64))), x.shape))
+    null = r.ravel()[1:]
+    null = null[np.isfinite(null) & (paired.ravel()[1:] >= 0.5 * valid.sum())]
+    if null.size == 0:
+        return float("nan"), 0
+    return float((1 + np.sum(np.abs(null) >= abs(r_obs) - 1e-12)) / (1 + null.size)), int(null.size)
 
 
 def reading(r: float, p: float, what: str) -> str:
@@ -277,8 +270,8 @@ def reading(r: float, p: float, what: str) -> str:
     if not math.isfinite(r):
         return ("Undefined: the change map or the gate is constant over the pixels that stayed visible (or no pixel "
                 "stayed visible), so there is nothing to correlate.")
-    strength = "weak" if abs(r) < 0.3 else ("moderate" if abs(r) < 0.6 else "strong")
-    ptxt = f"p = {p:.3f}" if math.isfinite(p) else "no p-value"
+    strength = "very weak" if abs(r) < 0.1 else "weak" if abs(r) < 0.3 else "moderate" if abs(r) < 0.6 else "strong"
+    ptxt = "no p-value" if not math.isfinite(p) else "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
     if not (math.isfinite(p) and p < 0.05):
         return (f"r = {r:+.2f} ({ptxt}): no clear relation between where the gate opens and how much {what} "
                 "under the interventions; on this image the data neither support nor refute the paper's claim.")
