@@ -58,8 +58,6 @@ choose interventions and press **Fuse**. *How it works* explains it all.
 CSS = """
 .lab-note {font-size: 0.95em}
 #fuse-btn {min-height: 3em; font-size: 1.1em}
-.level-row {flex-wrap: nowrap !important; gap: 6px !important}
-.level-row > div {min-width: 0 !important}
 @media (max-width: 600px) {
   .gradio-container {padding: 4px !important}
   #metrics table {font-size: 0.85em}
@@ -175,12 +173,13 @@ class LabApp(cb.LabCallbacks):
                                                  format="png", elem_id="draw-infrared")
                 notices = gr.Markdown(first.get("notices"), elem_id="notices", elem_classes="lab-note")
                 gr.Markdown("### Fused images\nLeft: without intervention. Middle: with it. Right: what changed.")
-                with gr.Row(equal_height=True, elem_classes="level-row"):
+                with gr.Row(equal_height=True):  # wraps on a phone: the two fused images, the change below
                     fused_clean = gr.Image(first.get("fused_clean"), label="Fused, clean", interactive=False,
-                                           elem_id="fused-clean", min_width=0, **png)
+                                           elem_id="fused-clean", min_width=160, **png)
                     fused_int = gr.Image(first.get("fused_intervened"), label="Fused, intervened", interactive=False,
-                                         elem_id="fused-intervened", min_width=0, **png)
-                    diff = gr.Image(first.get("difference"), label="Change", elem_id="difference", **heat)
+                                         elem_id="fused-intervened", min_width=160, **png)
+                    diff = gr.Image(first.get("difference"), label="Change", elem_id="difference",
+                                    **(heat | dict(min_width=300)))
                 diff_md = gr.Markdown(first.get("difference_caption"), elem_id="difference-caption",
                                       elem_classes="lab-note")
                 gr.Markdown("### Invariance gates\nPer level: the clean pass, the intervened pass (one colour scale), "
@@ -203,8 +202,8 @@ class LabApp(cb.LabCallbacks):
                 with gr.Row(equal_height=False):
                     with gr.Column(scale=3, min_width=300):
                         gr.Markdown("### Metrics\n" + lab.downloads.METRICS_NOTE, elem_classes="lab-note")
-                        table = gr.Dataframe(headers=lab.METRIC_HEADERS, interactive=False, elem_id="metrics",
-                                             column_count=len(lab.METRIC_HEADERS), wrap=True)
+                        table = gr.Dataframe(self.default_metrics, headers=lab.METRIC_HEADERS, interactive=False,
+                                             elem_id="metrics", column_count=len(lab.METRIC_HEADERS), wrap=True)
                     with gr.Column(scale=2, min_width=280):
                         gr.Markdown("### Downloads\nFused images (lossless PNG) and the gate maps (`.npz`, with the "
                                     "masks and the difference map), written when you ask.")
@@ -221,8 +220,10 @@ class LabApp(cb.LabCallbacks):
                             stab_btn = gr.Button("Run stability analysis", variant="secondary", elem_id="stability-btn")
                             cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel-btn", min_width=80)
                         stab_md = gr.Markdown(elem_id="stability-text", elem_classes="lab-note")
-                    inst_img = gr.Image(label="Instability map", elem_id="instability", scale=2, **heat)
-                    gmean_img = gr.Image(label="Mean gate map", elem_id="mean-gate", scale=2, **heat)
+                    inst_img = gr.Image(label="Instability map", elem_id="instability", scale=2,
+                                        **(heat | dict(min_width=300)))
+                    gmean_img = gr.Image(label="Mean gate map", elem_id="mean-gate", scale=2,
+                                         **(heat | dict(min_width=300)))
             with gr.Tab("How it works"):
                 gr.Markdown(HOW_IT_WORKS, latex_delimiters=LATEX)
 
@@ -235,7 +236,8 @@ class LabApp(cb.LabCallbacks):
 
             # wiring: uploads
             for src, editor in ((visible, draw_vis), (infrared, draw_ir)):
-                src.upload(self.on_input, [src], [src], api_visibility="private", queue=False, preprocess=False)
+                src.upload(self.on_input, [src], [src], api_visibility="private", preprocess=False,
+                           concurrency_id="upload", concurrency_limit=4, show_progress="hidden")
                 src.change(self.info, [visible, infrared], [pair_md], api_visibility="private", queue=False,
                            preprocess=False)
                 src.change(lambda s: _editor_value(lab.source_path(s)), [src], [editor], api_visibility="private",
@@ -271,13 +273,15 @@ class LabApp(cb.LabCallbacks):
             gate_scale.change(_named(self.rerender, RENDER_OUTPUTS), [gate_scale, state], render_outputs,
                               api_name="render", concurrency_id="render", show_progress="hidden")
             dl_btn.click(self.downloads, [state], [files], api_name="downloads", concurrency_id="metrics")
-            stab = stab_btn.click(
+            stab_btn.click(
                 gpu(_named(self.stability, STABILITY_OUTPUTS)), [*common, k_slider, gate_scale, state],
                 [inst_img, gmean_img, stab_md], api_name="stability", preprocess=False,
                 concurrency_id="stability", concurrency_limit=1,
                 api_description="Run K seeded interventions; returns the instability map, the mean gate map and "
                                 "their correlation.")
-            cancel_btn.click(self.cancel, [state], None, queue=False, api_visibility="private", cancels=[stab])
+            # cooperative: the run stops at its next intervention and says so (Gradio's `cancels`
+            # would leave the worker thread computing and mark the outputs as errors)
+            cancel_btn.click(self.cancel, [state], None, queue=False, api_visibility="private")
         return demo
 
 

@@ -157,7 +157,7 @@ def test_other_callbacks(lab_app, tmp_path):
     assert "Ready" in lab_app.info(str(VIS), str(IR)) or "downscaled" in lab_app.info(str(VIS), str(IR))
     assert "untrained" in lab_app.model_info(lab.UNTRAINED_CHOICE)
     assert "/" not in lab_app.model_info(lab.DEFAULT_CHOICE)  # no server paths
-    assert "**30 px** on this 640x480 pair" in lab_app.hole_text(str(VIS), 6.25)
+    assert "**6 px** on this 128x96 pair (as downscaled)" in lab_app.hole_text(str(VIS), 6.25)
     cleared = dict(zip(app.FUSE_OUTPUTS, lab_app.clear_outputs()))
     assert cleared["fused_clean"] is None and cleared["gate_fine"] is None and "press" in cleared["notices"]
 

@@ -284,8 +284,9 @@ def test_render_gives_fused_images_inputs_and_three_maps_per_level(fuser, pair):
     fine = figs.levels[2]
     lo, hi = viz.gate_range([run.clean.gates[2], run.intervened.gates[2]], "stretched")
     assert f"{lo:.3f} to {hi:.3f}" in fine.caption
-    np.testing.assert_array_equal(fine.clean, viz.gate_image(run.clean.gates_full[2], run.clean.fused_y, lo, hi, run.eta,
-                                                             bar=False))
+    edges = viz.edge_mask(run.clean.fused_y, fine.clean.shape[:2])
+    np.testing.assert_array_equal(fine.clean, viz.gate_image(run.clean.gates_full[2], None, lo, hi, run.eta, bar=False,
+                                                             edges=edges))
     assert fine.image.shape[1] > fine.clean.shape[1] + fine.intervened.shape[1] + fine.change.shape[1]
     fixed = lab.render_levels(run, "fixed 0 to 1")
     assert "span 0 to 1" in fixed[2].caption and not np.array_equal(fixed[2].clean, fine.clean)

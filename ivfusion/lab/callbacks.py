@@ -79,11 +79,13 @@ class LabCallbacks:
         self.default_run: runs.LabRun | None = None
         self.last_timings: dict[str, float] = {}  # of the last /fuse, for `ivfusion bench --app`
         self.default_outputs: dict[str, Any] = {}
+        self.default_metrics: list[list] | None = None
         if precompute and self.default_pair[0]:
             try:
                 out = self._fuse_named(*self.default_pair, self.default_model, folder=self.static_dir, **DEFAULTS)
                 self.default_run = out["state"]["run"]
                 self.default_outputs = out
+                self.default_metrics = downloads.metrics_table(self.default_run)
             except Exception:  # noqa: BLE001 - the page then opens empty, as before
                 log.exception("could not precompute the default example")
 
@@ -209,8 +211,7 @@ class LabCallbacks:
             return f"**{model}** cannot be loaded: {e}"
         return f"Runs on the {fuser.path} inference path ({fuser.device}). " + " ".join(notes)
 
-    @staticmethod
-    def hole_text(visible, hole_percent) -> str:
+    def hole_text(self, visible, hole_percent) -> str:
         """The hole size in pixels for the loaded visible image (read from its header only)."""
         try:
             pct = float(hole_percent)
@@ -219,8 +220,11 @@ class LabCallbacks:
 
             with Image.open(path) as im:
                 w, h = im.size
+            scale = min(1.0, self.bank.max_side / max(w, h)) if self.bank.max_side else 1.0
+            w, h = round(w * scale), round(h * scale)
             side = max(1, round(min(h, w) * pct / 100))
-            return f"Holes of {pct:g}% of the short side: **{side} px** on this {w}x{h} pair (paper: 16 px on 256 px crops)."
+            size = f"this {w}x{h} pair" + (" (as downscaled)" if scale < 1 else "")
+            return f"Holes of {pct:g}% of the short side: **{side} px** on {size} (paper: 16 px on 256 px crops)."
         except Exception:  # noqa: BLE001 - no pair yet, or not readable: say it generally
             return "Holes are sized relative to the image's short side (paper: 16 px on 256 px crops, 6.25%)."
 

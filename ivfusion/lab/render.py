@@ -15,6 +15,7 @@ from .. import viz
 from ..levels import GATE_LEVELS
 from .runs import LabRun
 
+LEVEL_MAP_SIDE = 448  # long side of each gate map: three side by side fill a desktop page
 # the gate colour scales as the page names them, in the order of viz.GATE_SCALES
 GATE_SCALE_CHOICES = ("fixed 0 to 1", "stretched per level")
 DEFAULT_GATE_SCALE = "stretched per level"
@@ -60,16 +61,17 @@ def render_levels(run: LabRun, gate_scale: str = "stretched") -> list[LevelFigur
     a stretched scale is shared by a level's clean and intervened maps."""
     scale = gate_scale_name(gate_scale)
     base = run.clean.fused_y  # edges of both modalities' structure, for orientation
+    edges = viz.edge_mask(base, viz.display_size(*base.shape, max_side=LEVEL_MAP_SIDE, min_side=LEVEL_MAP_SIDE // 2))
     out = []
     for level in GATE_LEVELS:
         k = level.index
         g_clean, g_inter = run.clean.gates[k], run.intervened.gates[k]
         lo, hi = viz.gate_range([g_clean, g_inter], scale)
-        clean_img = viz.gate_image(run.clean.gates_full[k], base, lo, hi, run.eta, bar=False)
-        inter_img = viz.gate_image(run.intervened.gates_full[k], base, lo, hi, run.eta)
+        clean_img = viz.gate_image(run.clean.gates_full[k], None, lo, hi, run.eta, bar=False, edges=edges)
+        inter_img = viz.gate_image(run.intervened.gates_full[k], None, lo, hi, run.eta, edges=edges)
         change = run.intervened.gates_full[k] - run.clean.gates_full[k]
         limit = viz.change_range(change)
-        change_img = viz.gate_change_image(change, base, limit)
+        change_img = viz.gate_change_image(change, None, limit, edges=edges)
         m_c, m_i = float(g_clean.mean()), float(g_inter.mean())
         span = "0 to 1" if (lo, hi) == (0.0, 1.0) else f"{lo:.3f} to {hi:.3f}"
         caption = (f"**{level.label[:1].upper() + level.label[1:]} gates**: clean | intervened | change. "

@@ -1,0 +1,196 @@
+"""The Intervention Lab in a real browser (Playwright driving Debian's Chromium) against a real
+server on 127.0.0.1, as a new user meets it. Screenshots at 1400 px and 390 px go to
+test-output/ (look at them).
+
+The server runs the real models at a reduced size (examples downscaled to 320 px a side)
+so that the module stays within a few minutes on two busy CPU cores.
+"""
+import os
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import contextlib  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import app  # noqa: E402
+from ivfusion import lab  # noqa: E402
+from ivfusion.predictor import Fuser  # noqa: E402
+from tests.test_app import IR, VIS, launch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "test-output"
+OFFICIAL = (ROOT.parent / "shared" / "weights" / "authors" / "best.pth").resolve()
+SIDE = 320
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+
+class ForwardCounter:
+    """Counts the network's work (clean passes, interventions, batched runs) in this process."""
+
+    def __init__(self, monkeypatch):
+        self.n = 0
+        self._lock = threading.Lock()
+        for name in ("set_pair", "intervene", "intervene_batch", "run"):
+            real = getattr(Fuser, name)
+
+            def counted(fuser, *a, _real=real, **k):
+                with self._lock:
+                    self.n += 1
+                return _real(fuser, *a, **k)
+
+            monkeypatch.setattr(Fuser, name, counted)
+
+
+@pytest.fixture(scope="module")
+def server():
+    if not OFFICIAL.is_file():
+        pytest.fail(f"the authors' checkpoint is missing at {OFFICIAL}", pytrace=False)
+    bank = lab.ModelBank(env={"IVFUSION_OFFICIAL_WEIGHTS": str(OFFICIAL)}, device="cpu", max_side=SIDE)
+    demo, url = launch(bank)
+    yield url, demo
+    demo.close()
+
+
+@contextlib.contextmanager
+def lab_page(url: str, chromium_path: str, width: int = 1400, height: int = 1000):
+    """A Chromium page on the running lab, ready once the Fuse button is there."""
+    from playwright.sync_api import sync_playwright
+
+    OUT.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path, args=FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": width, "height": height})
+            page.goto(url)
+            page.wait_for_selector("#fuse-btn", timeout=60_000)
+            yield page
+        finally:
+            browser.close()
+
+
+def _loaded(page, selector: str, timeout: int = 60_000):
+    img = page.locator(f"{selector} img").first
+    img.wait_for(state="visible", timeout=timeout)
+    page.wait_for_function("i => i.complete && i.naturalWidth > 0", arg=img.element_handle(), timeout=timeout)
+    return img
+
+
+def _shot(img) -> np.ndarray:
+    return cv2.imdecode(np.frombuffer(img.screenshot(), np.uint8), cv2.IMREAD_COLOR).astype(int)
+
+
+def test_first_page_shows_the_precomputed_result_at_both_widths(server, chromium_path):
+    url, _ = server
+    for width, height in ((1400, 1000), (390, 844)):
+        with lab_page(url, chromium_path, width, height) as page:
+            for sel in ("#fused-clean", "#fused-intervened", "#difference", "#gate-coarse", "#gate-mid", "#gate-fine",
+                        "#inputs"):
+                img = _loaded(page, sel)
+                assert img.evaluate("i => i.naturalWidth") > 100, sel
+            assert "Mean clean" in page.locator("#caption-fine").inner_text()
+            assert "Intervention: complementary masking" in page.locator("#notices").inner_text()
+            assert page.locator("#examples img").count() >= 6  # example thumbnails
+            assert "px" in page.locator("#hole-px").inner_text()
+            text = page.locator("body").inner_text()
+            assert "/tmp/" not in text and "assets/weights" not in text  # no server paths
+            # nothing wider than the screen (no horizontal scrolling on a phone)
+            assert page.evaluate("document.documentElement.scrollWidth") <= width + 1
+            gate = _shot(page.locator("#gate-fine img").first)
+            assert gate.std() > 10  # a drawn heat map, not a blank box
+            page.screenshot(path=str(OUT / f"app-first-page-{width}.png"), full_page=True)
+
+
+def test_colour_scale_redraws_without_the_model(server, chromium_path, monkeypatch):
+    url, _ = server
+    with lab_page(url, chromium_path) as page:
+        img = _loaded(page, "#gate-fine")
+        before_src, before = img.get_attribute("src"), _shot(img)
+        counter = ForwardCounter(monkeypatch)
+        page.get_by_label("fixed 0 to 1").check()
+        page.wait_for_function("([i, s]) => i.src !== s && i.complete && i.naturalWidth > 0",
+                               arg=[img.element_handle(), before_src], timeout=60_000)
+        after = _shot(page.locator("#gate-fine img").first)
+        assert before.shape == after.shape and np.abs(before - after).mean() > 5
+        assert "span 0 to 1" in page.locator("#caption-fine").inner_text()
+        assert counter.n == 0  # no forward pass
+
+
+def test_fuse_drop_visible_and_the_busy_button(server, chromium_path):
+    url, _ = server
+    with lab_page(url, chromium_path, 1400, 1000) as page:
+        page.get_by_label("Complementary masking").uncheck()
+        page.get_by_label("drop visible").check()
+        page.locator("#fuse-btn").click()
+        from playwright.sync_api import expect
+
+        expect(page.locator("#fuse-btn")).to_have_text("Fusing\u2026", timeout=10_000)  # it shows that it is busy
+        expect(page.locator("#notices")).to_contain_text("output is grey", timeout=180_000)
+        expect(page.locator("#fuse-btn")).to_have_text("Fuse", timeout=30_000)
+        fused = _shot(_loaded(page, "#fused-intervened"))
+        assert np.abs(fused[..., 0] - fused[..., 2]).mean() < 3  # grey
+        expect(page.locator("#metrics")).to_contain_text("Qabf", timeout=120_000)
+        assert "higher is better" not in page.locator("#metrics").inner_text()
+        page.screenshot(path=str(OUT / "app-drop-visible-1400.png"), full_page=True)
+
+
+def test_stability_can_be_cancelled_and_does_not_starve_another_clients_fuse(server, chromium_path, monkeypatch):
+    from gradio_client import Client, handle_file
+    from playwright.sync_api import expect
+
+    url, _ = server
+    with lab_page(url, chromium_path) as page:
+        k_box = page.locator("#k-slider input[type=number]")
+        k_box.fill("32")
+        k_box.press("Enter")
+        counter = ForwardCounter(monkeypatch)
+        page.locator("#stability-btn").click()
+        expect(page.locator("body")).to_contain_text("of 32 interventions", timeout=60_000)  # progress per intervention
+        t0 = time.perf_counter()
+        Client(url, verbose=False).predict(visible=handle_file(str(VIS)), infrared=handle_file(str(IR)), api_name="/fuse")
+        fuse_s = time.perf_counter() - t0
+        assert "Correlation" not in page.locator("#stability-text").inner_text(), \
+            f"the stability run finished before the other client's Fuse ({fuse_s:.1f} s): nothing was tested"
+        page.locator("#cancel-btn").click()
+        expect(page.locator("#stability-text")).to_contain_text("Cancelled (stopped after", timeout=30_000)
+        time.sleep(2.0)  # the worker stops at the next intervention
+        n = counter.n
+        time.sleep(3.0)
+        assert counter.n == n, "the cancelled stability run kept computing"
+        page.screenshot(path=str(OUT / "app-stability-cancelled-1400.png"), full_page=False)
+
+
+def test_the_authors_model_loads_from_ivfusion_official_weights(server, chromium_path):
+    from playwright.sync_api import expect
+
+    url, _ = server
+    with lab_page(url, chromium_path) as page:
+        page.get_by_label("Model").click()
+        page.get_by_role("option", name=lab.OFFICIAL_CHOICE).click()
+        page.locator("#fuse-btn").click()
+        expect(page.locator("#notices")).to_contain_text(lab.OFFICIAL_CHOICE, timeout=180_000)
+        assert "cannot be loaded" not in page.locator("body").inner_text()
+        _loaded(page, "#gate-fine")
+        page.screenshot(path=str(OUT / "app-authors-model-1400.png"), full_page=True)
+
+
+def test_a_corrupt_upload_gives_a_toast_and_clears_old_results(server, chromium_path, tmp_path):
+    from playwright.sync_api import expect
+
+    url, _ = server
+    bad = tmp_path / "photo.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 200)  # a PNG signature and nothing valid after it
+    with lab_page(url, chromium_path, 390, 844) as page:
+        _loaded(page, "#fused-clean")
+        page.locator("#visible-input input[type=file]").set_input_files(str(bad))
+        toast = page.locator(".toast-body").filter(has_text="not a readable image").first
+        expect(toast).to_be_visible(timeout=60_000)
+        assert "Traceback" not in page.content()
+        expect(page.locator("#notices")).to_contain_text("New pair loaded", timeout=30_000)
+        assert page.locator("#fused-clean img").count() == 0  # the old result is gone
+        page.screenshot(path=str(OUT / "app-corrupt-upload-390.png"))
