@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-import torch
 from torch import Tensor, nn
 
 

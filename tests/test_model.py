@@ -3,7 +3,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from ivfusion import ISFuse, ISFuseConfig
 from ivfusion.bench import count_macs

@@ -3,6 +3,7 @@ inference path, the cost of `Fuser.intervene` relative to one forward pass, and 
 eleven metrics on one pair. See `ivfusion bench --help`."""
 from __future__ import annotations
 
+import os
 import platform
 import resource
 import statistics
