@@ -209,10 +209,12 @@ class LabApp(cb.LabCallbacks):
                                     "masks and the difference map), written when you ask.")
                         dl_btn = gr.Button("Prepare downloads", elem_id="downloads-btn")
                         files = gr.File(label="Downloads", file_count="multiple", interactive=False, elem_id="downloads")
-                gr.Markdown("### Stability analysis\nRuns K random interventions (seeded, with the hole size and holes "
-                            "above) and shows where the fused image varies (instability) next to where the gates are "
-                            "open, with their correlation r. The paper claims the gated features are the stable ones: "
-                            "then r is negative. The Lab reports whatever this pair shows.")
+                gr.Markdown("### Stability analysis\nRuns K seeded interventions (the ones selected above; none "
+                            "selected: complementary and random masking alternately) and asks whether the gates open "
+                            "where the model is stable: how much the fused image changes at each pixel, over the runs "
+                            "in which that pixel was visible, against the mean gate; and, per level, how much the "
+                            "cross-attended features change against that level's gate. The paper's claim predicts a "
+                            "negative r. The Lab reports whatever this pair shows.")
                 with gr.Row(equal_height=False):
                     with gr.Column(scale=1, min_width=240):
                         k_slider = gr.Slider(4, 32, value=8, step=1, label="K interventions", elem_id="k-slider")
@@ -220,10 +222,12 @@ class LabApp(cb.LabCallbacks):
                             stab_btn = gr.Button("Run stability analysis", variant="secondary", elem_id="stability-btn")
                             cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel-btn", min_width=80)
                         stab_md = gr.Markdown(elem_id="stability-text", elem_classes="lab-note")
-                    inst_img = gr.Image(label="Instability map", elem_id="instability", scale=2,
-                                        **(heat | dict(min_width=300)))
-                    gmean_img = gr.Image(label="Mean gate map", elem_id="mean-gate", scale=2,
+                    inst_img = gr.Image(label="Output instability (grey: never visible)", elem_id="instability",
+                                        scale=2, **(heat | dict(min_width=300)))
+                    gmean_img = gr.Image(label="Mean gate (clean pass)", elem_id="mean-gate", scale=2,
                                          **(heat | dict(min_width=300)))
+                feat_img = gr.Image(label="Feature change per level: coarse | mid | fine (cross-attended features)",
+                                    elem_id="feature-change", **heat)
             with gr.Tab("How it works"):
                 gr.Markdown(HOW_IT_WORKS, latex_delimiters=LATEX)
 
@@ -275,7 +279,7 @@ class LabApp(cb.LabCallbacks):
             dl_btn.click(self.downloads, [state], [files], api_name="downloads", concurrency_id="metrics")
             stab_btn.click(
                 gpu(_named(self.stability, STABILITY_OUTPUTS)), [*common, k_slider, gate_scale, state],
-                [inst_img, gmean_img, stab_md], api_name="stability", preprocess=False,
+                [inst_img, gmean_img, feat_img, stab_md], api_name="stability", preprocess=False,
                 concurrency_id="stability", concurrency_limit=1,
                 api_description="Run K seeded interventions; returns the instability map, the mean gate map and "
                                 "their correlation.")

@@ -175,8 +175,8 @@ def test_prefetch_callback_prepares_the_clean_pass_for_fuse(lab_app):
 def test_stability_callback_and_its_cancel(lab_app):
     out = lab_app.stability(str(VIS), str(IR), lab.UNTRAINED_CHOICE, True, False, "none", 6.25, 3, 0, None, None, 4)
     assert sorted(out) == sorted(app.STABILITY_OUTPUTS)
-    assert read_image(out["instability"]).ndim == 3 and read_image(out["mean_gate"]).ndim == 3
-    assert "r = " in out["summary"] and "4 interventions" in out["summary"]
+    assert all(read_image(out[n]).ndim == 3 for n in ("instability", "mean_gate", "features"))
+    assert "**Output: r = " in out["summary"] and "4 runs" in out["summary"]
     state = {}
     seen = []
 
@@ -186,7 +186,7 @@ def test_stability_callback_and_its_cancel(lab_app):
             lab_app.cancel(state)  # the Cancel button, from another thread in the app
 
     out = lab_app.stability(str(VIS), str(IR), lab.UNTRAINED_CHOICE, k=16, state=state, progress=progress)
-    assert out["summary"].startswith("Cancelled (stopped after 2 of 16")
+    assert "cancelled after 2 of 16 runs" in out["summary"]  # the maps of the runs done are shown
     assert seen[:3] == ["0 of 16 interventions", "1 of 16 interventions", "2 of 16 interventions"]
 
 
@@ -283,8 +283,8 @@ def test_stability_over_http(client):
 
     out = client.predict(visible=handle_file(str(VIS)), infrared=handle_file(str(IR)), k=4, api_name="/stability")
     out = dict(zip(app.STABILITY_OUTPUTS, out, strict=True))
-    assert read_image(out["instability"]).ndim == 3 and read_image(out["mean_gate"]).ndim == 3
-    assert "Correlation between instability and mean gate: r = " in out["summary"]
+    assert read_image(out["instability"]).ndim == 3 and read_image(out["features"]).ndim == 3
+    assert "**Output: r = " in out["summary"] and "Features, fine" in out["summary"]
 
 
 def test_api_errors_are_readable(client, tmp_path):

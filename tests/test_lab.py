@@ -364,64 +364,48 @@ def test_request_dirs_are_fresh_and_old_ones_are_pruned(tmp_path):
 
 
 # ----------------------------------------------------------------------------- stability
-def test_correlation_and_its_interpretation():
-    x = np.arange(100, dtype=np.float64)
-    assert lab.correlation(x, 2 * x + 1) == pytest.approx(1.0)
-    assert lab.correlation(x, -x) == pytest.approx(-1.0)
-    assert np.isnan(lab.correlation(x, np.ones(100)))
-    assert "negative" in lab.interpret_correlation(-0.5) and "as the paper claims" in lab.interpret_correlation(-0.5)
-    assert "does not hold" in lab.interpret_correlation(0.4)
-    assert "no clear relation" in lab.interpret_correlation(0.01)
-    assert "untrained" in lab.interpret_correlation(0.01, untrained=True)
-    assert "untrained" not in lab.interpret_correlation(0.01)
-    assert "undefined" in lab.interpret_correlation(float("nan"))
+def test_the_page_settings_become_the_analysis_interventions():
+    assert lab.interventions_of(lab.Settings(complementary=True, dropout="drop IR")) == (
+        [["complementary", "drop-infrared"]], False)
+    assert lab.interventions_of(lab.Settings()) == ([["complementary"], ["random"]], True)
 
 
-def test_stability_is_seeded_batched_correctly_and_reports_progress(fuser, pair):
-    pair = tuple(cv2.resize(x, (64, 48), interpolation=cv2.INTER_AREA) for x in pair)
-    s = lab.Settings(complementary=True, holes=4, hole_percent=16.75, seed=7)
+def test_run_stability_uses_the_settings_holes_and_seed_and_reports_per_run(fuser, pair):
+    s = lab.Settings(complementary=True, holes=4, hole_percent=12.5, seed=7)
     calls = []
-    res = lab.stability(fuser, *pair, s, k=4, batch_pixels=2 * 64 * 48, progress=lambda d, t: calls.append((d, t)))
-    assert calls == [(2, 4), (4, 4)]
-    assert res.std.shape == (48, 64) and res.gate_mean.shape == (48, 64) and res.k == 4
-    assert res.std.max() > 0 and 0 <= res.gate_mean.min() and res.gate_mean.max() <= 1
-    assert -1 <= res.correlation <= 1
-    # one sample per forward gives the same statistics as two per forward
-    single = lab.stability(fuser, *pair, s, k=4, batch_pixels=1)
-    np.testing.assert_allclose(single.std, res.std, atol=1e-5)
-    np.testing.assert_allclose(single.gate_mean, res.gate_mean, atol=1e-5)
-    # and they are what K separate fuses give
-    outs, gates = [], []
-    for i in range(4):
-        m = lab.intervention_masks(s, 48, 64, rng=np.random.default_rng([7, i]))
-        r = fuser.fuse(*pair, masks=m)
-        outs.append(r.fused_y)
-        gates.append(r.gates_full.mean(0))
-    np.testing.assert_allclose(res.std, np.std(outs, axis=0), atol=1e-5)
-    np.testing.assert_allclose(res.gate_mean, np.mean(gates, axis=0), atol=1e-5)
-    other = lab.stability(fuser, *pair, lab.Settings(complementary=True, holes=4, hole_percent=16.75, seed=8), k=4)
-    assert not np.allclose(other.std, res.std)
+    res = lab.run_stability(fuser, *pair, s, k=4, progress=lambda d, t: calls.append((d, t)))
+    assert calls == [(1, 4), (2, 4), (3, 4), (4, 4)] and res.done == 4 and not res.cancelled
+    assert res.instability.shape == (96, 128) and res.runs == ["complementary"] * 4
+    assert len(res.levels) == 3 and np.isfinite(res.correlation.r)
+    again = lab.run_stability(fuser, *pair, s, k=4)
+    np.testing.assert_array_equal(np.nan_to_num(again.instability), np.nan_to_num(res.instability))
+    # the first run's masks: complementary, square holes of 12 px (12.5% of 96), from the seed (7, 0)
+    f = fuser.fork()
+    f.set_pair(*pair)
+    (m_vi, m_ir), _ = f.sample_masks(["complementary"], [7, 0], mask_config=s.mask_config(96, 128))
+    assert _square_holes(m_vi, 12) and _square_holes(m_ir, 12)
+    figs = lab.stability_figures(res)
+    assert {"instability", "mean_gate", "features", "summary"} == set(figs)
+    assert all(figs[n].ndim == 3 and figs[n].dtype == np.uint8 for n in ("instability", "mean_gate", "features"))
+    assert "**Output: r = " in figs["summary"] and "4 runs: complementary masking" in figs["summary"]
+    assert figs["summary"].count("**Features, ") == 3 and "p" in res.correlation.reading
 
 
-def test_stability_without_masking_alternates_the_two_masking_interventions(fuser, pair):
-    res = lab.stability(fuser, *pair, lab.Settings(dropout="drop IR"), k=4)
-    assert res.kinds == ["complementary", "random", "drop-infrared"]
-    assert any("alternate" in n for n in res.notices)
-    inst, gate, text = lab.stability_figures(res)
-    assert inst.ndim == 3 and gate.ndim == 3 and "r = " in text
-    assert "4 interventions: complementary masking and random masking alternately + drop infrared" in text
-    both = lab.stability(fuser, *pair, lab.Settings(complementary=True, random=True), k=4)
-    assert not both.alternate and "complementary masking + random masking;" in lab.stability_figures(both)[2]
-    with pytest.raises(ValueError):
-        lab.stability(fuser, *pair, k=1)
-
-
-def test_stability_reports_progress_per_intervention_and_can_be_cancelled(fuser, pair):
+def test_stability_can_be_cancelled_and_keeps_the_runs_done(fuser, pair):
     calls = []
-    with pytest.raises(lab.Cancelled, match="after 2 of 6"):
-        lab.stability(fuser, *pair, lab.Settings(random=True), k=6, batch_pixels=1,
-                      progress=lambda d, t: calls.append(d), cancelled=lambda: len(calls) >= 2)
-    assert calls == [1, 2]
+    res = lab.run_stability(fuser, *pair, lab.Settings(random=True), k=6, progress=lambda d, t: calls.append(d),
+                            cancel=lambda: len(calls) >= 2)
+    assert res.cancelled and res.done == 2 and calls == [1, 2]
+    text = lab.stability_figures(res)["summary"]
+    assert "cancelled after 2 of 6 runs" in text
+
+
+def test_stability_with_a_dropped_modality_says_the_output_is_undefined(fuser, pair):
+    res = lab.run_stability(fuser, *pair, lab.Settings(dropout="drop visible"), k=4)
+    assert res.runs == ["complementary+drop-visible", "random+drop-visible"] * 2
+    figs = lab.stability_figures(res)
+    assert "alternately" in figs["summary"] and "undefined" in figs["summary"].lower()
+    assert (figs["instability"][5:50, 5:50] == lab.analysis.NEVER_VISIBLE).all()  # never visible: grey
 
 
 # ----------------------------------------------------------------------------- models

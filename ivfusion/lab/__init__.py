@@ -15,7 +15,7 @@ One module per concern:
 * `callbacks`: the page's callbacks with named outputs (needs Gradio; imported by app.py).
 """
 from . import downloads, examples, render, settings
-from .analysis import Cancelled, StabilityResult, correlation, interpret_correlation, stability, stability_figures
+from .analysis import interventions_of, run_stability, stability_figures
 from .downloads import METRIC_HEADERS, METRICS_NOTE, metric_sources, metrics_table, save_image, write_downloads
 from .examples import DEFAULT_EXAMPLE, EXAMPLES, EXAMPLES_DIR, example_pairs
 from .models import (APP_MAX_SIDE, DEFAULT_CHOICE, OFFICIAL_CHOICE, UNTRAINED_CHOICE, ModelBank, hub_reachable,

@@ -33,7 +33,7 @@ RENDER_OUTPUTS = (*LEVEL_OUTPUTS, *CAPTION_OUTPUTS)
 # /fuse, in Gradio's order; the API returns all but the last ("state" stays on the server).
 FUSE_OUTPUTS = ("fused_clean", "fused_intervened", "difference", "difference_caption", "inputs",
                 *RENDER_OUTPUTS, "notices", "state")
-STABILITY_OUTPUTS = ("instability", "mean_gate", "summary")
+STABILITY_OUTPUTS = ("instability", "mean_gate", "features", "summary")
 DEFAULTS = dict(complementary=True, random_masking=False, dropout="none", hole_percent=settings.DEFAULT_HOLE_PERCENT,
                 holes=settings.DEFAULT_HOLES, seed=0, gate_scale=render.DEFAULT_GATE_SCALE)
 
@@ -238,9 +238,11 @@ class LabCallbacks:
                   hole_percent=settings.DEFAULT_HOLE_PERCENT, holes=settings.DEFAULT_HOLES, seed=0,
                   draw_visible=None, draw_infrared=None, k=8, gate_scale=render.DEFAULT_GATE_SCALE, state=None,
                   progress=gr.Progress()) -> dict[str, Any]:
-        """Run K seeded interventions. Outputs (STABILITY_OUTPUTS): the instability map, the
-        mean gate map and a Markdown summary with their correlation. Progress is reported per
-        intervention; the session's Cancel stops it between interventions."""
+        """Run K seeded interventions (`ivfusion.stability.StabilityAnalysis`). Outputs
+        (STABILITY_OUTPUTS): the output instability map, the mean gate map, the feature-level
+        view (coarse | mid | fine) and a Markdown summary with each r, its p-value and a plain
+        reading. Progress is reported per intervention; the session's Cancel stops it between
+        interventions and the maps then cover the runs done."""
         try:
             k = int(k)
         except (TypeError, ValueError):
@@ -256,14 +258,16 @@ class LabCallbacks:
         if isinstance(state, dict):
             state["cancel"] = cancel
         progress(0.0, desc=f"0 of {k} interventions")
-        try:
-            res = analysis.stability(
-                fuser, vis, ir, s, k, drawn, batch_pixels=1, cancelled=cancel.is_set,
-                progress=lambda done, total: progress(done / total, desc=f"{done} of {total} interventions"))
-        except analysis.Cancelled as e:
-            gr.Info(f"Stability analysis cancelled ({e}).")
-            return {"instability": gr.skip(), "mean_gate": gr.skip(), "summary": f"Cancelled ({e})."}
-        inst, gate, text = analysis.stability_figures(res, gate_scale)
+        res = analysis.run_stability(
+            fuser, vis, ir, s, k, drawn, cancel=cancel,
+            progress=lambda done, total: progress(done / total, desc=f"{done} of {total} interventions"))
+        if res.cancelled:
+            gr.Info(f"Stability analysis cancelled after {res.done} of {res.k} interventions.")
+        if res.done == 0:
+            return {"instability": gr.skip(), "mean_gate": gr.skip(), "features": gr.skip(),
+                    "summary": f"Cancelled before the first of {res.k} interventions."}
+        figs = analysis.stability_figures(res, gate_scale, fuser.eta)
         folder = session.request_dir()
-        return {"instability": downloads.save_image(folder, "instability", inst, lossless=False),
-                "mean_gate": downloads.save_image(folder, "mean_gate", gate, lossless=False), "summary": text}
+        return {name: downloads.save_image(folder, name, figs[name], lossless=False)
+                for name in ("instability", "mean_gate", "features")} | {"summary": figs["summary"]}
+
