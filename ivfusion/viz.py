@@ -1,24 +1,22 @@
-"""Figures for people: heat maps with colour bars and captions, overlays, difference maps.
+"""Figures for people: bare heat maps with colour bars, scene edges, difference maps.
 
 Everything here returns (H, W, 3) uint8 RGB numpy images, drawn with numpy, OpenCV and
-Pillow only (no matplotlib figure, no pyplot): the Intervention Lab draws seven of these per
+Pillow only (no matplotlib figure, no pyplot): the Intervention Lab draws a dozen of these per
 request inside its latency budget. Matplotlib is used only as a source of its colour maps
 and of the DejaVu Sans font it ships.
 
-A *panel* is a picture that explains itself without the paper:
+A heat map here carries no text but its colour bar: the page writes titles and captions,
+so they stay readable and unclipped at any screen width.
 
-    +-------------------------------------------+
-    | Title                                      |
-    | caption (mean value, what to compare with) |
     +------------------------------+--+----------+
-    | heat map (optionally over    |  | 1.0      |
-    | the visible image in grey)   |  | - eta    |
-    |                              |  | 0.0      |
+    | heat map (scene edges drawn  |  | 1.0      |
+    | as dark lines; every other   |  | - eta    |
+    | pixel is its bar colour)     |  | 0.0      |
     +------------------------------+--+----------+
 
-Conventions: values are floats; `vmin`/`vmax` fix the colour scale (so two panels with the
-same scale can be compared); `marks` draws reference lines on the colour bar (e.g. the
-gate target eta = 0.3).
+Conventions: values are floats; `vmin`/`vmax` fix the colour scale (so two maps with the same
+scale can be compared); `marks` draws reference lines on the colour bar (e.g. the gate
+target eta).
 """
 from __future__ import annotations
 
@@ -32,11 +30,9 @@ import numpy as np
 GATE_CMAP = "viridis"  # perceptually uniform; dark = low gate, yellow = high gate
 CHANGE_CMAP = "magma"  # black = no change, bright = large change
 DIVERGING_CMAP = "RdBu_r"  # signed changes: blue = down, white = 0, red = up
-GATE_ALPHA = 0.7  # opacity of gate colours over the (grey) visible image
 EDGE_DARKEN = 0.45  # scene edges drawn over a heat map keep this share of the colour's brightness
-TITLE_RESERVE = 56  # pixels kept free at the top right of a title (for a viewer's icons)
-PANEL_MAX_SIDE = 640  # heat map panels are drawn at most this large (long side)
-PANEL_MIN_SIDE = 400  # and at least this large, so that captions fit
+PANEL_MAX_SIDE = 640  # heat maps are drawn at most this large (long side)
+PANEL_MIN_SIDE = 400  # and at least this large, so that colour-bar labels stay readable
 # Gate colour scales: "stretched" (the Lab's default) spans the maps' own 1st-99th
 # percentiles, because trained gates sit within a few hundredths of eta, where a 0..1 scale
 # shows one flat colour; "fixed" is the gates' whole range 0..1, comparable across images and
@@ -46,7 +42,6 @@ MIN_GATE_SPAN = 0.01  # a stretched scale never spans less: smaller differences 
 
 _BG = (255, 255, 255)
 _INK = (20, 20, 20)
-_MUTED = (85, 85, 85)
 
 
 # ----------------------------------------------------------------------------- basics
@@ -105,17 +100,6 @@ def to_rgb(img: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(img[..., :3])
 
 
-def overlay(base: np.ndarray, heat_rgb: np.ndarray, alpha: float = 0.6) -> np.ndarray:
-    """Blend a colour heat map over `base` shown in grey (so that the only colour on the
-    picture is the heat map's). base: grey or RGB, resized to the heat map's size if needed."""
-    base = to_rgb(base)
-    if base.shape[:2] != heat_rgb.shape[:2]:
-        base = cv2.resize(base, (heat_rgb.shape[1], heat_rgb.shape[0]), interpolation=cv2.INTER_AREA)
-    grey = cv2.cvtColor(base, cv2.COLOR_RGB2GRAY)
-    grey3 = cv2.cvtColor(grey, cv2.COLOR_GRAY2RGB)
-    return cv2.addWeighted(grey3, 1.0 - alpha, heat_rgb, alpha, 0.0)
-
-
 def display_size(h: int, w: int, max_side: int = PANEL_MAX_SIDE, min_side: int = PANEL_MIN_SIDE) -> tuple[int, int]:
     """(height, width) for showing an h x w image: the long side brought into [min_side, max_side]."""
     long = max(h, w)
@@ -157,24 +141,6 @@ def _text_width_cached(text: str, size: int, bold: bool) -> int:
 
 def _text_width(text: str, font) -> int:
     return _text_width_cached(text, font.size, "Bold" in str(getattr(font, "path", "")))
-
-
-def _fit_text(text: str, font_size: int, width: int, bold: bool = False):
-    """The largest font (down to 60% of font_size) in which `text` fits `width`; the text is
-    shortened with an ellipsis if even that is too wide."""
-    size = font_size
-    while size > max(9, int(font_size * 0.6)) and _text_width(text, _font(size, bold)) > width:
-        size -= 1
-    font = _font(size, bold)
-    while _text_width(text, font) > width and len(text) > 4:
-        text = text[:-2].rstrip() + "…"
-    return text, font
-
-
-def _font_sizes(width: int) -> tuple[int, int, int]:
-    """Title, caption and tick font sizes for a panel `width` pixels wide."""
-    title = int(np.clip(round(width / 26), 14, 30))
-    return title, int(round(title * 0.85)), int(round(title * 0.8))
 
 
 # ----------------------------------------------------------------------------- colour bar
@@ -257,54 +223,6 @@ def _colorbar(height, vmin, vmax, cmap, ticks, marks, font_size, bar_width) -> n
     return out
 
 
-# ----------------------------------------------------------------------------- panels
-def titled(image: np.ndarray, title: str, caption: str = "", right: np.ndarray | None = None) -> np.ndarray:
-    """`image` with a title and a caption above it and an optional strip (a colour bar) on its right."""
-    from PIL import Image, ImageDraw
-
-    image = to_rgb(image)
-    h, w = image.shape[:2]
-    if right is not None:
-        if right.shape[0] != h:
-            raise ValueError("the right-hand strip must be as tall as the image")
-        image = np.concatenate([image, np.full((h, 4, 3), _BG, np.uint8), to_rgb(right)], axis=1)
-    total_w = image.shape[1]
-    t_size, c_size, _ = _font_sizes(w)
-    title, t_font = _fit_text(title, t_size, total_w - 12 - TITLE_RESERVE, bold=True)
-    caption, c_font = _fit_text(caption, c_size, total_w - 12) if caption else ("", None)
-    head_h = 8 + t_size + 6 + ((c_size + 6) if caption else 0) + 2
-    head = Image.new("RGB", (total_w, head_h), _BG)  # only the header goes through Pillow
-    draw = ImageDraw.Draw(head)
-    draw.text((6, 6), title, fill=_INK, font=t_font)
-    if caption:
-        draw.text((6, 8 + t_size + 6), caption, fill=_MUTED, font=c_font)
-    return np.concatenate([np.asarray(head), image], axis=0)
-
-
-def heatmap_panel(values: np.ndarray, title: str, caption: str = "", *, base: np.ndarray | None = None,
-                  vmin: float = 0.0, vmax: float = 1.0, cmap: str = GATE_CMAP,
-                  ticks: Sequence[float] | None = None, marks: Iterable[tuple[float, str]] = (),
-                  alpha: float = 0.6, smooth: bool = True,
-                  max_side: int = PANEL_MAX_SIDE, min_side: int = PANEL_MIN_SIDE) -> np.ndarray:
-    """A heat map of `values` (2-D float) with a colour bar, a title and a caption.
-
-    base: an image (grey or RGB, any size) shown in grey under the heat map (alpha = the
-    heat map's opacity); None shows the heat map alone. The panel's long side is brought into
-    [min_side, max_side] pixels; smooth=False enlarges with nearest neighbours (true pixels).
-    """
-    values = np.asarray(values, np.float32)
-    if values.ndim != 2:
-        raise ValueError(f"heatmap_panel takes a 2-D array, got shape {values.shape}")
-    ref = base if base is not None else values
-    size = display_size(*ref.shape[:2], max_side=max_side, min_side=min_side)
-    heat = colorize(resize_for_display(values, size, smooth), vmin, vmax, cmap)
-    if base is not None:
-        heat = overlay(resize_for_display(to_rgb(base), size), heat, alpha)
-    _, _, tick_size = _font_sizes(size[1])
-    bar = colorbar(size[0], vmin, vmax, cmap, ticks=ticks, marks=marks, font_size=tick_size)
-    return titled(heat, title, caption, right=bar)
-
-
 def gate_range(maps: Iterable[np.ndarray], scale: str = "fixed") -> tuple[float, float]:
     """(vmin, vmax) of a gate colour scale (see GATE_SCALES) shared by `maps`, so that maps
     shown side by side (a level's clean and intervened gates) can be compared."""
@@ -320,34 +238,6 @@ def gate_range(maps: Iterable[np.ndarray], scale: str = "fixed") -> tuple[float,
     return lo, hi
 
 
-def _gate_panel(gate, visible_rgb, title, caption, eta, vmin, vmax, kwargs) -> np.ndarray:
-    fixed = (vmin, vmax) == (0.0, 1.0)
-    if not fixed:
-        caption += f"; colours span {vmin:.3f} to {vmax:.3f}"
-    kwargs.setdefault("alpha", GATE_ALPHA)
-    return heatmap_panel(gate, title, caption, base=visible_rgb, vmin=vmin, vmax=vmax, cmap=GATE_CMAP,
-                         ticks=(0.0, 0.5, 1.0) if fixed else None, marks=[(eta, f"\u03b7={eta:g}")], **kwargs)
-
-
-def gate_panel(gate: np.ndarray, visible_rgb: np.ndarray, level: int, pass_name: str,
-               mean: float | None = None, eta: float = 0.3, vmin: float = 0.0, vmax: float = 1.0,
-               **kwargs) -> np.ndarray:
-    """One invariance gate map over the visible image: a colour bar from vmin to vmax (default
-    0..1; `gate_range` gives a stretched one) with eta marked where it falls inside, and a
-    caption giving the gate's mean activation next to eta.
-
-    gate: (h, w) in [0, 1], any resolution (it is resized to the image). level: 0, 1, 2
-    (coarsest first, as `FusionResult.gates`). mean: the value to print (default gate.mean()).
-    """
-    mean = float(np.mean(gate)) if mean is None else float(mean)
-    rel = "above" if mean > eta + 0.005 else ("below" if mean < eta - 0.005 else "at")
-    from .levels import get_level
-
-    title = f"{pass_name[:1].upper() + pass_name[1:]}: gate {get_level(level).label}"
-    caption = f"mean activation {mean:.3f}, {rel} the target \u03b7 = {eta:g}"
-    return _gate_panel(gate, visible_rgb, title, caption, eta, vmin, vmax, kwargs)
-
-
 def grey_level_scale(values_255: np.ndarray, floor: float = 1.0) -> float:
     """A round upper end for a colour scale of grey-level differences (at least `floor`)."""
     top = float(np.max(values_255)) if np.size(values_255) else 0.0
@@ -358,45 +248,12 @@ def grey_level_scale(values_255: np.ndarray, floor: float = 1.0) -> float:
     return 255.0
 
 
-def difference_panel(fused_a: np.ndarray, fused_b: np.ndarray, title: str = "Change: |F_intervened - F_clean|",
-                     **kwargs) -> np.ndarray:
-    """|fused_a - fused_b| as a heat map, in grey levels (0..255 scale) with a colour bar.
-
-    fused_a, fused_b: (H, W) luminance in [0, 1] (e.g. F_intervened and F_clean).
-    """
-    diff = difference_map(fused_a, fused_b) * 255.0
-    vmax = grey_level_scale(diff)
-    changed = float((diff >= 1.0).mean()) * 100.0
-    caption = f"grey levels: mean {diff.mean():.2f}, max {diff.max():.0f}; {changed:.1f}% of pixels changed"
-    return heatmap_panel(diff, title, caption, vmin=0.0, vmax=vmax, cmap=CHANGE_CMAP, **kwargs)
-
-
 def difference_map(fused_a: np.ndarray, fused_b: np.ndarray) -> np.ndarray:
     """|a - b| for two (H, W) float images of the same size, float32."""
     a, b = np.asarray(fused_a, np.float32), np.asarray(fused_b, np.float32)
     if a.shape != b.shape:
         raise ValueError(f"difference of images of different sizes: {a.shape} and {b.shape}")
     return np.abs(a - b)
-
-
-def instability_panel(std_map: np.ndarray, k: int, **kwargs) -> np.ndarray:
-    """Per-pixel standard deviation of the fused luminance over `k` interventions (input in
-    [0, 1] units), shown in grey levels."""
-    std = np.asarray(std_map, np.float32) * 255.0
-    vmax = grey_level_scale(std)
-    title = f"Instability: std of the fused image over {k} interventions"
-    caption = f"in grey levels: mean {std.mean():.2f}, max {std.max():.1f} (dark = stable)"
-    return heatmap_panel(std, title, caption, vmin=0.0, vmax=vmax, cmap=CHANGE_CMAP, **kwargs)
-
-
-def mean_gate_panel(gate_mean: np.ndarray, visible_rgb: np.ndarray, k: int, eta: float = 0.3,
-                    vmin: float = 0.0, vmax: float = 1.0, **kwargs) -> np.ndarray:
-    """The gate map averaged over the three levels and over `k` intervened passes, over the
-    visible image; colour scale as `gate_panel`."""
-    m = float(np.mean(gate_mean))
-    title = f"Mean gate over 3 levels and {k} interventions"
-    caption = f"mean activation {m:.3f} next to the target \u03b7 = {eta:g} (bright = gate open)"
-    return _gate_panel(gate_mean, visible_rgb, title, caption, eta, vmin, vmax, kwargs)
 
 
 def side_by_side(images: Sequence[np.ndarray], gap: int = 6) -> np.ndarray:

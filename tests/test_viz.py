@@ -45,13 +45,16 @@ def test_unknown_colormap_is_a_readable_error():
         viz.colormap_lut("no-such-map")
 
 
-def test_overlay_blends_heat_over_grey_base(visible):
-    heat = viz.colorize(np.ones(visible.shape[:2], np.float32))
-    grey = viz.overlay(visible, heat, alpha=0.0)
-    assert (grey[..., 0] == grey[..., 1]).all() and (grey[..., 1] == grey[..., 2]).all()  # base shown in grey
-    np.testing.assert_array_equal(viz.overlay(visible, heat, alpha=1.0), heat)
-    half = viz.overlay(visible, heat, alpha=0.5).astype(int)
-    assert np.abs(half - (grey.astype(int) + heat.astype(int)) / 2).max() <= 1
+def test_edge_overlay_keeps_the_colour_bar_colours_off_the_edges(visible):
+    heat = viz.colorize(np.full(visible.shape[:2], 0.7, np.float32))
+    edges = viz.edge_mask(visible, visible.shape[:2])
+    assert 0.005 < edges.mean() < 0.3  # some edges, not everything
+    out = viz.edge_overlay(heat, edges=edges)
+    np.testing.assert_array_equal(out[~edges], heat[~edges])  # exactly the bar's colour elsewhere
+    assert (out[edges].astype(int).sum(-1) < heat[edges].astype(int).sum(-1)).all()  # edges darker
+    np.testing.assert_array_equal(viz.edge_overlay(heat, visible), out)
+    dark = (visible // 8).astype(np.uint8)  # a night scene: thresholds follow the image's own gradients
+    assert viz.edge_mask(dark, dark.shape[:2]).mean() > 0.005
 
 
 def test_colorbar_runs_from_vmax_at_top_to_vmin_at_bottom_with_red_eta_mark():
@@ -69,33 +72,31 @@ def test_colorbar_runs_from_vmax_at_top_to_vmin_at_bottom_with_red_eta_mark():
     assert rows.size and abs(rows.mean() - y_eta) < 4  # the mark sits at eta = 0.3
 
 
-def test_heatmap_panel_adds_title_and_colour_bar_and_fits_display_size(visible):
+def test_heat_image_is_the_map_and_its_colour_bar_without_text(visible):
     values = np.linspace(0, 1, 120 * 160, dtype=np.float32).reshape(120, 160)
-    panel = viz.heatmap_panel(values, "A title", "a caption")
+    img = viz.heat_image(values)
     h, w = viz.display_size(120, 160)
-    assert max(h, w) == viz.PANEL_MIN_SIDE  # small maps are enlarged so that text fits
-    assert panel.shape[0] > h and panel.shape[1] > w and panel.dtype == np.uint8
-    head = panel[: panel.shape[0] - h]
-    assert (head != WHITE).any(axis=-1).sum() > 200  # text was drawn in the header
-    big = viz.heatmap_panel(np.zeros((2000, 3000), np.float32), "big", base=np.zeros((2000, 3000), np.uint8))
+    assert max(h, w) == viz.PANEL_MIN_SIDE  # small maps are enlarged so that the bar labels fit
+    assert img.shape[0] == h and img.shape[1] > w and img.dtype == np.uint8  # no header above
+    np.testing.assert_array_equal(img[:, :w], viz.colorize(viz.resize_for_display(values, (h, w)), 0, 1))
+    bare = viz.heat_image(values, bar=False)
+    assert bare.shape == (h, w, 3)
+    big = viz.heat_image(np.zeros((2000, 3000), np.float32), base=np.zeros((2000, 3000), np.uint8))
     assert big.shape[1] < viz.PANEL_MAX_SIDE + 200  # large maps are reduced
 
 
-def test_long_titles_are_shrunk_or_shortened_not_overflowing():
-    panel = viz.heatmap_panel(np.zeros((100, 100), np.float32), "x" * 400, "y" * 400)
-    assert panel.shape[1] < viz.PANEL_MIN_SIDE + 200
-
-
-def test_gate_panel_colours_follow_the_gate_and_differ_between_gates(visible):
+def test_gate_image_colours_follow_the_gate_and_mark_eta(visible):
     h, w = visible.shape[:2]
-    low = viz.gate_panel(np.full((h // 4, w // 4), 0.05, np.float32), visible, 0, "clean pass")
-    high = viz.gate_panel(np.full((h // 4, w // 4), 0.95, np.float32), visible, 0, "clean pass")
-    assert low.shape == high.shape
-    dh, dw = viz.display_size(h, w)
-    body_low, body_high = low[-dh:, :dw].astype(int), high[-dh:, :dw].astype(int)
+    low = viz.gate_image(np.full((h // 4, w // 4), 0.05, np.float32), None, 0.0, 1.0, 0.3)
+    high = viz.gate_image(np.full((h // 4, w // 4), 0.95, np.float32), None, 0.0, 1.0, 0.3)
+    dh, dw = viz.display_size(h // 4, w // 4)
+    body_low, body_high = low[:, :dw].astype(int), high[:, :dw].astype(int)
     # viridis: high gates are yellow (R and G high), low gates purple (B > G)
     assert body_high[..., 1].mean() > body_low[..., 1].mean() + 40
     assert body_low[..., 2].mean() > body_low[..., 1].mean()
+    bar = low[:, dw:]
+    red = (bar[..., 0] > 200) & (bar[..., 1] < 60) & (bar[..., 2] < 60)
+    assert red.any()  # the eta mark
 
 
 def test_gate_range_fixed_stretched_and_narrow():
@@ -117,7 +118,7 @@ def test_gate_range_fixed_stretched_and_narrow():
         viz.gate_range([a], "log")
 
 
-def test_stretched_gate_panel_shows_what_a_fixed_scale_hides(visible):
+def test_stretched_gate_scale_shows_what_a_fixed_scale_hides(visible):
     h, w = visible.shape[:2]
     gate = np.full((h, w), 0.30, np.float32)
     gate[:, w // 2 :] = 0.31  # a 0.01 step: one colour on a 0..1 scale
@@ -125,8 +126,7 @@ def test_stretched_gate_panel_shows_what_a_fixed_scale_hides(visible):
     lo, hi = viz.gate_range([gate], "stretched")
     bodies = {}
     for name, (vmin, vmax) in (("fixed", (0.0, 1.0)), ("stretched", (lo, hi))):
-        panel = viz.gate_panel(gate, None, 2, "clean pass", vmin=vmin, vmax=vmax, alpha=1.0)
-        body = panel[-dh:, :dw].astype(int)
+        body = viz.gate_image(gate, None, vmin, vmax, 0.3)[:, :dw].astype(int)
         bodies[name] = np.abs(body[:, : dw // 3].mean((0, 1)) - body[:, -dw // 3 :].mean((0, 1))).sum()
     assert bodies["fixed"] < 10 < 100 < bodies["stretched"]
 
@@ -137,7 +137,7 @@ def test_colour_bar_tick_labels_tell_narrow_ticks_apart():
     assert len(set(labels)) == len(labels) == 3 and labels[0] == "0.266"
 
 
-def test_difference_map_and_panel_scale():
+def test_difference_map_and_image_scale():
     a = np.zeros((60, 80), np.float32)
     b = a.copy()
     b[10:20, 10:20] = 10 / 255
@@ -145,21 +145,13 @@ def test_difference_map_and_panel_scale():
     assert d.max() == pytest.approx(10 / 255) and d[0, 0] == 0
     assert viz.grey_level_scale(d * 255) == 16  # 10 grey levels -> a colour bar up to 16
     assert viz.grey_level_scale(np.zeros(3)) == 1
-    panel = viz.difference_panel(b, a)
+    img, caption = viz.difference_image(b, a)
     dh, dw = viz.display_size(60, 80)
-    body = panel[-dh:, :dw]
     lut = viz.colormap_lut(viz.CHANGE_CMAP)
-    np.testing.assert_array_equal(body[-1, 0], lut[0])  # unchanged pixels: the colour of 0
+    np.testing.assert_array_equal(img[-1, 0], lut[0])  # unchanged pixels: the colour of 0
+    assert "max 10" in caption and "2.1% of pixels changed" in caption
     with pytest.raises(ValueError, match="different sizes"):
         viz.difference_map(a, b[:10])
-
-
-def test_stability_panels(visible):
-    std = np.zeros(visible.shape[:2], np.float32)
-    std[:50] = 2 / 255
-    p1 = viz.instability_panel(std, 8)
-    p2 = viz.mean_gate_panel(np.full(visible.shape[:2], 0.3, np.float32), visible, 8)
-    assert p1.ndim == 3 and p2.ndim == 3 and p1.shape[0] == p2.shape[0]
 
 
 def test_to_rgb_to_uint8_side_by_side():
