@@ -221,12 +221,15 @@ class LabApp(cb.LabCallbacks):
                         with gr.Row():
                             stab_btn = gr.Button("Run stability analysis", variant="secondary", elem_id="stability-btn")
                             cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel-btn", min_width=80)
-                        stab_md = gr.Markdown(elem_id="stability-text", elem_classes="lab-note")
                     inst_img = gr.Image(label="Output instability (grey: never visible)", elem_id="instability",
                                         scale=2, **(heat | dict(min_width=300)))
                     gmean_img = gr.Image(label="Mean gate (clean pass)", elem_id="mean-gate", scale=2,
                                          **(heat | dict(min_width=300)))
-                feat_img = gr.Image(label="Feature change per level: coarse | mid | fine (cross-attended features)",
+                stab_md = gr.Markdown(elem_id="stability-text", elem_classes="lab-note")
+                gr.Markdown("**Feature change per level**, coarse | mid | fine: how much the cross-attended features "
+                            "(what each gate reads) change under the interventions, over the runs in which each pixel's "
+                            "footprint was visible.", elem_classes="lab-note")
+                feat_img = gr.Image(label="Feature change per level: coarse | mid | fine", show_label=False,
                                     elem_id="feature-change", **heat)
             with gr.Tab("How it works"):
                 gr.Markdown(HOW_IT_WORKS, latex_delimiters=LATEX)

@@ -256,6 +256,12 @@ def difference_map(fused_a: np.ndarray, fused_b: np.ndarray) -> np.ndarray:
     return np.abs(a - b)
 
 
+def pad_top(img: np.ndarray, pixels: int) -> np.ndarray:
+    """`img` with a white strip on top (room for a viewer's buttons over the picture)."""
+    img = to_rgb(img)
+    return np.concatenate([np.full((pixels, img.shape[1], 3), _BG, np.uint8), img], axis=0)
+
+
 def side_by_side(images: Sequence[np.ndarray], gap: int = 6) -> np.ndarray:
     """Images (grey or RGB) next to each other, top-aligned, on white."""
     rgb = [to_rgb(i) for i in images]

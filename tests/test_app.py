@@ -176,7 +176,7 @@ def test_stability_callback_and_its_cancel(lab_app):
     out = lab_app.stability(str(VIS), str(IR), lab.UNTRAINED_CHOICE, True, False, "none", 6.25, 3, 0, None, None, 4)
     assert sorted(out) == sorted(app.STABILITY_OUTPUTS)
     assert all(read_image(out[n]).ndim == 3 for n in ("instability", "mean_gate", "features"))
-    assert "**Output: r = " in out["summary"] and "4 runs" in out["summary"]
+    assert "**Output** (" in out["summary"] and "r = " in out["summary"] and "4 runs" in out["summary"]
     state = {}
     seen = []
 
@@ -284,7 +284,7 @@ def test_stability_over_http(client):
     out = client.predict(visible=handle_file(str(VIS)), infrared=handle_file(str(IR)), k=4, api_name="/stability")
     out = dict(zip(app.STABILITY_OUTPUTS, out, strict=True))
     assert read_image(out["instability"]).ndim == 3 and read_image(out["features"]).ndim == 3
-    assert "**Output: r = " in out["summary"] and "Features, fine" in out["summary"]
+    assert "**Output** (" in out["summary"] and "Features, fine" in out["summary"]
 
 
 def test_api_errors_are_readable(client, tmp_path):

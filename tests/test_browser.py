@@ -154,7 +154,7 @@ def test_stability_can_be_cancelled_and_does_not_starve_another_clients_fuse(ser
         t0 = time.perf_counter()
         Client(url, verbose=False).predict(visible=handle_file(str(VIS)), infrared=handle_file(str(IR)), api_name="/fuse")
         fuse_s = time.perf_counter() - t0
-        assert "Output: r" not in page.locator("#stability-text").inner_text(), \
+        assert "Output (the fused" not in page.locator("#stability-text").inner_text(), \
             f"the stability run finished before the other client's Fuse ({fuse_s:.1f} s): nothing was tested"
         page.locator("#cancel-btn").click()
         expect(page.locator("#stability-text")).to_contain_text("cancelled after", timeout=30_000)
@@ -163,6 +163,23 @@ def test_stability_can_be_cancelled_and_does_not_starve_another_clients_fuse(ser
         time.sleep(3.0)
         assert counter.n == n, "the cancelled stability run kept computing"
         page.screenshot(path=str(OUT / "app-stability-cancelled-1400.png"), full_page=False)
+
+
+def test_stability_completes_with_maps_and_a_plain_reading(server, chromium_path):
+    from playwright.sync_api import expect
+
+    url, _ = server
+    with lab_page(url, chromium_path, 1400, 1000) as page:
+        k_box = page.locator("#k-slider input[type=number]")
+        k_box.fill("6")
+        k_box.press("Enter")
+        page.locator("#stability-btn").click()
+        expect(page.locator("#stability-text")).to_contain_text("Output (the fused image", timeout=180_000)
+        expect(page.locator("#stability-text")).to_contain_text("Features, fine")
+        for sel in ("#instability", "#mean-gate", "#feature-change"):
+            _loaded(page, sel)
+        page.locator("#stability-text").scroll_into_view_if_needed()
+        page.screenshot(path=str(OUT / "app-stability-1400.png"), full_page=True)
 
 
 def test_the_authors_model_loads_from_ivfusion_official_weights(server, chromium_path):

@@ -18,6 +18,7 @@ METRICS_NOTE = ("Both outputs are measured against the unmasked sources; change 
                 "metric is higher-is-better. Conventions of the field: SSIM is summed over both sources "
                 "(up to 2); PSNR uses the field's ~60 dB convention (MSE of images scaled to [0, 1], peak 255).")
 HEAT_JPEG_QUALITY = 90  # heat maps: pixels do not matter, size and encoding time do
+BUTTON_ROOM = 34  # white pixels above a heat map: the page's fullscreen button sits there, not on a label
 
 
 def metric_sources(run: LabRun) -> dict[str, np.ndarray]:
@@ -78,9 +79,9 @@ def write_downloads(run: LabRun, folder: Path) -> list[str]:
 
 def save_image(folder: Path, name: str, img: np.ndarray, lossless: bool) -> str:
     """Write an image the page shows: lossless PNG (fast compression) for fused images and
-    network inputs, JPEG for heat maps. Returns the path. Gradio serves the file as it is,
+    network inputs, JPEG for heat maps (with room on top for the page's buttons). Returns the path. Gradio serves the file as it is,
     so no image is encoded twice."""
-    img = np.ascontiguousarray(img)
+    img = np.ascontiguousarray(img if lossless else viz.pad_top(img, BUTTON_ROOM))
     bgr = cv2.cvtColor(img, cv2.COLOR_RGB2BGR) if img.ndim == 3 else img
     if lossless:
         path, (ok, buf) = Path(folder) / f"{name}.png", cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, 1])
