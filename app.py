@@ -3,7 +3,8 @@
 Run `python app.py` (then open http://127.0.0.1:7860). It runs offline on the bundled
 weights and examples. This file only draws widgets and wires them; the logic lives in
 `ivfusion.lab` (callbacks, runs, stability, metrics, downloads) and `ivfusion.viz` (heat maps).
-The gradio_client API (/fuse, /stability, /metrics, /downloads) is documented in docs/API.md.
+The gradio_client API (/fuse, /render, /metrics, /downloads, /compare, /stability) is documented
+in docs/API.md.
 
 Environment: IVFUSION_WEIGHTS (default model: a path or hf://owner/repo; the bundled file is
 the fallback), IVFUSION_OFFICIAL_WEIGHTS (offers the authors' checkpoint), IVFUSION_MAX_SIDE
@@ -26,8 +27,8 @@ import gradio as gr  # noqa: E402
 from ivfusion import lab  # noqa: E402
 from ivfusion.io import ImageError  # noqa: E402
 from ivfusion.lab import callbacks as cb  # noqa: E402
-from ivfusion.lab.callbacks import (CAPTION_OUTPUTS, FUSE_OUTPUTS, RENDER_OUTPUTS, STABILITY_OUTPUTS,  # noqa: E402
-                                    ordered, user_errors)
+from ivfusion.lab.callbacks import (CAPTION_OUTPUTS, COMPARE_OUTPUTS, FUSE_OUTPUTS, RENDER_OUTPUTS,  # noqa: E402
+                                    STABILITY_OUTPUTS, ordered, user_errors)
 from ivfusion.lab.render import DEFAULT_GATE_SCALE, GATE_SCALE_CHOICES  # noqa: E402
 from ivfusion.levels import GATE_LEVELS  # noqa: E402
 
@@ -209,6 +210,19 @@ class LabApp(cb.LabCallbacks):
                                     "masks and the difference map), written when you ask.")
                         dl_btn = gr.Button("Prepare downloads", elem_id="downloads-btn")
                         files = gr.File(label="Downloads", file_count="multiple", interactive=False, elem_id="downloads")
+                with gr.Accordion("Compare two models: the same pair and masks through a second model", open=False,
+                                  elem_id="compare-section"):
+                    others = [c for c in self.bank.choices() if c != self.default_model]
+                    with gr.Row():
+                        other_model = gr.Dropdown(others, value=others[0] if others else None, label="Compare with",
+                                                  elem_id="compare-model", min_width=240)
+                        compare_btn = gr.Button("Compare", elem_id="compare-btn", min_width=120)
+                    compare_md = gr.Markdown(elem_id="compare-text", elem_classes="lab-note")
+                    compare_fused = gr.Image(label="Fused, intervened: first model | second model", show_label=True,
+                                             interactive=False, elem_id="compare-fused", **png)
+                    compare_imgs = [gr.Image(label=f"{lv.label}: first model above, second below (clean | intervened "
+                                                   "| change)", show_label=False, elem_id=f"compare-{lv.key}", **heat)
+                                    for lv in GATE_LEVELS]
                 gr.Markdown("### Stability analysis\nRuns K seeded interventions (the ones selected above; none "
                             "selected: complementary and random masking alternately) and asks whether the gates open "
                             "where the model is stable: how much the fused image changes at each pixel, over the runs "
@@ -280,6 +294,13 @@ class LabApp(cb.LabCallbacks):
             gate_scale.change(_named(self.rerender, RENDER_OUTPUTS), [gate_scale, state], render_outputs,
                               api_name="render", concurrency_id="render", show_progress="hidden")
             dl_btn.click(self.downloads, [state], [files], api_name="downloads", concurrency_id="metrics")
+            compare_btn.click(
+                gpu(_named(self.compare, COMPARE_OUTPUTS)),
+                [visible, infrared, model, other_model, *common[3:], gate_scale, state],
+                [compare_fused, *compare_imgs, compare_md, state], api_name="compare", preprocess=False,
+                concurrency_id="compute",
+                api_description="Run one pair and intervention through two models; their fused images and gates "
+                                "side by side.")
             stab_btn.click(
                 gpu(_named(self.stability, STABILITY_OUTPUTS)), [*common, k_slider, gate_scale, state],
                 [inst_img, gmean_img, feat_img, stab_md], api_name="stability", preprocess=False,

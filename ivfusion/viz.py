@@ -256,6 +256,18 @@ def difference_map(fused_a: np.ndarray, fused_b: np.ndarray) -> np.ndarray:
     return np.abs(a - b)
 
 
+def stacked(images: Sequence[np.ndarray], gap: int = 12) -> np.ndarray:
+    """Images (grey or RGB) one above the other, left-aligned, on white."""
+    rgb = [to_rgb(i) for i in images]
+    w = max(i.shape[1] for i in rgb)
+    parts = []
+    for k, i in enumerate(rgb):
+        parts.append(np.concatenate([i, np.full((i.shape[0], w - i.shape[1], 3), _BG, np.uint8)], 1))
+        if k < len(rgb) - 1:
+            parts.append(np.full((gap, w, 3), _BG, np.uint8))
+    return np.concatenate(parts, axis=0)
+
+
 def pad_top(img: np.ndarray, pixels: int) -> np.ndarray:
     """`img` with a white strip on top (room for a viewer's buttons over the picture)."""
     img = to_rgb(img)

@@ -190,11 +190,31 @@ def test_stability_callback_and_its_cancel(lab_app):
     assert seen[:3] == ["0 of 16 interventions", "1 of 16 interventions", "2 of 16 interventions"]
 
 
+def test_compare_runs_the_same_pair_and_masks_through_two_models(lab_app):
+    state = {}
+    out = lab_app.compare(str(VIS), str(IR), lab.DEFAULT_CHOICE, lab.UNTRAINED_CHOICE, True, False, "none", 12.5, 3,
+                          2, state=state)
+    assert sorted(out) == sorted(app.COMPARE_OUTPUTS)
+    a, b = state["pair"], state["pair_compare"]
+    assert a.model == lab.DEFAULT_CHOICE and b.model == lab.UNTRAINED_CHOICE
+    run_a = lab.run_session_pair(a, lab.Settings(True, False, "none", 12.5, 3, 2))
+    run_b = lab.run_session_pair(b, lab.Settings(True, False, "none", 12.5, 3, 2))
+    np.testing.assert_array_equal(run_a.intervened.masks[0], run_b.intervened.masks[0])  # the same masks
+    fused = read_image(out["compare_fused"])
+    np.testing.assert_array_equal(fused[:, :128], run_a.intervened.fused_rgb)
+    np.testing.assert_array_equal(fused[:, -128:], run_b.intervened.fused_rgb)
+    strip = read_image(out["compare_fine"])
+    assert strip.shape[0] > 2 * 128 * 0.75  # two strips, one above the other
+    assert lab.UNTRAINED_CHOICE in out["compare_summary"] and "the same masks" in out["compare_summary"]
+    with pytest.raises(gr.Error, match="Choose a second model"):
+        lab_app.compare(str(VIS), str(IR), lab.DEFAULT_CHOICE, lab.DEFAULT_CHOICE)
+
+
 def test_layout_has_stable_api_names_labels_and_fair_queues(bank):
     demo = app.build_demo(bank, max_size=7, concurrency=1, precompute=False)
     cfg = demo.get_config_file()
     names = {d["api_name"] for d in cfg["dependencies"] if d.get("api_visibility") == "public"}
-    assert {"fuse", "stability", "metrics", "render", "downloads"} <= names
+    assert {"fuse", "stability", "metrics", "render", "downloads", "compare"} <= names
     labels = {c["props"].get("label") for c in cfg["components"]}
     assert {"Visible image", "Infrared image"} <= labels
     assert demo._queue.max_size == 7

@@ -196,6 +196,22 @@ def test_the_authors_model_loads_from_ivfusion_official_weights(server, chromium
         page.screenshot(path=str(OUT / "app-authors-model-1400.png"), full_page=True)
 
 
+def test_compare_mode_shows_two_models_gates(server, chromium_path):
+    from playwright.sync_api import expect
+
+    url, _ = server
+    with lab_page(url, chromium_path, 1400, 1000) as page:
+        page.locator("#compare-section").get_by_text("Compare two models").click()
+        page.get_by_label("Compare with").click()
+        page.get_by_role("option", name=lab.OFFICIAL_CHOICE).click()
+        page.locator("#compare-btn").click()
+        expect(page.locator("#compare-text")).to_contain_text("the same masks", timeout=180_000)
+        for sel in ("#compare-fused", "#compare-coarse", "#compare-mid", "#compare-fine"):
+            _loaded(page, sel)
+        page.locator("#compare-section").scroll_into_view_if_needed()
+        page.screenshot(path=str(OUT / "app-compare-1400.png"), full_page=True)
+
+
 def test_a_corrupt_upload_gives_a_toast_and_clears_old_results(server, chromium_path, tmp_path):
     from playwright.sync_api import expect
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import gradio as gr
 
+from .. import viz
 from ..hub import WeightsError
 from ..io import ImageError
 from ..levels import GATE_LEVELS
@@ -34,6 +35,8 @@ RENDER_OUTPUTS = (*LEVEL_OUTPUTS, *CAPTION_OUTPUTS)
 FUSE_OUTPUTS = ("fused_clean", "fused_intervened", "difference", "difference_caption", "inputs",
                 *RENDER_OUTPUTS, "notices", "state")
 STABILITY_OUTPUTS = ("instability", "mean_gate", "features", "summary")
+# /compare: one pair and intervention through two models
+COMPARE_OUTPUTS = ("compare_fused", *(f"compare_{lv.key}" for lv in GATE_LEVELS), "compare_summary", "state")
 DEFAULTS = dict(complementary=True, random_masking=False, dropout="none", hole_percent=settings.DEFAULT_HOLE_PERCENT,
                 holes=settings.DEFAULT_HOLES, seed=0, gate_scale=render.DEFAULT_GATE_SCALE)
 
@@ -189,6 +192,43 @@ class LabCallbacks:
         if run is None:
             raise gr.Error("Fuse a pair first.", title="Nothing to download")
         return downloads.write_downloads(run, session.request_dir())
+
+    @user_errors
+    def compare(self, visible, infrared, model=None, other_model=None, complementary=True, random_masking=False,
+                dropout="none", hole_percent=settings.DEFAULT_HOLE_PERCENT, holes=settings.DEFAULT_HOLES, seed=0,
+                draw_visible=None, draw_infrared=None, gate_scale=render.DEFAULT_GATE_SCALE, state=None
+                ) -> dict[str, Any]:
+        """Run one pair and one set of interventions (one seed: the same masks) through two
+        models. Outputs (COMPARE_OUTPUTS): the two intervened fused images side by side, per
+        level the two models' clean | intervened | change maps one above the other, a Markdown
+        summary, and the session state (each model's pair is kept, so a repeat is cheap)."""
+        if not other_model or other_model == model:
+            raise gr.Error("Choose a second model, other than the first, to compare with.", title="Nothing to compare")
+        s = self._settings(complementary, random_masking, dropout, hole_percent, holes, seed)
+        render.gate_scale_name(gate_scale)
+        drawn = (uploads.drawn_keep_mask(draw_visible), uploads.drawn_keep_mask(draw_infrared))
+        state = state if isinstance(state, dict) else {}
+        results = []
+        for key, name in (("pair", model), ("pair_compare", other_model)):
+            sub = {"pair": state.get(key)}
+            pair = self._pair(sub, visible, infrared, name)
+            state[key] = pair
+            results.append((name or models.DEFAULT_CHOICE, runs.run_session_pair(pair, s, drawn)))
+        folder = session.request_dir()
+        fused = viz.side_by_side([r.intervened.fused_rgb for _, r in results], gap=8)
+        out: dict[str, Any] = {"compare_fused": downloads.save_image(folder, "compare_fused", fused, lossless=True)}
+        levels = [render.render_levels(r, gate_scale) for _, r in results]
+        lines = [f"Left / top: **{results[0][0]}**. Right / bottom: **{results[1][0]}**. "
+                 f"Intervention: {results[0][1].label}, the same masks for both (seed {s.seed})."]
+        for i, level in enumerate(GATE_LEVELS):
+            a, b = levels[0][i], levels[1][i]
+            stack = viz.stacked([a.image, b.image])
+            out[f"compare_{level.key}"] = downloads.save_image(folder, f"compare_{level.key}", stack, lossless=False)
+            lines.append(f"{level.label}: {results[0][0]}: mean gate clean {float(results[0][1].clean.gates[i].mean()):.3f}; "
+                         f"{results[1][0]}: {float(results[1][1].clean.gates[i].mean()):.3f}.")
+        out["compare_summary"] = "  \n".join(lines)
+        out["state"] = state
+        return out
 
     def prefetch(self, visible, infrared, model, state):
         """A pair was loaded (or the model changed): compute its clean pass now, into this
