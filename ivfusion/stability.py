@@ -158,12 +158,12 @@ class StabilityAnalysis:
         per_batch = max(1, self.batch_pixels // (h * w))
         names: list[str] = []
 
-        clean_fused = torch.from_numpy(clean.fused_y).double()
+        clean_fused = torch.from_numpy(clean.fused_y)
         out_sq, out_n = torch.zeros(h, w, dtype=torch.float64), torch.zeros(h, w, dtype=torch.float64)
         clean_cross, feat_sq, feat_n = None, [], []
         if self.features:
             first = next(fuser.intervene_batch([(None, None)], return_cross=True))
-            clean_cross = [c[0].double() for c in first.cross]
+            clean_cross = [c[0] for c in first.cross]
             feat_sq = [torch.zeros(c.shape[-2:], dtype=torch.float64) for c in clean_cross]
             feat_n = [torch.zeros_like(s) for s in feat_sq]
         done, cancelled = 0, False
@@ -180,13 +180,13 @@ class StabilityAnalysis:
             out = next(fuser.intervene_batch(plan, batch_pixels=len(plan) * h * w, return_cross=self.features))
             for j, (m_vi, m_ir) in enumerate(out.masks):
                 visible_px = torch.from_numpy((m_vi >= 1) & (m_ir >= 1)).double()
-                out_sq += visible_px * (out.fused[j, 0].double() - clean_fused) ** 2
+                out_sq += visible_px * (out.fused[j, 0] - clean_fused).double() ** 2
                 out_n += visible_px
                 if self.features:
                     for lv, level in enumerate(GATE_LEVELS):
-                        c = out.cross[lv][j].double()
+                        c = out.cross[lv][j]
                         vis_l = _footprint_visible(visible_px, level, c.shape[-2:])
-                        d2 = ((c - clean_cross[lv]) ** 2).mean(0)
+                        d2 = (c - clean_cross[lv]).pow_(2).mean(0, dtype=torch.float64)
                         feat_sq[lv] += vis_l * d2
                         feat_n[lv] += vis_l
                 done += 1
