@@ -27,8 +27,8 @@ import gradio as gr  # noqa: E402
 from ivfusion import lab  # noqa: E402
 from ivfusion.io import ImageError  # noqa: E402
 from ivfusion.lab import callbacks as cb  # noqa: E402
-from ivfusion.lab.callbacks import (CAPTION_OUTPUTS, COMPARE_OUTPUTS, FUSE_OUTPUTS, RENDER_OUTPUTS,  # noqa: E402
-                                    STABILITY_OUTPUTS, ordered, user_errors)
+from ivfusion.lab.callbacks import (CAPTION_OUTPUTS, COMPARE_OUTPUTS, FUSE_OUTPUTS, MODEL_OUTPUTS,  # noqa: E402
+                                    RENDER_OUTPUTS, STABILITY_OUTPUTS, ordered, user_errors)
 from ivfusion.lab.render import DEFAULT_GATE_SCALE, GATE_SCALE_CHOICES  # noqa: E402
 from ivfusion.levels import GATE_LEVELS  # noqa: E402
 
@@ -272,7 +272,8 @@ class LabApp(cb.LabCallbacks):
                         preprocess=False, show_progress="hidden")
             gallery.select(self.pick_example, None, [visible, infrared], api_visibility="private", queue=False,
                            show_progress="hidden")
-            model.change(self.model_info, [model], [model_md], api_visibility="private")
+            model.change(_named(self.choose_model, MODEL_OUTPUTS), [model, state], [model, model_md, state],
+                         api_visibility="private", concurrency_id="models")
             for trigger in (visible.change, infrared.change, model.change):
                 trigger(self.prefetch, [visible, infrared, model, state], [state], preprocess=False,
                         concurrency_id="compute", show_progress="hidden", trigger_mode="always_last",

@@ -196,6 +196,28 @@ def test_the_authors_model_loads_from_ivfusion_official_weights(server, chromium
         page.screenshot(path=str(OUT / "app-authors-model-1400.png"), full_page=True)
 
 
+def test_a_failed_download_of_the_authors_model_says_so_and_stays_on_the_current_model(chromium_path, tmp_path):
+    from playwright.sync_api import expect
+
+    from tests.test_app import _free_port
+
+    dead = f"http://127.0.0.1:{_free_port()}/best.pth"  # nothing listens there: as offline
+    bank = lab.ModelBank(env={"IVFUSION_OFFICIAL_URL": dead, "IVFUSION_CACHE": str(tmp_path)}, device="cpu",
+                         max_side=128)
+    demo, url = launch(bank, precompute=False)
+    try:
+        with lab_page(url, chromium_path, 390, 844) as page:
+            page.get_by_label("Model").click()
+            page.get_by_role("option", name=lab.OFFICIAL_CHOICE).click()
+            toast = page.locator(".toast-body").filter(has_text="cannot be fetched").first
+            expect(toast).to_be_visible(timeout=60_000)
+            expect(page.get_by_label("Model")).to_have_value(lab.DEFAULT_CHOICE, timeout=30_000)
+            assert "Staying on" in page.locator("body").inner_text()
+            page.screenshot(path=str(OUT / "app-authors-offline-390.png"))
+    finally:
+        demo.close()
+
+
 def test_compare_mode_shows_two_models_gates(server, chromium_path):
     from playwright.sync_api import expect
 

@@ -35,6 +35,9 @@ RENDER_OUTPUTS = (*LEVEL_OUTPUTS, *CAPTION_OUTPUTS)
 FUSE_OUTPUTS = ("fused_clean", "fused_intervened", "difference", "difference_caption", "inputs",
                 *RENDER_OUTPUTS, "notices", "state")
 STABILITY_OUTPUTS = ("instability", "mean_gate", "features", "summary")
+# a model was chosen: its description, the menu (back to the session's last usable model when
+# this one cannot be loaded) and the session state
+MODEL_OUTPUTS = ("model", "model_info", "state")
 # /compare: one pair and intervention through two models
 COMPARE_OUTPUTS = ("compare_fused", *(f"compare_{lv.key}" for lv in GATE_LEVELS), "compare_summary", "state")
 DEFAULTS = dict(complementary=True, random_masking=False, dropout="none", hole_percent=settings.DEFAULT_HOLE_PERCENT,
@@ -250,6 +253,26 @@ class LabCallbacks:
         except WeightsError as e:
             return f"**{model}** cannot be loaded: {e}"
         return f"Runs on the {fuser.path} inference path ({fuser.device}). " + " ".join(notes)
+
+    def choose_model(self, model, state=None, progress=gr.Progress()) -> dict[str, Any]:
+        """A model was chosen in the menu: load it now (the authors' model is downloaded on
+        first choice, with progress). If it cannot be loaded (offline, a bad file), a toast says
+        why and the menu goes back to this session's last usable model. Outputs: MODEL_OUTPUTS."""
+        state = state if isinstance(state, dict) else {}
+
+        def shown(done, total):
+            progress(done / total if total else None, desc=f"Downloading the authors' model: "
+                                                             f"{done / 1e6:.1f} of {total / 1e6:.1f} MB")
+
+        try:
+            _, notes = self.bank.get(model, progress=shown)
+        except WeightsError as e:
+            back = state.get("model") or self.default_model
+            gr.Warning(f"{model} cannot be used: {e} Staying on {back}.", title="Model not available")
+            return {"model": back, "model_info": f"**{model}** cannot be loaded: {e} Staying on **{back}**.",
+                    "state": state}
+        state["model"] = model
+        return {"model": gr.skip(), "model_info": self.model_info(model), "state": state}
 
     def hole_text(self, visible, hole_percent) -> str:
         """The hole size in pixels for the loaded visible image (read from its header only)."""
