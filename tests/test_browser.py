@@ -218,6 +218,21 @@ def test_a_failed_download_of_the_authors_model_says_so_and_stays_on_the_current
         demo.close()
 
 
+def test_clear_canvas_keeps_the_image_under_the_mask(server, chromium_path):
+    url, _ = server
+    with lab_page(url, chromium_path) as page:
+        page.get_by_text("Draw your own mask").click()
+        editor = page.locator("#draw-visible")
+        editor.locator("canvas").first.wait_for(state="visible", timeout=30_000)
+        page.wait_for_timeout(1500)
+        before = _shot(editor)
+        editor.get_by_role("button", name="Clear canvas").click()
+        page.wait_for_timeout(3000)
+        after = _shot(editor)
+        assert before.std() > 20 and after.std() > 20  # the image is still there, not a blank canvas
+        assert np.abs(before - after).mean() < 10
+
+
 def test_compare_mode_shows_two_models_gates(server, chromium_path):
     from playwright.sync_api import expect
 
