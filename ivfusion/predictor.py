@@ -26,7 +26,7 @@ from . import io
 from .device import resolve_device
 from .hub import describe, load_model
 from .interventions import MaskConfig, get_intervention
-from .modeling import ISFuse
+from .modeling import ISFuse, check_inputs
 from .reencode import Geometry, reencode
 
 DEFAULT_MAX_SIDE = 2048
@@ -170,7 +170,7 @@ class Fuser:
     @property
     def clean(self) -> FusionResult | None:
         """The clean pass of the current pair (None before `set_pair`)."""
-        return self._clean
+        return None if self._pair is None else self._ensure_clean()
 
     def prepare(self, visible: np.ndarray, infrared: np.ndarray, resize_ir: bool = False) -> PreparedPair:
         """Validate and convert a pair. IR of another size than the visible image is an error
@@ -211,20 +211,8 @@ class Fuser:
         infrared: (H, W) grey or (H, W, 3), uint8/uint16 or float in [0, 1].
         Returns the clean FusionResult. Setting the same pair again reuses the cached pass.
         """
-        pair = self.prepare(visible, infrared, resize_ir=resize_ir)
-        old = self._pair
-        if (old is not None and old.shape == pair.shape and np.array_equal(old.ycrcb, pair.ycrcb)
-                and np.array_equal(old.infrared, pair.infrared)):
-            return self._clean
-        self.reset()
-        vis_t, ir_t = self._tensor(pair.visible_y), self._tensor(pair.infrared)
-        f_vi, f_ir = self.net.encode(vis_t, ir_t)
-        fused, gates = self.net.fuse_features(f_vi, f_ir)
-        ones = np.ones(pair.shape, np.float32)
-        self._pair, self._feats = pair, {"vi": list(f_vi), "ir": list(f_ir)}
-        self._clean = self.build_result(pair, fused.float().cpu(), tuple(g.float().cpu() for g in gates),
-                                        pair.visible_y, pair.infrared, (ones, ones.copy()), "none")
-        return self._clean
+        self._load(self.prepare(visible, infrared, resize_ir=resize_ir))
+        return self._ensure_clean()
 
     def sample_masks(self, intervention: str | Sequence[str] = "complementary", seed: int = 0, *,
                      masks: tuple[np.ndarray | None, np.ndarray | None] | None = None,
@@ -266,7 +254,8 @@ class Fuser:
         (m_vi, m_ir), name = self.sample_masks(intervention, seed, masks=masks, mask_config=mask_config)
         pair = self._pair
         if m_vi.min() == 1 and m_ir.min() == 1:
-            return dataclasses.replace(self._clean, intervention=name, notices=list(self._clean.notices))
+            clean = self._ensure_clean()
+            return dataclasses.replace(clean, intervention=name, notices=list(clean.notices))
         f_vi, f_ir = self._features("vi", m_vi), self._features("ir", m_ir)
         fused, gates = self.net.fuse_features(f_vi, f_ir)
         return self.build_result(pair, fused.float().cpu(), tuple(g.float().cpu() for g in gates),
@@ -308,10 +297,14 @@ class Fuser:
         resize_ir: bool = False,
     ) -> FusionResult:
         """Fuse one pair: `set_pair`, then `intervene` unless no intervention and no masks are
-        asked for (then the clean pass alone). Arguments as for those two methods."""
-        clean = self.set_pair(visible, infrared, resize_ir=resize_ir)
+        asked for (then the clean pass alone). Arguments as for those two methods.
+
+        With an intervention, the clean pass and the clean features of a modality the
+        intervention drops are left to be computed when first needed, so that one call costs
+        about one forward pass."""
+        self._load(self.prepare(visible, infrared, resize_ir=resize_ir))
         if (intervention in (None, "none")) and masks is None:
-            return clean
+            return self._ensure_clean()
         return self.intervene(intervention or "none", seed, masks=masks, mask_config=mask_config)
 
     @staticmethod
@@ -339,6 +332,36 @@ class Fuser:
             raise RuntimeError("no pair is set: call Fuser.set_pair(visible, infrared) first")
         return self._pair
 
+    def _load(self, pair: PreparedPair) -> None:
+        """Make `pair` the current pair; keep the caches if it is the same pair again."""
+        old = self._pair
+        if (old is not None and old.shape == pair.shape and np.array_equal(old.ycrcb, pair.ycrcb)
+                and np.array_equal(old.infrared, pair.infrared)):
+            return
+        check_inputs(self._tensor(pair.visible_y), self._tensor(pair.infrared))
+        self.reset()
+        self._pair = pair
+
+    @torch.inference_mode()
+    def _clean_features(self, which: str) -> list[torch.Tensor]:
+        """The clean encoder features of modality `which` ("vi" or "ir"), encoded when first needed."""
+        if which not in self._feats:
+            encoder = self.net.encoder_vi if which == "vi" else self.net.encoder_ir
+            image = self._pair.visible_y if which == "vi" else self._pair.infrared
+            self._feats[which] = list(encoder(self._tensor(image)))
+        return self._feats[which]
+
+    @torch.inference_mode()
+    def _ensure_clean(self) -> FusionResult:
+        """The clean pass of the current pair, run when first needed."""
+        if self._clean is None:
+            pair = self._pair
+            fused, gates = self.net.fuse_features(self._clean_features("vi"), self._clean_features("ir"))
+            ones = np.ones(pair.shape, np.float32)
+            self._clean = self.build_result(pair, fused.float().cpu(), tuple(g.float().cpu() for g in gates),
+                                            pair.visible_y, pair.infrared, (ones, ones.copy()), "none")
+        return self._clean
+
     def _tensor(self, a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a, np.float32))[None, None].to(self.device)
 
@@ -346,12 +369,12 @@ class Fuser:
         """Encoder features of modality `which` ("vi" or "ir") with keep mask `keep`."""
         encoder = self.net.encoder_vi if which == "vi" else self.net.encoder_ir
         if keep.min() == 1:
-            return self._feats[which]
+            return self._clean_features(which)
         if keep.max() == 0:
             return self._zero_features(which, encoder)
         image = self._pair.visible_y if which == "vi" else self._pair.infrared
         x = self._tensor(image * keep)
-        feats, _ = reencode(encoder, x, self._feats[which], keep != 1, self._geometry[which])
+        feats, _ = reencode(encoder, x, lambda: self._clean_features(which), keep != 1, self._geometry[which])
         return feats
 
     def _zero_features(self, which: str, encoder) -> list[torch.Tensor]:

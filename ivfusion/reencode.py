@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -67,10 +68,11 @@ def dirty_boxes(changed: np.ndarray, geometry: Geometry) -> list[tuple[int, int,
     return boxes
 
 
-def reencode(encoder: nn.Module, x: Tensor, clean: list[Tensor], changed: np.ndarray, geometry: Geometry,
-             max_fraction: float = 0.6) -> tuple[list[Tensor], str]:
-    """The encoder's features of `x` (1, 1, H, W), given the features `clean` of an input that
-    differs from x only where `changed` ((H, W) bool) is True.
+def reencode(encoder: nn.Module, x: Tensor, clean: list[Tensor] | Callable[[], list[Tensor]], changed: np.ndarray,
+             geometry: Geometry, max_fraction: float = 0.6) -> tuple[list[Tensor], str]:
+    """The encoder's features of `x` (1, 1, H, W), given the features `clean` (or a callable
+    that returns them, called only if needed) of an input that differs from x only where
+    `changed` ((H, W) bool) is True.
 
     Returns (features, how): how is "local" (crops around the changes, pasted into a copy of
     `clean`) or "full" (a full forward, when the crops would cover more than max_fraction of
@@ -83,7 +85,7 @@ def reencode(encoder: nn.Module, x: Tensor, clean: list[Tensor], changed: np.nda
     area = sum((cy1 - cy0) * (cx1 - cx0) for cy0, cy1, cx0, cx1 in crops)
     if area > max_fraction * h * w or any(min(cy1 - cy0, cx1 - cx0) < 2 * a for cy0, cy1, cx0, cx1 in crops):
         return encoder(x), "full"
-    out = [f.clone() for f in clean]
+    out = [f.clone() for f in (clean() if callable(clean) else clean)]
     pool = encoder.pool
     for (y0, y1, x0, x1), (cy0, cy1, cx0, cx1) in zip(boxes, crops):
         feats = encoder(x[..., cy0:cy1, cx0:cx1].contiguous())

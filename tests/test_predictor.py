@@ -224,6 +224,22 @@ def test_reuse_skips_encoder_work(untrained, crops):
     assert (r.masks[0] == 0).any() and (r.masks[1] == 0).any()
 
 
+def test_fuse_with_an_intervention_costs_one_forward(untrained, crops):
+    """fuse() leaves the clean pass and the dropped modality's clean features unencoded until
+    asked for: a drop costs the two encoder passes of one forward (one on the zero image)."""
+    fuser = Fuser(untrained, device="cpu", max_side=None)
+    vis, ir = crops[1]
+    with encoder_calls(fuser.net) as seen:
+        r = fuser.fuse(vis, ir, "drop-visible")
+    assert seen == {"vi": [(97, 131)], "ir": [(97, 131)]}
+    with encoder_calls(fuser.net) as seen:
+        clean = fuser.clean  # computed now: only the visible image's clean features are new
+    assert seen == {"vi": [(97, 131)], "ir": []}
+    fused, _ = plain_forward(untrained, clean.inputs["visible_y"], clean.inputs["infrared"])
+    assert np.abs(clean.fused_y - fused).max() < FP32_TOL
+    assert np.abs(r.fused_y - clean.fused_y).max() > 0
+
+
 def test_intervene_batch_matches_intervene(untrained, crops):
     fuser = Fuser(untrained, device="cpu", max_side=None)
     vis, ir = crops[1]
