@@ -173,7 +173,7 @@ class LabApp(cb.LabCallbacks):
                                                  type="filepath", sources=[], brush=brush, layers=False, transforms=[],
                                                  format="png", elem_id="draw-infrared")
                 notices = gr.Markdown(first.get("notices"), elem_id="notices", elem_classes="lab-note")
-                gr.Markdown("### Fused images\nLeft: without intervention. Middle: with it. Right: what changed.")
+                gr.Markdown("### Fused images\nWithout intervention (clean), with it (intervened), and what changed.")
                 with gr.Row(equal_height=True):  # wraps on a phone: the two fused images, the change below
                     fused_clean = gr.Image(first.get("fused_clean"), label="Fused, clean", interactive=False,
                                            elem_id="fused-clean", min_width=160, **png)
