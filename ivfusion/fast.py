@@ -316,8 +316,11 @@ class FastISFuse(nn.Module):
         for m in self.model.modules():
             if isinstance(m, FastConv):
                 m.fused = fuse_act
-            # leaves only; the first layers keep fp32, the attention's tiny key GEMM runs in fp32
-            keep = isinstance(m, (PatchConv, FastAttention)) or (isinstance(m, FastConv) and m.weight.shape[1] == 1)
+            # leaves only; fp32 stays where it is cheap and matters: the first layers (the image
+            # itself), the one-channel outputs (gate logits, the fused image's logits) and the
+            # attention's tiny key GEMM
+            keep = isinstance(m, (PatchConv, FastAttention, PixelProj)) or (
+                isinstance(m, FastConv) and 1 in (m.weight.shape[0], m.weight.shape[1]))
             if dtype != torch.float32 and not keep and not list(m.children()):
                 m.to(dtype)
 
