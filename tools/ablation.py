@@ -10,8 +10,10 @@ roadscene/train and validates on the first 6 pairs of msrs/train (another sensor
 set: the cross-dataset proxy), all in runs/ablation/NAME. The table reads each run's last
 validation record from its log.jsonl: per gate level the spatial std and the 1st-99th
 percentile span (eval mode, full-size pairs), then Qabf and VIF. "+ recal" rows are the same
-weights after ivfusion.train.recalibrate.recalibrate_bn (BN statistics re-estimated on 40
-batches of 16 clean 128x128 roadscene/train crops, seed 0; nothing else changes).
+weights after `recalibrate_bn` below (BN statistics re-estimated on 40 batches of 16 clean
+128x128 roadscene/train crops, seed 0; nothing else changes). It was a hypothesis (inference
+would then normalise a clean image as the clean pass was normalised in training); the rows
+refute it, so it stays here and not in the package.
 """
 from __future__ import annotations
 
@@ -19,6 +21,9 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+import torch
+from torch import nn
 
 OUT = Path("runs/ablation")
 BASE = ["--data", "../shared/data/roadscene/train", "--val", "../shared/data/msrs/train", "--val-pairs", "6",
@@ -60,22 +65,40 @@ def _val_pairs():
 
 def baseline_row() -> dict:
     """The init itself (v2), validated the same way, so every run can be read against it."""
-    import torch
-
     from ivfusion.hub import load_model
     from ivfusion.train.loop import validate
 
     return validate(load_model("assets/weights/isfuse-ivfusion"), _val_pairs(), torch.device("cpu"), 1.0)
 
 
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, dataset, batches: int = 50, batch_size: int = 16,
+                   seed: int = 0) -> nn.Module:
+    """Replace every BatchNorm's running mean/var by the average over `batches` clean batches
+    of `dataset` crops (keys (seed-derived step, index), so a seed fixes them). Returns `model`
+    in eval mode."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches
+    model.train()
+    g = torch.Generator().manual_seed(seed)
+    for b in range(batches):
+        idx = torch.randint(len(dataset), (batch_size,), generator=g).tolist()
+        image = torch.stack([torch.from_numpy(dataset.crop_at(10**6 + b, i)) for i in idx])
+        device = next(model.parameters()).device
+        model(image[:, :1].to(device), image[:, 1:].to(device))
+    for m, mom in zip(bns, saved):
+        m.momentum = mom
+    return model.eval()
+
+
 def recal(names: list[str]) -> None:
     """Clean-BN recalibration of the init and of each finished run, validated like the runs."""
-    import torch
-
     from ivfusion.hub import load_model
     from ivfusion.train.dataset import PairDataset
     from ivfusion.train.loop import validate
-    from ivfusion.train.recalibrate import recalibrate_bn
 
     torch.set_num_threads(1)
     data = PairDataset(["../shared/data/roadscene/train"], 128, seed=0)
