@@ -242,7 +242,7 @@ def test_defaults_are_the_authors_recipe_and_flags_reach_nested_fields(tmp_path)
     (["--val-every", "0"], "--val-every must be >= 1, got 0"),
     (["--lr-schedule", "linear"], "--lr-schedule 'linear' is unknown; accepted: constant, cosine"),
     (["--val", ""], "--val: empty"),
-    (["--passes", "three"], "accepted: separate, pooled"),
+    (["--passes", "three"], "accepted: separate, pooled, clean-stats"),
     (["--regulariser", "none"], "accepted: aggregated, per-level, area-only"),
     (["--masks.style", "square"], "unknown mask style 'square'; accepted: disjoint, paper"),
     (["--model.r", "0"], "r"),
@@ -274,3 +274,31 @@ def test_training_imports_no_inference_code():
     code = "import sys, ivfusion.train.loop; print(sorted(m for m in sys.modules if m.startswith('ivfusion')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "ivfusion.train" in out and "predictor" not in out and "ivfusion.fast" not in out and "lab" not in out
+
+
+def test_clean_stats_passes_normalise_every_variant_as_the_clean_batch_alone(pair_folder):
+    # "clean-stats": the clean part of the stacked forward must come out exactly as the clean
+    # batch alone in train mode, and the running statistics must be the clean batch's alone.
+    from ivfusion.train.step import FiveWay, variants
+
+    data = PairDataset([str(pair_folder)], 32, seed=0)
+    batch = [data[(0, i)] for i in range(3)]
+    image = torch.stack([b["image"] for b in batch])
+    vis, ir = image[:, :1], image[:, 1:]
+    pairs = variants(vis, ir, torch.stack([b["comp"] for b in batch]), torch.stack([b["rand"] for b in batch]))
+    torch.manual_seed(0)
+    model = ISFuse().train()
+    alone = copy.deepcopy(model)
+    outs, gates = FiveWay(model, "clean-stats")(pairs)
+    f_alone, g_alone = alone(vis, ir)
+    torch.testing.assert_close(outs[0], f_alone, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(gates[0][1], g_alone[1], rtol=1e-4, atol=1e-5)
+    for (name, a), b in zip(model.named_buffers(), alone.buffers()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
+    assert not torch.allclose(outs[3], f_alone)  # the dropout variant is a different output
+    assert "forward" not in vars(next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)))
+    # the pooled forward would not have matched
+    torch.manual_seed(0)
+    pooled = ISFuse().train()
+    p_outs, _ = FiveWay(pooled, "pooled")(pairs)
+    assert not torch.allclose(p_outs[0], f_alone, atol=1e-3)

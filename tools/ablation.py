@@ -33,6 +33,7 @@ BASE = ["--data", "../shared/data/roadscene/train", "--val", "../shared/data/msr
 RUNS = {
     "faithful": ("authors' recipe: separate passes, paper masks, aggregated R, lr 1e-4", []),
     "pooled-bn": ("one pooled forward (BN statistics shared by the five variants)", ["--passes", "pooled"]),
+    "clean-stats-bn": ("one forward, BN statistics of the clean variant only (proposed)", ["--passes", "clean-stats"]),
     "disjoint-masks": ("squares placed apart, area capped (v1/v2's sampler)", ["--masks.style", "disjoint"]),
     "per-level-R": ("R on each level's gate, not on their mean", ["--regulariser", "per-level"]),
     "crop-32": ("crop 32 (batch 16, same pixels per step)", ["--crop", "32", "--batch-size", "16"]),

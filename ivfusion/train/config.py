@@ -20,7 +20,7 @@ from ..interventions import MaskConfig
 from ..losses import NECESSITY_VARIANTS, REGULARISERS
 
 LR_SCHEDULES = ("constant", "cosine")
-PASSES = ("separate", "pooled")
+PASSES = ("separate", "pooled", "clean-stats")
 
 
 class ConfigError(ValueError):
@@ -46,7 +46,8 @@ class TrainConfig:
     necessity: str = "reference"  # or "contribution", see losses.necessity_loss
     regulariser: str = "aggregated"  # R on the mean gate (authors) or "per-level"
     # "separate": five train-mode forwards, each BatchNorm normalising one variant (authors);
-    # "pooled": one forward of the five variants stacked (BN statistics shared; faster)
+    # "pooled": one forward of the five variants stacked (BN statistics shared; faster);
+    # "clean-stats": one stacked forward, BN statistics from the clean variant only
     passes: str = "separate"
     # optimisation
     lr: float = 1e-4
