@@ -27,7 +27,7 @@ import gradio as gr  # noqa: E402
 from ivfusion import lab  # noqa: E402
 from ivfusion.io import ImageError  # noqa: E402
 from ivfusion.lab import callbacks as cb  # noqa: E402
-from ivfusion.lab.callbacks import (CAPTION_OUTPUTS, COMPARE_OUTPUTS, FUSE_OUTPUTS, MODEL_OUTPUTS,  # noqa: E402
+from ivfusion.lab.callbacks import (COMPARE_OUTPUTS, FUSE_OUTPUTS, MODEL_OUTPUTS,  # noqa: E402
                                     RENDER_OUTPUTS, STABILITY_OUTPUTS, ordered, user_errors)
 from ivfusion.lab.render import DEFAULT_GATE_SCALE, GATE_SCALE_CHOICES  # noqa: E402
 from ivfusion.levels import GATE_LEVELS  # noqa: E402
@@ -111,7 +111,7 @@ class LabApp(cb.LabCallbacks):
     def clear_outputs(self):
         """A new pair was loaded: the old results go (they belong to the previous pair)."""
         out = {n: None for n in FUSE_OUTPUTS[:-1]}
-        out.update({n: "" for n in (*CAPTION_OUTPUTS, "difference_caption")})
+        out.update({n: "" for n in ("gate_captions", "difference_caption")})
         out["notices"] = "New pair loaded: press **Fuse**."
         return ordered(FUSE_OUTPUTS[:-1], out)
 
@@ -183,19 +183,15 @@ class LabApp(cb.LabCallbacks):
                                     **(heat | dict(min_width=300)))
                 diff_md = gr.Markdown(first.get("difference_caption"), elem_id="difference-caption",
                                       elem_classes="lab-note")
-                gr.Markdown("### Invariance gates\nPer level: the clean pass, the intervened pass (one colour scale), "
-                            "and the gate change (intervened - clean: red opened, blue closed). Yellow = gate open "
-                            "(cross-attended features used), dark = closed (plain sum); the red line on a colour bar "
-                            "is the target mean \u03b7.")
+                gr.Markdown("### Invariance gates\nOne row per level, coarse to fine: the clean pass | the intervened "
+                            "pass (one colour scale) | the gate change (intervened - clean: red opened, blue closed). "
+                            "Yellow = gate open (cross-attended features used), dark = closed (plain sum); the red "
+                            "line on a colour bar is the target mean \u03b7.")
                 gate_scale = gr.Radio(list(GATE_SCALE_CHOICES), value=DEFAULT_GATE_SCALE, elem_id="gate-scale",
                                       label="Gate colour scale (redraws without running the model)")
-                level_imgs, captions = {}, {}
-                for level in GATE_LEVELS:
-                    captions[level.key] = gr.Markdown(first.get(f"caption_{level.key}"), elem_classes="lab-note",
-                                                      elem_id=f"caption-{level.key}")
-                    level_imgs[f"gate_{level.key}"] = gr.Image(
-                        first.get(f"gate_{level.key}"), label=f"{level.label}: clean | intervened | change",
-                        show_label=False, elem_id=f"gate-{level.key}", **heat)
+                gate_md = gr.Markdown(first.get("gate_captions"), elem_classes="lab-note", elem_id="gate-captions")
+                gates_img = gr.Image(first.get("gates"), label="Gates per level: clean | intervened | change",
+                                     show_label=False, elem_id="gates", **heat)
                 gr.Markdown("### What the network saw\nThe inputs after the intervention, visible (Y) left and "
                             "infrared right (black = hidden).")
                 inputs_img = gr.Image(first.get("inputs"), label="Network inputs", show_label=False, interactive=False,
@@ -250,7 +246,7 @@ class LabApp(cb.LabCallbacks):
 
             comps = {"fused_clean": fused_clean, "fused_intervened": fused_int, "difference": diff,
                      "difference_caption": diff_md, "inputs": inputs_img,
-                     **level_imgs, **{f"caption_{k}": c for k, c in captions.items()}, "notices": notices,
+                     "gates": gates_img, "gate_captions": gate_md, "notices": notices,
                      "state": state}
             fuse_outputs = [comps[n] for n in FUSE_OUTPUTS]
             render_outputs = [comps[n] for n in RENDER_OUTPUTS]

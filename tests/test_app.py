@@ -36,7 +36,7 @@ def lab_app(bank):
 
 
 def _inputs(out: dict) -> tuple[np.ndarray, np.ndarray]:
-    """The visible and infrared network inputs from the side-by-side `inputs` image (128 px wide each)."""
+    """The visible and infrared network inputs from the side-by-side `inputs` PNG (128 px wide each)."""
     both = read_image(out["inputs"])
     both = both[..., 0] if both.ndim == 3 else both
     return both[:, :128], both[:, -128:]
@@ -58,10 +58,11 @@ def test_fuse_callback_returns_every_named_output(lab_app):
     np.testing.assert_array_equal(inter, run.intervened.fused_rgb)  # the page shows the exact pixels
     in_vis, in_ir = _inputs(out)
     assert in_ir.max() == 0 and in_vis.min() == 0  # infrared dropped; visible holes
-    for level in ("coarse", "mid", "fine"):
-        strip = read_image(out[f"gate_{level}"])
-        assert strip.ndim == 3 and strip.shape[1] > 3 * 128  # clean | intervened | change, with colour bars
-        assert "Mean clean" in out[f"caption_{level}"] and "\u03b7 = 0.3" in out[f"caption_{level}"]
+    gates = read_image(out["gates"])
+    assert gates.ndim == 3 and gates.shape[1] > 3 * 128 and gates.shape[0] > 3 * 96  # 3 rows of 3 maps + bars
+    for level in ("Coarse", "Mid", "Fine"):
+        assert f"**{level} (" in out["gate_captions"]
+    assert out["gate_captions"].count("Mean clean") == 3 and "\u03b7 = 0.3" in out["gate_captions"]
     notices = out["notices"]
     assert "complementary masking + drop infrared (holes of 12 px)" in notices and "Downscaled from 640x480" in notices
     assert "/" not in notices.replace("1/4", "")  # no server paths
@@ -95,16 +96,16 @@ def test_display_options_rerender_without_a_forward_pass(lab_app, monkeypatch):
         monkeypatch.setattr(type(fuser), name, lambda self, *a, _real=real, **k: (calls.append(1), _real(self, *a, **k))[1])
     fixed = lab_app.rerender("fixed 0 to 1", state)
     assert sorted(fixed) == sorted(app.RENDER_OUTPUTS) and calls == []
-    assert "span 0 to 1" in fixed["caption_fine"] and "span 0 to 1" not in out["caption_fine"]
-    a, b = read_image(fixed["gate_fine"]).astype(int), read_image(out["gate_fine"]).astype(int)
+    assert "span 0 to 1" in fixed["gate_captions"] and "span 0 to 1" not in out["gate_captions"]
+    a, b = read_image(fixed["gates"]).astype(int), read_image(out["gates"]).astype(int)
     assert a.shape == b.shape and np.abs(a - b).mean() > 5
     back = lab_app.rerender("stretched per level", state)
-    assert np.abs(read_image(back["gate_fine"]).astype(int) - b).mean() < 2  # JPEG noise only
+    assert np.abs(read_image(back["gates"]).astype(int) - b).mean() < 2  # JPEG noise only
     with pytest.raises(gr.Error, match="gate colour scale must be one of"):
         lab_app.rerender("rainbow", state)
     # a new session shows the precomputed default result, and re-renders it too
     assert "fused_clean" in lab_app.default_outputs and lab_app.default_run is not None
-    assert "span 0 to 1" in lab_app.rerender("fixed 0 to 1", {})["caption_fine"]
+    assert "span 0 to 1" in lab_app.rerender("fixed 0 to 1", {})["gate_captions"]
 
 
 def test_fuse_callback_takes_gradio_payloads_and_a_drawn_mask(lab_app, tmp_path):
@@ -159,7 +160,7 @@ def test_other_callbacks(lab_app, tmp_path):
     assert "/" not in lab_app.model_info(lab.DEFAULT_CHOICE)  # no server paths
     assert "**6 px** on this 128x96 pair (as downscaled)" in lab_app.hole_text(str(VIS), 6.25)
     cleared = dict(zip(app.FUSE_OUTPUTS, lab_app.clear_outputs()))
-    assert cleared["fused_clean"] is None and cleared["gate_fine"] is None and "press" in cleared["notices"]
+    assert cleared["fused_clean"] is None and cleared["gates"] is None and "press" in cleared["notices"]
 
 
 def test_prefetch_callback_prepares_the_clean_pass_for_fuse(lab_app):
@@ -294,8 +295,8 @@ def test_fuse_over_http_with_each_intervention(client, kwargs, expect):
         assert (inter[..., 0] == inter[..., 1]).all() and "output is grey" in out["notices"]
     else:
         assert (in_vis == 0).any() and (in_ir == 0).any()
-    assert all(read_image(out[n]).shape[1] > 3 * 128 for n in app.RENDER_OUTPUTS if n.startswith("gate_"))
-    assert "Mean clean" in out["caption_mid"]
+    assert read_image(out["gates"]).shape[1] > 3 * 128
+    assert "**Mid (" in out["gate_captions"]
 
 
 def test_stability_over_http(client):

@@ -89,11 +89,10 @@ def test_first_page_shows_the_precomputed_result_at_both_widths(server, chromium
     url, _ = server
     for width, height in ((1400, 1000), (390, 844)):
         with lab_page(url, chromium_path, width, height) as page:
-            for sel in ("#fused-clean", "#fused-intervened", "#difference", "#gate-coarse", "#gate-mid", "#gate-fine",
-                        "#inputs"):
+            for sel in ("#fused-clean", "#fused-intervened", "#difference", "#gates", "#inputs"):
                 img = _loaded(page, sel)
                 assert img.evaluate("i => i.naturalWidth") > 100, sel
-            assert "Mean clean" in page.locator("#caption-fine").inner_text()
+            assert "Mean clean" in page.locator("#gate-captions").inner_text()
             assert "Intervention: complementary masking" in page.locator("#notices").inner_text()
             assert page.locator("#examples img").count() >= 6  # example thumbnails
             assert "px" in page.locator("#hole-px").inner_text()
@@ -101,7 +100,7 @@ def test_first_page_shows_the_precomputed_result_at_both_widths(server, chromium
             assert "/tmp/" not in text and "assets/weights" not in text  # no server paths
             # nothing wider than the screen (no horizontal scrolling on a phone)
             assert page.evaluate("document.documentElement.scrollWidth") <= width + 1
-            gate = _shot(page.locator("#gate-fine img").first)
+            gate = _shot(page.locator("#gates img").first)
             assert gate.std() > 10  # a drawn heat map, not a blank box
             page.screenshot(path=str(OUT / f"app-first-page-{width}.png"), full_page=True)
 
@@ -109,15 +108,15 @@ def test_first_page_shows_the_precomputed_result_at_both_widths(server, chromium
 def test_colour_scale_redraws_without_the_model(server, chromium_path, monkeypatch):
     url, _ = server
     with lab_page(url, chromium_path) as page:
-        img = _loaded(page, "#gate-fine")
+        img = _loaded(page, "#gates")
         before_src, before = img.get_attribute("src"), _shot(img)
         counter = ForwardCounter(monkeypatch)
         page.get_by_label("fixed 0 to 1").check()
         page.wait_for_function("([i, s]) => i.src !== s && i.complete && i.naturalWidth > 0",
                                arg=[img.element_handle(), before_src], timeout=60_000)
-        after = _shot(page.locator("#gate-fine img").first)
+        after = _shot(page.locator("#gates img").first)
         assert before.shape == after.shape and np.abs(before - after).mean() > 5
-        assert "span 0 to 1" in page.locator("#caption-fine").inner_text()
+        assert "span 0 to 1" in page.locator("#gate-captions").inner_text()
         assert counter.n == 0  # no forward pass
 
 
@@ -192,7 +191,7 @@ def test_the_authors_model_loads_from_ivfusion_official_weights(server, chromium
         page.locator("#fuse-btn").click()
         expect(page.locator("#notices")).to_contain_text(lab.OFFICIAL_CHOICE, timeout=180_000)
         assert "cannot be loaded" not in page.locator("body").inner_text()
-        _loaded(page, "#gate-fine")
+        _loaded(page, "#gates")
         page.screenshot(path=str(OUT / "app-authors-model-1400.png"), full_page=True)
 
 

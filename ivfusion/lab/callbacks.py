@@ -27,10 +27,9 @@ from . import analysis, downloads, examples, models, render, runs, session, sett
 
 log = logging.getLogger("ivfusion.app")
 
-LEVEL_OUTPUTS = tuple(f"gate_{lv.key}" for lv in GATE_LEVELS)  # per level: clean | intervened | change
-CAPTION_OUTPUTS = tuple(f"caption_{lv.key}" for lv in GATE_LEVELS)
-# The display re-render (a display option changed): the gate maps and their captions.
-RENDER_OUTPUTS = (*LEVEL_OUTPUTS, *CAPTION_OUTPUTS)
+# The display re-render (a display option changed): the gate maps, one row per level
+# (clean | intervened | change, coarse to fine, in one picture: one file to send), and their captions.
+RENDER_OUTPUTS = ("gates", "gate_captions")
 # /fuse, in Gradio's order; the API returns all but the last ("state" stays on the server).
 FUSE_OUTPUTS = ("fused_clean", "fused_intervened", "difference", "difference_caption", "inputs",
                 *RENDER_OUTPUTS, "notices", "state")
@@ -135,7 +134,7 @@ class LabCallbacks:
             "fused_intervened": downloads.save_image(folder, "fused_intervened", figs.fused_intervened, lossless=True),
             "difference": downloads.save_image(folder, "difference", figs.difference, lossless=False),
             "difference_caption": "**Change in the fused image**, |F_intervened - F_clean|: " + figs.difference_caption,
-            "inputs": downloads.save_image(folder, "inputs", figs.inputs, lossless=True),
+            "inputs": downloads.save_image(folder, "inputs", figs.inputs, lossless=True),  # hidden = exactly 0
         }
         out.update(self._level_outputs(figs.levels, folder))
         state.update(run=run, metrics=downloads.metric_sources(run))
@@ -149,11 +148,9 @@ class LabCallbacks:
 
     @staticmethod
     def _level_outputs(levels: list[render.LevelFigures], folder: Path) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for level, fig in zip(GATE_LEVELS, levels):
-            out[f"gate_{level.key}"] = downloads.save_image(folder, f"gate_{level.key}", fig.image, lossless=False)
-            out[f"caption_{level.key}"] = fig.caption
-        return out
+        gates = viz.stacked([fig.image for fig in levels], gap=16)
+        return {"gates": downloads.save_image(folder, "gates", gates, lossless=False),
+                "gate_captions": "  \n".join(fig.caption for fig in levels)}
 
     @user_errors
     def fuse(self, visible, infrared, model=None, complementary=True, random_masking=False, dropout="none",

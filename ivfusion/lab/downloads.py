@@ -18,7 +18,7 @@ METRICS_NOTE = ("Both outputs are measured against the unmasked sources; change 
                 "metric is higher-is-better. Conventions of the field: SSIM is summed over both sources "
                 "(up to 2); PSNR uses the field's ~60 dB convention (MSE of images scaled to [0, 1], peak 255).")
 HEAT_JPEG_QUALITY = 90  # heat maps: pixels do not matter, size and encoding time do
-BUTTON_ROOM = 34  # white pixels above a heat map: the page's fullscreen button sits there, not on a label
+BUTTON_ROOM = 32  # white rows above a heat map for the page's buttons (a multiple of JPEG's 8-pixel blocks)
 
 
 def metric_sources(run: LabRun) -> dict[str, np.ndarray]:
