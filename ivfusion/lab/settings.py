@@ -9,7 +9,7 @@ import numpy as np
 from .. import io
 from ..interventions import MaskConfig, get_intervention, sample_masks
 
-DROPOUT_CHOICES = ("none", "drop visible", "drop infrared")
+DROPOUT_CHOICES = ("none", get_intervention("drop-visible").label, get_intervention("drop-infrared").label)
 # page words and old spellings -> INTERVENTIONS name (None: no dropout)
 _DROPOUT_KIND = {"none": None, "": None, None: None, "drop visible": "drop-visible", "drop infrared": "drop-infrared",
                  "drop IR": "drop-infrared", "drop-visible": "drop-visible", "drop-infrared": "drop-infrared",
