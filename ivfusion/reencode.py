@@ -17,6 +17,7 @@ from typing import Callable
 
 import cv2
 import numpy as np
+import torch
 from torch import Tensor, nn
 
 
@@ -69,32 +70,60 @@ def dirty_boxes(changed: np.ndarray, geometry: Geometry) -> list[tuple[int, int,
 
 
 def reencode(encoder: nn.Module, x: Tensor, clean: list[Tensor] | Callable[[], list[Tensor]], changed: np.ndarray,
-             geometry: Geometry, max_fraction: float = 0.6) -> tuple[list[Tensor], str]:
+             geometry: Geometry, max_fraction: float = 0.6, bucket: int = 32) -> tuple[list[Tensor], str]:
     """The encoder's features of `x` (1, 1, H, W), given the features `clean` (or a callable
     that returns them, called only if needed) of an input that differs from x only where
     `changed` ((H, W) bool) is True.
 
     Returns (features, how): how is "local" (crops around the changes, pasted into a copy of
     `clean`) or "full" (a full forward, when the crops would cover more than max_fraction of
-    the image or the image is too small for crops).
+    the image or the image is too small for crops). All crops get one size if that stays within
+    max_fraction (the largest need, rounded up to `bucket`, grown into the image; else each its
+    own need, rounded up) and crops of one size run as one batch: on a busy machine with
+    two threads, each small call waits on thread barriers (ten small crop calls measured 2x a
+    full encode; one batched call far less), and each new shape costs oneDNN a new primitive.
     """
     h, w = changed.shape
     m, a = geometry.margin, geometry.align
     boxes = dirty_boxes(changed, geometry)
-    crops = [(max(0, y0 - m), min(h, y1 + m), max(0, x0 - m), min(w, x1 + m)) for y0, y1, x0, x1 in boxes]
-    area = sum((cy1 - cy0) * (cx1 - cx0) for cy0, cy1, cx0, cx1 in crops)
-    if area > max_fraction * h * w or any(min(cy1 - cy0, cx1 - cx0) < 2 * a for cy0, cy1, cx0, cx1 in crops):
+    up = lambda n: -(-n // bucket) * bucket
+    need = [(up(min(h, y1 + m) - max(0, y0 - m)), up(min(w, x1 + m) - max(0, x0 - m))) for y0, y1, x0, x1 in boxes]
+    th, tw = max((n[0] for n in need), default=0), max((n[1] for n in need), default=0)
+    crops = None
+    for sizes in ([(th, tw)] * len(boxes), need):  # one size for all crops (one batch), else one per crop
+        crops = [(*_span(y0 - m, h, a, sh), *_span(x0 - m, w, a, sw)) for (y0, _, x0, _), (sh, sw) in zip(boxes, sizes)]
+        if sum((cy1 - cy0) * (cx1 - cx0) for cy0, cy1, cx0, cx1 in crops) <= max_fraction * h * w:
+            break
+    else:
+        return encoder(x), "full"
+    if any(min(cy1 - cy0, cx1 - cx0) < 2 * a for cy0, cy1, cx0, cx1 in crops):
         return encoder(x), "full"
     out = [f.clone() for f in (clean() if callable(clean) else clean)]
     pool = encoder.pool
-    for (y0, y1, x0, x1), (cy0, cy1, cx0, cx1) in zip(boxes, crops):
-        feats = encoder(x[..., cy0:cy1, cx0:cx1].contiguous())
-        for level, (dst, src) in enumerate(zip(out, feats)):
-            s = pool ** level
-            hl, wl = dst.shape[-2:]
-            ty0, tx0 = y0 // s, x0 // s
-            ty1 = hl if y1 == h else y1 // s  # at the image's end the floored size decides
-            tx1 = wl if x1 == w else x1 // s
-            sy0, sx0 = ty0 - cy0 // s, tx0 - cx0 // s
-            dst[..., ty0:ty1, tx0:tx1] = src[..., sy0:sy0 + ty1 - ty0, sx0:sx0 + tx1 - tx0]
+    groups: dict[tuple[int, int], list] = {}  # crops of one shape run as one batch
+    for box, crop in zip(boxes, crops):
+        groups.setdefault((crop[1] - crop[0], crop[3] - crop[2]), []).append((box, crop))
+    for group in groups.values():
+        batch = torch.cat([x[..., cy0:cy1, cx0:cx1] for _, (cy0, cy1, cx0, cx1) in group]).contiguous()
+        feats = encoder(batch)
+        for i, ((y0, y1, x0, x1), (cy0, cy1, cx0, cx1)) in enumerate(group):
+            for level, (dst, src) in enumerate(zip(out, feats)):
+                s = pool ** level
+                hl, wl = dst.shape[-2:]
+                ty0, tx0 = y0 // s, x0 // s
+                ty1 = hl if y1 == h else y1 // s  # at the image's end the floored size decides
+                tx1 = wl if x1 == w else x1 // s
+                sy0, sx0 = ty0 - cy0 // s, tx0 - cx0 // s
+                dst[..., ty0:ty1, tx0:tx1] = src[i:i + 1, :, sy0:sy0 + ty1 - ty0, sx0:sx0 + tx1 - tx0]
     return out, "local"
+
+
+def _span(lo: int, size: int, align: int, length: int) -> tuple[int, int]:
+    """A window [lo', lo' + length) clipped to [0, size), starting at or before `lo` on a
+    multiple of `align`; moved back from the image's end where needed (there its length is
+    what the alignment leaves, the same for every window at that end)."""
+    lo = max(0, lo) // align * align
+    hi = min(size, lo + length)
+    if hi - lo < length:
+        lo = max(0, (size - length) // align * align)
+    return lo, hi
