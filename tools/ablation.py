@@ -1,7 +1,8 @@
 """The gate-structure ablation of docs/TRAINING.md: short runs from one init, equal steps,
 one factor changed per run, then one table of gate structure and fusion scores.
 
-    nice -n 10 python tools/ablation.py run [--only NAME ...] [--steps 60]   # trains (minutes each)
+    nice -n 10 python tools/ablation.py run --only faithful pooled-bn ... --steps 40   # trains (minutes each)
+    nice -n 10 python tools/ablation.py run --only scratch-separate ... --steps 150
     nice -n 10 python tools/ablation.py recal [--only NAME ...]            # + clean BN recalibration
     python tools/ablation.py table                                          # reprints the table
 
@@ -41,6 +42,14 @@ RUNS = {
     "no-L_inv": ("alpha = 0: no L_inv at all (what L_f alone does to the gates)", ["--alpha", "0"]),
     "area-only-R": ("R without its entropy term (|mean - eta| only)", ["--regulariser", "area-only"]),
 }
+# The BN regime again, from scratch (no regime has a head start): untrained init, lr 1e-3,
+# 48x48 crops, batch 8, 150 steps (run with --steps 150).
+SCRATCH = ["--init", "untrained", "--lr", "1e-3", "--crop", "48", "--batch-size", "8"]
+RUNS.update({
+    "scratch-separate": ("from scratch: separate passes (authors)", SCRATCH),
+    "scratch-pooled": ("from scratch: pooled forward (v1/v2)", SCRATCH + ["--passes", "pooled"]),
+    "scratch-clean-stats": ("from scratch: clean-stats BN (proposed)", SCRATCH + ["--passes", "clean-stats"]),
+})
 LEVELS = ("coarse", "mid", "fine")
 
 

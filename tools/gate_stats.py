@@ -1,7 +1,7 @@
 """Per-level invariance-gate statistics of one or more weights specs on a folder of pairs.
 
     python tools/gate_stats.py --weights default --weights ../shared/weights/authors/best.pth \
-        --pairs ../shared/data/roadscene/test [--limit N] [--max-side 640]
+        --pairs ../shared/data/roadscene/test [--skip N] [--limit N]
 
 For each gate level (coarse 1/4, mid 1/2, fine 1/1) and each pair: the gate map's spatial mean,
 spatial std and 1st-99th percentile span; the table shows their means over the pairs, plus
@@ -42,8 +42,8 @@ def gate_stats(model, pairs, with_metrics: bool = True) -> dict:
     return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
 
 
-def load_pairs(folder: str, limit: int | None = None) -> list:
-    return [load_pair(ir, vi) for _, ir, vi in find_pairs(folder)[:limit]]
+def load_pairs(folder: str, limit: int | None = None, skip: int = 0) -> list:
+    return [load_pair(ir, vi) for _, ir, vi in find_pairs(folder)[skip:][:limit]]
 
 
 def table(results: dict[str, dict]) -> str:
@@ -60,13 +60,14 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", action="append", required=True, help="a weights spec (repeatable)")
     p.add_argument("--pairs", required=True, help="a folder with ir/ and vi/")
-    p.add_argument("--limit", type=int, default=None, help="first N pairs by name")
+    p.add_argument("--limit", type=int, default=None, help="first N pairs by name (after --skip)")
+    p.add_argument("--skip", type=int, default=0, help="leave out the first N pairs by name (e.g. a validation split)")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    pairs = load_pairs(args.pairs, args.limit)
+    pairs = load_pairs(args.pairs, args.limit, args.skip)
     results = {spec: gate_stats(load_model(spec), pairs) for spec in args.weights}
-    print(f"{len(pairs)} pairs of {args.pairs}\n")
+    print(f"{len(pairs)} pairs of {args.pairs}" + (f" (from pair {args.skip} by name)" if args.skip else "") + "\n")
     print(table(results))
     return 0
 
