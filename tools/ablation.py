@@ -40,7 +40,7 @@ RUNS = {
     "crop-32": ("crop 32 (batch 16, same pixels per step)", ["--crop", "32", "--batch-size", "16"]),
     "lr-1e-3": ("lr 1e-3", ["--lr", "1e-3"]),
     "no-L_inv": ("alpha = 0: no L_inv at all (what L_f alone does to the gates)", ["--alpha", "0"]),
-    "area-only-R": ("R without its entropy term (|mean - eta| only)", ["--regulariser", "area-only"]),
+    "area-only-R": ("R without its entropy term (the area term alone)", ["--regulariser", "area-only"]),
 }
 # The BN regime again, from scratch (no regime has a head start): untrained init, lr 1e-3,
 # 48x48 crops, batch 8, 150 steps (run with --steps 150).
