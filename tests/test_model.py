@@ -164,3 +164,31 @@ def test_matches_an_independent_authors_style_forward(tmp_path, size):
     for a, b in zip(our_gates, their_gates):
         assert (a - b).abs().max() < 1e-5
     assert not math.isclose(float(ours.std()), 0.0)  # a non-trivial output was compared
+
+
+def test_the_authors_released_checkpoint_matches_their_forward_on_real_pairs(shared_dir):
+    """The real best.pth through load_model (reference and fast paths, the Fuser's input
+    conversion) against the functional forward written on the authors' key names, on real
+    pairs at native size, odd sizes included. The first check a reader of the checkpoint
+    wants: our modules compute what their weights were trained to compute."""
+    from ivfusion import Fuser
+    from ivfusion.data import find_pairs, load_pair
+
+    best = shared_dir / "weights" / "authors" / "best.pth"
+    assert best.is_file(), f"the authors' checkpoint is missing: {best}"
+    sd = torch.load(best, map_location="cpu", weights_only=True)
+    sd = {k.removeprefix("module."): v for k, v in sd.items()}
+    pairs = [p for p in find_pairs(shared_dir / "data" / "roadscene" / "test") if p[0] in ("FLIR_00211", "FLIR_04269")]
+    assert len(pairs) == 2
+    for path in ("reference", "fast"):
+        fuser = Fuser(str(best), device="cpu", path=path)
+        for stem, ir_path, vi_path in pairs:
+            y, ir = load_pair(ir_path, vi_path)
+            vis_t, ir_t = torch.from_numpy(y)[None, None], torch.from_numpy(ir)[None, None]
+            with torch.no_grad():
+                theirs, their_gates = authors_forward(sd, vis_t, ir_t)
+            ours, our_gates = fuser.run(vis_t, ir_t)
+            assert (ours - theirs).abs().max() < 1 / 255 / 10, (path, stem)
+            for a, b in zip(our_gates, their_gates):
+                assert (a - b).abs().max() < 1e-4, (path, stem)
+            assert float(theirs.std()) > 0.05  # a real image, not a flat output
