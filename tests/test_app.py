@@ -145,7 +145,7 @@ def test_other_callbacks(lab_app, tmp_path):
     with pytest.raises(gr.Error, match="Fuse a pair first"):
         fresh.downloads({})
     assert len(lab_app.metrics({})) == 11  # a new session: the metrics of the precomputed result
-    with pytest.raises(gr.Error, match="K must be from 4 to 32"):
+    with pytest.raises(gr.Error, match="K must be a whole number from 4 to 32"):
         lab_app.stability(str(VIS), str(IR), lab.UNTRAINED_CHOICE, k=64)
     tif = tmp_path / "ir.tif"
     cv2.imwrite(str(tif), read_image(IR).astype(np.uint16) * 257)
@@ -244,10 +244,15 @@ def launch(bank, **kwargs):
 
 
 @pytest.fixture(scope="module")
-def server(bank):
+def served(bank):
     demo, url = launch(bank)
-    yield url
+    yield url, demo
     demo.close()
+
+
+@pytest.fixture(scope="module")
+def server(served):
+    return served[0]
 
 
 @pytest.fixture(scope="module")
@@ -344,3 +349,111 @@ def test_a_stability_run_does_not_starve_another_clients_fuse(server):
     quick.predict(visible=handle_file(str(VIS)), infrared=handle_file(str(IR)), api_name="/fuse")
     assert not job.done(), "the Fuse waited for the whole stability run (or the run was too short to tell)"
     job.result()
+
+
+def test_stability_stops_at_its_time_budget_and_says_so(bank):
+    quick = app.LabApp(bank, precompute=False, stability_budget_s=0.0)  # the budget passes after the first run
+    out = quick.stability(str(VIS), str(IR), lab.UNTRAINED_CHOICE, k=16)
+    assert "stopped by the time budget after 1 of 16 runs" in out["summary"]
+    assert "Cancelled after" not in out["summary"]  # the budget, not a Cancel
+    assert read_image(out["instability"]).ndim == 3
+
+
+class ForwardLog:
+    """Records when each forward pass of the network (a Fuser's clean pass, intervention or
+    batch) starts and ends, and in which thread, in this process (the server runs here)."""
+
+    def __init__(self, monkeypatch):
+        import threading
+
+        from ivfusion.predictor import Fuser
+
+        self.spans: list[tuple[int, float, float, str]] = []
+        lock = threading.Lock()
+
+        def record(name, t0):
+            with lock:
+                self.spans.append((threading.get_ident(), t0, time.perf_counter(), name))
+
+        for name in ("set_pair", "intervene", "run"):
+            real = getattr(Fuser, name)
+
+            def timed(fuser, *a, _real=real, _name=name, **k):
+                t0 = time.perf_counter()
+                try:
+                    return _real(fuser, *a, **k)
+                finally:
+                    record(_name, t0)
+
+            monkeypatch.setattr(Fuser, name, timed)
+        real_batch = Fuser.intervene_batch
+
+        def timed_batch(fuser, *a, **k):  # a generator: each item is one forward
+            it = real_batch(fuser, *a, **k)
+            while True:
+                t0 = time.perf_counter()
+                try:
+                    item = next(it)
+                except StopIteration:
+                    return
+                finally:
+                    record("intervene_batch", t0)
+                yield item
+
+        monkeypatch.setattr(Fuser, "intervene_batch", timed_batch)
+
+    def overlaps(self) -> list[tuple]:
+        """Pairs of forwards of different threads that ran at the same time."""
+        spans = sorted(self.spans, key=lambda s: s[1])
+        out = []
+        for i, a in enumerate(spans):
+            for b in spans[i + 1:]:
+                if b[1] >= a[2]:
+                    break
+                if a[0] != b[0]:
+                    out.append((a[3], b[3], round(a[2] - b[1], 4)))
+        return out
+
+
+def test_heavy_forwards_of_fuse_stability_and_compare_never_overlap(server, monkeypatch):
+    """Fuse, compare and stability run in different concurrency groups, so Gradio runs them at
+    the same time; the compute slot must still let only one forward run at a time, while all
+    three finish."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gradio_client import Client, handle_file
+
+    log = ForwardLog(monkeypatch)
+    clients = [Client(server, verbose=False) for _ in range(3)]
+    pair = dict(visible=handle_file(str(VIS)), infrared=handle_file(str(IR)))
+    calls = [
+        lambda: clients[0].predict(**pair, k=6, seed=11, api_name="/stability"),
+        lambda: clients[1].predict(**pair, seed=12, api_name="/fuse"),
+        lambda: clients[2].predict(**pair, model=lab.DEFAULT_CHOICE, other_model=lab.UNTRAINED_CHOICE, seed=13,
+                                   api_name="/compare"),
+    ]
+    with ThreadPoolExecutor(3) as ex:
+        results = [f.result(timeout=300) for f in [ex.submit(c) for c in calls]]
+    assert "6 runs" in results[0][-1] and "Intervention:" in results[1][-1] and "the same masks" in results[2][-1]
+    threads = {s[0] for s in log.spans}
+    assert len(threads) >= 2, "the requests' forwards all ran in one thread: nothing was tested"
+    assert not log.overlaps(), f"forwards ran at the same time: {log.overlaps()[:5]}"
+
+
+def test_an_expired_result_says_press_fuse_again(served):
+    """When the Janitor drops a session's state (its memory bounds), /render, /metrics and
+    /downloads say the result expired instead of showing the default example. Runs last: the
+    sweep drops every session's state."""
+    from gradio_client import Client, handle_file
+
+    url, demo = served
+    c = Client(url, verbose=False)
+    c.predict(visible=handle_file(str(VIS)), infrared=handle_file(str(IR)), api_name="/fuse")
+    assert len(c.predict(api_name="/metrics")["data"]) == 11
+    assert lab.session.Janitor(demo, state_max_bytes=0).sweep()["states_dropped"] >= 1
+    for api_name, kwargs in (("/render", dict(gate_scale="fixed 0 to 1")), ("/metrics", {}), ("/downloads", {})):
+        with pytest.raises(Exception, match="expired.*press Fuse again") as err:
+            c.predict(**kwargs, api_name=api_name)
+        assert "Traceback" not in str(err.value)
+    fresh = Client(url, verbose=False)  # a session that never fused still sees the default result
+    assert len(fresh.predict(api_name="/metrics")["data"]) == 11

@@ -3,6 +3,7 @@
 its result becomes three pictures and a summary."""
 from __future__ import annotations
 
+import time
 from typing import Callable, Sequence
 
 import numpy as np
@@ -14,6 +15,7 @@ from ..predictor import Fuser
 from ..stability import StabilityAnalysis, StabilityResult
 from .render import gate_scale_name
 from .settings import Settings
+from .slot import ChunkedHold, ComputeSlot
 
 FEATURE_SIDE = 400  # long side of each level's feature-change map
 NEVER_VISIBLE = np.array([200, 200, 200], np.uint8)  # pixels with no visible run: grey, off every colour bar
@@ -31,19 +33,41 @@ def interventions_of(settings: Settings) -> tuple[list, bool]:
 
 def run_stability(fuser: Fuser, visible: np.ndarray, infrared: np.ndarray, settings: Settings = Settings(),
                   k: int = 8, drawn: Sequence[np.ndarray | None] = (None, None),
-                  progress: Callable[[int, int], None] | None = None, cancel=None) -> StabilityResult:
+                  progress: Callable[[int, int], None] | None = None, cancel=None,
+                  budget_s: float | None = None, slot: ComputeSlot | None = None) -> StabilityResult:
     """K seeded interventions on a pair (a private fork of `fuser`), holes sized as the settings
-    say; progress(done, k) after each run; `cancel` (an Event or a callable) stops it, and the
-    result then covers the runs done (`cancelled` is True)."""
+    say; progress(done, k) after each run; `cancel` (an Event) stops it, and the result then
+    covers the runs done (`cancelled` is True).
+
+    budget_s: a time budget in seconds (None: none), checked between interventions once at
+    least one is done; a run stopped by it is marked cancelled and `stopped_by` is
+    "time budget" ("cancelled" for Cancel, None when all K ran).
+    slot: the compute slot (`slot.COMPUTE` in the app), held for the clean pass and for one
+    intervention at a time and released in between, so other requests' forwards never run at
+    the same time as this one's and wait for at most one intervention.
+    """
+    deadline = None if budget_s is None else time.perf_counter() + float(budget_s)
+    hold = ChunkedHold(slot or ComputeSlot(), "stability", cancel, deadline)
     own = fuser.fork()
-    own.set_pair(visible, infrared, resize_ir=True)
-    h, w = own.pair.shape
-    runs, _ = interventions_of(settings)
-    masks = tuple(drawn) if any(d is not None for d in drawn) else None
-    # one run per forward: the page's progress and Cancel act per intervention
-    analysis = StabilityAnalysis(own, runs, k=int(k), seed=settings.seed, mask_config=settings.mask_config(h, w),
-                                 masks=masks, batch_pixels=h * w)
-    return analysis.run(progress=progress, cancel=cancel)
+    with hold:
+        own.set_pair(visible, infrared, resize_ir=True)
+        h, w = own.pair.shape
+        runs, _ = interventions_of(settings)
+        masks = tuple(drawn) if any(d is not None for d in drawn) else None
+        # one run per forward: the slot, the page's progress and Cancel act per intervention
+        analysis = StabilityAnalysis(own, runs, k=int(k), seed=settings.seed, mask_config=settings.mask_config(h, w),
+                                     masks=masks, batch_pixels=h * w)
+
+        def done_one(done: int, total: int) -> None:
+            hold.step_done()
+            if done == total:
+                hold.release()  # the correlations need no forward pass
+            if progress is not None:
+                progress(done, total)
+
+        res = analysis.run(progress=done_one, cancel=hold.between)
+    res.stopped_by = hold.reason if res.cancelled else None
+    return res
 
 
 def _with_never_visible(img: np.ndarray, values: np.ndarray, **size) -> np.ndarray:
@@ -81,8 +105,14 @@ def stability_figures(res: StabilityResult, gate_scale: str = "stretched per lev
     for spec in dict.fromkeys(tuple(r.split("+")) for r in res.runs):
         names.append(" + ".join(get_intervention(n).label for n in spec if n != "none") or "none")
     what = " and ".join(names) + (" alternately" if len(names) > 1 else "")
-    status = (f"cancelled after {res.done} of {res.k} runs; the maps cover the runs done" if res.cancelled
-              else f"{res.done} runs")
+    budget = getattr(res, "stopped_by", None) == "time budget"
+    if budget:
+        status = (f"stopped by the time budget after {res.done} of {res.k} runs; the maps and r cover the runs "
+                  "done (a smaller K, or a smaller image, fits the budget)")
+    elif res.cancelled:
+        status = f"cancelled after {res.done} of {res.k} runs; the maps cover the runs done"
+    else:
+        status = f"{res.done} runs"
     lines = [f"**Output** (the fused image's instability against the mean gate; {status}: {what}; "
              f"{res.seconds:.1f} s): {res.correlation.reading}"]
     for lv, level in zip(res.levels, GATE_LEVELS):
@@ -90,7 +120,8 @@ def stability_figures(res: StabilityResult, gate_scale: str = "stretched per lev
     lines.append("Instability is measured only over the runs in which a pixel was visible (grey: never visible), "
                  "so the map is not just a map of where the holes fell. The claim predicts r < 0; the p-value "
                  "comes from a toroidal shift test, which respects the maps' spatial structure.")
-    if res.notices:
-        lines.append(" ".join(res.notices))
+    notices = [n for n in res.notices if not (budget and n.startswith("Cancelled after"))]
+    if notices:
+        lines.append(" ".join(notices))
     return {"instability": inst_img, "mean_gate": gate_img,
             "features": viz.side_by_side(feats, gap=12) if feats else None, "summary": "  \n".join(lines)}

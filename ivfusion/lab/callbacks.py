@@ -6,11 +6,18 @@ which docs/API.md documents for gradio_client users. Per-user state lives in the
 dict (a `gr.State`): "pair" (the loaded pair with its clean pass, `runs.SessionPair`), "run"
 (the last `runs.LabRun`, re-rendered when a display option changes), "metrics" (the images
 the metrics need) and "cancel" (a `threading.Event` a stability run watches).
+
+Every forward pass, and the full decode before it, runs inside the one compute slot
+(`slot.COMPUTE`): Fuse, compare and prefetch hold it for their work, a stability analysis for
+one intervention at a time, so two large forwards never add up their memory and a Fuse waits
+for at most one stability intervention.
 """
 from __future__ import annotations
 
+import collections
 import functools
 import logging
+import os
 import tempfile
 import threading
 import time
@@ -19,11 +26,12 @@ from typing import Any
 
 import gradio as gr
 
-from .. import viz
+from .. import io, viz
 from ..hub import WeightsError
 from ..io import ImageError
 from ..levels import GATE_LEVELS
 from . import analysis, downloads, examples, models, render, runs, session, settings, uploads
+from .slot import COMPUTE
 
 log = logging.getLogger("ivfusion.app")
 
@@ -39,6 +47,12 @@ STABILITY_OUTPUTS = ("instability", "mean_gate", "features", "summary")
 MODEL_OUTPUTS = ("model", "model_info", "state")
 # /compare: one pair and intervention through two models
 COMPARE_OUTPUTS = ("compare_fused", *(f"compare_{lv.key}" for lv in GATE_LEVELS), "compare_summary", "state")
+# A stability run stops after this many seconds (checked between interventions) and shows the
+# runs done: one visitor's analysis must not hold the machine for minutes (a 1024 px K=32 run
+# took 76 s on a 2-CPU machine). IVFUSION_STABILITY_BUDGET_S overrides it.
+STABILITY_BUDGET_S = float(os.environ.get("IVFUSION_STABILITY_BUDGET_S") or 30.0)
+EXPIRED = "Your last result has expired (results are kept for a limited time): press Fuse again."
+SLOW_WAIT_S = 0.5  # a wait for the compute slot longer than this is reported on the page
 DEFAULTS = dict(complementary=True, random_masking=False, dropout="none", hole_percent=settings.DEFAULT_HOLE_PERCENT,
                 holes=settings.DEFAULT_HOLES, seed=0, gate_scale=render.DEFAULT_GATE_SCALE)
 
@@ -50,13 +64,14 @@ def user_errors(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except gr.Error:
+        except gr.Error as e:
+            e.print_exception = False  # a user error: no traceback in the server log
             raise
         except (ImageError, WeightsError, ValueError) as e:
-            raise gr.Error(str(e), title="Cannot use this input") from None
+            raise gr.Error(str(e), title="Cannot use this input", print_exception=False) from None
         except MemoryError:
             raise gr.Error("Out of memory: the image is too large for this machine. Try a smaller one.",
-                           title="Out of memory") from None
+                           title="Out of memory", print_exception=False) from None
         except Exception as e:  # noqa: BLE001
             log.exception("unexpected error in %s", fn.__name__)
             raise gr.Error(f"Something went wrong ({type(e).__name__}: {e}). Please report it with the images used.",
@@ -75,8 +90,10 @@ class LabCallbacks:
     in and goes out through the session dict. The default example's result is computed once,
     at start-up, so the first page already shows what the Lab is about."""
 
-    def __init__(self, bank: models.ModelBank | None = None, precompute: bool = True):
+    def __init__(self, bank: models.ModelBank | None = None, precompute: bool = True,
+                 stability_budget_s: float = STABILITY_BUDGET_S):
         self.bank = bank or models.ModelBank()
+        self.stability_budget_s = float(stability_budget_s)
         self.default_model, self.startup_notes = self.bank.default_choice()
         self.static_dir = Path(tempfile.mkdtemp(prefix="ivfusion-lab-static-"))
         pairs = {Path(v).stem: (v, i) for v, i, _ in examples.example_pairs()}
@@ -85,6 +102,8 @@ class LabCallbacks:
         self.last_timings: dict[str, float] = {}  # of the last /fuse, for `ivfusion bench --app`
         self.default_outputs: dict[str, Any] = {}
         self.default_metrics: list[list] | None = None
+        # sessions that have had a result (bounded): to tell "expired" from "never fused"
+        self._had_result: collections.OrderedDict[str, None] = collections.OrderedDict()
         if precompute and self.default_pair[0]:
             try:
                 out = self._fuse_named(*self.default_pair, self.default_model, folder=self.static_dir, **DEFAULTS)
@@ -99,33 +118,54 @@ class LabCallbacks:
         return settings.Settings(complementary, random_masking, dropout or "none", hole_percent, holes,
                                  0 if seed is None else seed)
 
-    def _pair(self, state: dict, visible, infrared, model) -> runs.SessionPair:
-        """This session's pair: reused when the same images and model come again."""
-        vis = uploads.load_image(visible, "visible image")
-        ir = uploads.load_image(infrared, "infrared image")
+    def _pair(self, state: dict, visible, infrared, model) -> tuple[runs.SessionPair, list[str]]:
+        """This session's pair, decoded at most at the working size (no full-size array is kept),
+        and the notices of that decode ("Downscaled from ..."); the pair is reused when the same
+        images and model come again. Call inside the compute slot."""
         fuser, _ = self.bank.get(model)
+        vis, ir, notes = uploads.load_pair(visible, infrared, self.bank.max_side)
         model = model or models.DEFAULT_CHOICE
         key = runs.pair_key(f"{model}|{fuser.weights_source}", vis, ir)
         pair = state.get("pair")
         if pair is None or pair.key != key:
             pair = runs.SessionPair(fuser, vis, ir, model)
             state["pair"] = pair
-        return pair
+        return pair, notes
+
+    def _remember(self, request) -> None:
+        sh = getattr(request, "session_hash", None)
+        if sh:
+            self._had_result[sh] = None
+            self._had_result.move_to_end(sh)
+            while len(self._had_result) > session.MAX_SESSIONS * 10:
+                self._had_result.popitem(last=False)
+
+    def _last_run(self, state, request, key: str = "run"):
+        """This session's last run (or `key` entry); the precomputed default result for a session
+        that never fused; a gr.Error saying so when the session's result was dropped (the
+        Janitor's bounds or the state's time to live)."""
+        value = state.get(key) if isinstance(state, dict) else None
+        if value is not None:
+            return value
+        if getattr(request, "session_hash", None) in self._had_result:
+            raise gr.Error(EXPIRED, title="Result expired", print_exception=False)
+        return None
 
     # -- actions
     def _fuse_named(self, visible, infrared, model=None, complementary=True, random_masking=False, dropout="none",
                     hole_percent=settings.DEFAULT_HOLE_PERCENT, holes=settings.DEFAULT_HOLES, seed=0,
                     draw_visible=None, draw_infrared=None, gate_scale=render.DEFAULT_GATE_SCALE, state=None,
                     folder: Path | None = None) -> dict[str, Any]:
-        t0 = time.perf_counter()
         s = self._settings(complementary, random_masking, dropout, hole_percent, holes, seed)
         render.gate_scale_name(gate_scale)  # a bad choice fails before any work
-        drawn = (uploads.drawn_keep_mask(draw_visible), uploads.drawn_keep_mask(draw_infrared))
         state = state if isinstance(state, dict) else {}
-        pair = self._pair(state, visible, infrared, model)
-        t_pair = time.perf_counter()
-        run = runs.run_session_pair(pair, s, drawn)
-        t_run = time.perf_counter()
+        with COMPUTE.hold("fuse") as waited:
+            t0 = time.perf_counter()
+            drawn = (uploads.drawn_keep_mask(draw_visible), uploads.drawn_keep_mask(draw_infrared))
+            pair, load_notes = self._pair(state, visible, infrared, model)
+            t_pair = time.perf_counter()
+            run = runs.run_session_pair(pair, s, drawn)
+            t_run = time.perf_counter()
         figs = render.render(run, gate_scale)
         t_render = time.perf_counter()
         folder = folder or session.request_dir()
@@ -142,7 +182,10 @@ class LabCallbacks:
         self.last_timings = state["timings"] = {
             "pair": t_pair - t0, "run": t_run - t_pair, "render": t_render - t_run,
             "encode": total - (t_render - t0), "total": total}
-        out["notices"] = "  \n".join(run.notices + [f"{model or models.DEFAULT_CHOICE} · computed in {total:.2f} s."])
+        wait = ([f"Waited {waited:.1f} s for another request's computation to finish."]
+                if waited > SLOW_WAIT_S else [])
+        out["notices"] = "  \n".join(load_notes + run.notices + wait
+                                      + [f"{model or models.DEFAULT_CHOICE} · computed in {total:.2f} s."])
         out["state"] = state
         return out
 
@@ -155,29 +198,32 @@ class LabCallbacks:
     @user_errors
     def fuse(self, visible, infrared, model=None, complementary=True, random_masking=False, dropout="none",
              hole_percent=settings.DEFAULT_HOLE_PERCENT, holes=settings.DEFAULT_HOLES, seed=0, draw_visible=None,
-             draw_infrared=None, gate_scale=render.DEFAULT_GATE_SCALE, state=None) -> dict[str, Any]:
+             draw_infrared=None, gate_scale=render.DEFAULT_GATE_SCALE, state=None,
+             request: gr.Request = None) -> dict[str, Any]:
         """Fuse the pair without and with the interventions. Returns the outputs named in
         FUSE_OUTPUTS: the two fused images (lossless PNG), the difference map, the network
         inputs as fed, per gate level the clean, intervened and change maps with a caption,
         the notices (Markdown) and the session state. A pair already loaded in this session
         (same images and model) reuses its clean pass: only the intervened pass runs."""
-        return self._fuse_named(visible, infrared, model, complementary, random_masking, dropout, hole_percent,
-                                holes, seed, draw_visible, draw_infrared, gate_scale, state)
+        out = self._fuse_named(visible, infrared, model, complementary, random_masking, dropout, hole_percent,
+                               holes, seed, draw_visible, draw_infrared, gate_scale, state)
+        self._remember(request)
+        return out
 
     @user_errors
-    def rerender(self, gate_scale, state=None) -> dict[str, Any]:
+    def rerender(self, gate_scale, state=None, request: gr.Request = None) -> dict[str, Any]:
         """A display option changed: redraw the gate maps of this session's last run (or of the
-        precomputed default result) without running the network. Outputs: RENDER_OUTPUTS."""
-        run = (state or {}).get("run") if isinstance(state, dict) else None
-        run = run or self.default_run
+        precomputed default result) without running the network. Outputs: RENDER_OUTPUTS.
+        A session whose result was dropped is told to press Fuse again."""
+        run = self._last_run(state, request) or self.default_run
         if run is None:
             return {n: gr.skip() for n in RENDER_OUTPUTS}
         return self._level_outputs(render.render_levels(run, gate_scale), session.request_dir())
 
     @user_errors
-    def metrics(self, state) -> list[list]:
+    def metrics(self, state, request: gr.Request = None) -> list[list]:
         """The eleven metrics of the last fuse in this session (clean, intervened, change)."""
-        src = (state or {}).get("metrics") if isinstance(state, dict) else None
+        src = self._last_run(state, request, "metrics")
         if src is None:
             if self.default_run is None:
                 raise gr.Error("Fuse a pair first.", title="Nothing to measure")
@@ -185,10 +231,9 @@ class LabCallbacks:
         return downloads.metrics_table(src)
 
     @user_errors
-    def downloads(self, state) -> list[str]:
+    def downloads(self, state, request: gr.Request = None) -> list[str]:
         """Write the last run's download files (fused PNGs, gates.npz) now that they are asked for."""
-        run = (state or {}).get("run") if isinstance(state, dict) else None
-        run = run or self.default_run
+        run = self._last_run(state, request) or self.default_run
         if run is None:
             raise gr.Error("Fuse a pair first.", title="Nothing to download")
         return downloads.write_downloads(run, session.request_dir())
@@ -203,17 +248,19 @@ class LabCallbacks:
         level the two models' clean | intervened | change maps one above the other, a Markdown
         summary, and the session state (each model's pair is kept, so a repeat is cheap)."""
         if not other_model or other_model == model:
-            raise gr.Error("Choose a second model, other than the first, to compare with.", title="Nothing to compare")
+            raise gr.Error("Choose a second model, other than the first, to compare with.", title="Nothing to compare",
+                           print_exception=False)
         s = self._settings(complementary, random_masking, dropout, hole_percent, holes, seed)
         render.gate_scale_name(gate_scale)
-        drawn = (uploads.drawn_keep_mask(draw_visible), uploads.drawn_keep_mask(draw_infrared))
         state = state if isinstance(state, dict) else {}
         results = []
-        for key, name in (("pair", model), ("pair_compare", other_model)):
-            sub = {"pair": state.get(key)}
-            pair = self._pair(sub, visible, infrared, name)
-            state[key] = pair
-            results.append((name or models.DEFAULT_CHOICE, runs.run_session_pair(pair, s, drawn)))
+        with COMPUTE.hold("compare"):
+            drawn = (uploads.drawn_keep_mask(draw_visible), uploads.drawn_keep_mask(draw_infrared))
+            for key, name in (("pair", model), ("pair_compare", other_model)):
+                sub = {"pair": state.get(key)}
+                pair, _ = self._pair(sub, visible, infrared, name)
+                state[key] = pair
+                results.append((name or models.DEFAULT_CHOICE, runs.run_session_pair(pair, s, drawn)))
         folder = session.request_dir()
         fused = viz.side_by_side([r.intervened.fused_rgb for _, r in results], gap=8)
         out: dict[str, Any] = {"compare_fused": downloads.save_image(folder, "compare_fused", fused, lossless=True)}
@@ -237,7 +284,8 @@ class LabCallbacks:
             return gr.skip()
         try:
             state = state if isinstance(state, dict) else {}
-            self._pair(state, visible, infrared, model)
+            with COMPUTE.hold("prefetch"):
+                self._pair(state, visible, infrared, model)
         except Exception:  # noqa: BLE001 - a prefetch must never bother the user
             log.debug("prefetch skipped", exc_info=True)
             return gr.skip()
@@ -275,11 +323,8 @@ class LabCallbacks:
         """The hole size in pixels for the loaded visible image (read from its header only)."""
         try:
             pct = float(hole_percent)
-            path = uploads.source_path(visible)
-            from PIL import Image
-
-            with Image.open(path) as im:
-                w, h = im.size
+            head = io.read_header(uploads.source_path(visible))
+            w, h = head.width, head.height
             scale = min(1.0, self.bank.max_side / max(w, h)) if self.bank.max_side else 1.0
             w, h = round(w * scale), round(h * scale)
             side = max(1, round(min(h, w) * pct / 100))
@@ -302,26 +347,26 @@ class LabCallbacks:
         (STABILITY_OUTPUTS): the output instability map, the mean gate map, the feature-level
         view (coarse | mid | fine) and a Markdown summary with each r, its p-value and a plain
         reading. Progress is reported per intervention; the session's Cancel stops it between
-        interventions and the maps then cover the runs done."""
-        try:
-            k = int(k)
-        except (TypeError, ValueError):
-            raise gr.Error(f"K must be a whole number from 4 to 32, got {k!r}.") from None
-        if not 4 <= k <= 32:
-            raise gr.Error(f"K must be from 4 to 32, got {k}.")
+        interventions and the maps then cover the runs done. The run stops at the time budget
+        (`STABILITY_BUDGET_S`) the same way, and the summary says so. It holds the compute slot
+        one intervention at a time, so other users' Fuse waits for at most one intervention."""
+        k = _whole_k(k)
         s = self._settings(complementary, random_masking, dropout, hole_percent, holes, seed)
-        drawn = (uploads.drawn_keep_mask(draw_visible), uploads.drawn_keep_mask(draw_infrared))
-        vis = uploads.load_image(visible, "visible image")
-        ir = uploads.load_image(infrared, "infrared image")
         fuser, _ = self.bank.get(model)
+        with COMPUTE.hold("stability decode"):  # the decode's memory never adds to a forward's
+            drawn = (uploads.drawn_keep_mask(draw_visible), uploads.drawn_keep_mask(draw_infrared))
+            vis, ir, _ = uploads.load_pair(visible, infrared, self.bank.max_side)
         cancel = threading.Event()
         if isinstance(state, dict):
             state["cancel"] = cancel
         progress(0.0, desc=f"0 of {k} interventions")
         res = analysis.run_stability(
-            fuser, vis, ir, s, k, drawn, cancel=cancel,
+            fuser, vis, ir, s, k, drawn, cancel=cancel, budget_s=self.stability_budget_s, slot=COMPUTE,
             progress=lambda done, total: progress(done / total, desc=f"{done} of {total} interventions"))
-        if res.cancelled:
+        if res.stopped_by == "time budget":
+            gr.Info(f"Stability analysis stopped by its {self.stability_budget_s:g} s time budget after {res.done} "
+                    f"of {res.k} interventions; the maps cover the runs done.")
+        elif res.cancelled:
             gr.Info(f"Stability analysis cancelled after {res.done} of {res.k} interventions.")
         if res.done == 0:
             return {"instability": gr.skip(), "mean_gate": gr.skip(), "features": gr.skip(),
@@ -331,3 +376,20 @@ class LabCallbacks:
         return {name: downloads.save_image(folder, name, figs[name], lossless=False)
                 for name in ("instability", "mean_gate", "features")} | {"summary": figs["summary"]}
 
+
+
+def _whole_k(k) -> int:
+    """K as a whole number from 4 to 32; anything else (8.9, NaN, None, "8x") is refused, never
+    truncated."""
+    try:
+        v = float(k)
+        ok = not isinstance(k, bool) and v == int(v)
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
+        raise gr.Error(f"K must be a whole number from 4 to 32, got {k!r}.", title="Cannot use this input",
+                       print_exception=False)
+    if not 4 <= int(v) <= 32:
+        raise gr.Error(f"K must be a whole number from 4 to 32, got {int(v)}.", title="Cannot use this input",
+                       print_exception=False)
+    return int(v)

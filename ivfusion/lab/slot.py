@@ -1,0 +1,122 @@
+"""The one compute slot: at most one heavy forward pass at a time in the whole server.
+
+A public Space has two CPU cores and a few GB of memory. Gradio runs different concurrency
+groups at the same time (Fuse and compare in "compute", stability in its own group, so that
+a long analysis never occupies Fuse's queue place), and two large forwards at once would add
+up their activations. So every forward (and the full decode before it) runs inside
+`COMPUTE.hold(...)`.
+
+The slot is first come, first served (a ticket queue, not a bare Lock, which lets the thread
+that just released it take it again at once). A stability analysis holds it for one
+intervention at a time and queues again between them, so a Fuse arriving during an analysis
+waits for at most one intervention, never for the whole run.
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import itertools
+import threading
+import time
+from typing import Iterator
+
+
+class ComputeSlot:
+    """A fair (FIFO) mutual-exclusion slot with a short record of its holders.
+
+    `hold(name)` is a context manager; `waiting` is the number of requests queued for it and
+    `holder` the name of the current holder (None when free): the page says when a request
+    waits. `history` keeps (name, entered, left) of the last `keep` holds, perf_counter seconds.
+    """
+
+    def __init__(self, keep: int = 256):
+        self._cond = threading.Condition()
+        self._tickets = itertools.count()
+        self._queue: collections.deque[int] = collections.deque()
+        self.holder: str | None = None
+        self.history: collections.deque[tuple[str, float, float]] = collections.deque(maxlen=keep)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._queue)
+
+    def acquire(self, name: str = "compute") -> float:
+        """Wait for the slot (first come, first served); returns the seconds waited."""
+        t0 = time.perf_counter()
+        with self._cond:
+            ticket = next(self._tickets)
+            self._queue.append(ticket)
+            try:
+                while self.holder is not None or self._queue[0] != ticket:
+                    self._cond.wait()
+            except BaseException:
+                self._queue.remove(ticket)
+                self._cond.notify_all()
+                raise
+            self._queue.popleft()
+            self.holder = name
+            self._entered = time.perf_counter()
+        return self._entered - t0
+
+    def release(self) -> None:
+        with self._cond:
+            if self.holder is None:
+                raise RuntimeError("the compute slot is not held")
+            self.history.append((self.holder, self._entered, time.perf_counter()))
+            self.holder = None
+            self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def hold(self, name: str = "compute") -> Iterator[float]:
+        """Hold the slot for the block; yields the seconds waited for it."""
+        waited = self.acquire(name)
+        try:
+            yield waited
+        finally:
+            self.release()
+
+
+class ChunkedHold:
+    """How a long job (the stability analysis) shares the slot: it holds the slot for one
+    step, and `between()` (called between steps) lets anyone queued go first, then queues
+    again. `between()` returns True when the job must stop instead: `cancel` is set, or the
+    `deadline` (perf_counter seconds) has passed after at least `min_steps` steps; then
+    `reason` is "cancelled" or "time budget". cancel: an Event or a callable.
+    """
+
+    def __init__(self, slot: ComputeSlot, name: str, cancel=None, deadline: float | None = None, min_steps: int = 1):
+        # cancel: a threading.Event, or a callable returning True to stop
+        self.cancel = cancel.is_set if hasattr(cancel, "is_set") else cancel
+        self.slot, self.name, self.deadline, self.min_steps = slot, name, deadline, min_steps
+        self.held, self.steps, self.reason = False, 0, None
+
+    def __enter__(self) -> "ChunkedHold":
+        self.slot.acquire(self.name)
+        self.held = True
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self.slot.release()
+
+    def step_done(self) -> None:
+        self.steps += 1
+
+    def between(self) -> bool:
+        self.release()
+        if self.cancel is not None and self.cancel():
+            self.reason = "cancelled"
+        elif self.deadline is not None and self.steps >= self.min_steps and time.perf_counter() >= self.deadline:
+            self.reason = "time budget"
+        if self.reason:
+            return True
+        self.slot.acquire(self.name)
+        self.held = True
+        return False
+
+
+COMPUTE = ComputeSlot()  # the process-wide slot every Lab forward holds
