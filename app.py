@@ -10,6 +10,7 @@ Environment: IVFUSION_WEIGHTS (default model: a path or hf://owner/repo; the bun
 the fallback), IVFUSION_OFFICIAL_WEIGHTS (offers the authors' checkpoint), IVFUSION_MAX_SIDE
 (downscale limit, default 1024), IVFUSION_THREADS (torch threads), IVFUSION_CONCURRENCY
 (requests computed at once, default 1), IVFUSION_QUEUE (queue size, default 16),
+IVFUSION_STABILITY_BUDGET_S (a stability run's time budget in seconds, default 30),
 GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (Gradio's own).
 """
 from __future__ import annotations
@@ -224,7 +225,9 @@ class LabApp(cb.LabCallbacks):
                             "where the model is stable: how much the fused image changes at each pixel, over the runs "
                             "in which that pixel was visible, against the mean gate; and, per level, how much the "
                             "cross-attended features change against that level's gate. The paper's claim predicts a "
-                            "negative r. The Lab reports whatever this pair shows.")
+                            f"negative r. The Lab reports whatever this pair shows. A run stops after "
+                            f"{self.stability_budget_s:g} s and shows the runs done; others' Fuse goes first between "
+                            "runs.")
                 with gr.Row(equal_height=False):
                     with gr.Column(scale=1, min_width=240):
                         k_slider = gr.Slider(4, 32, value=8, step=1, label="K interventions", elem_id="k-slider")
@@ -302,8 +305,8 @@ class LabApp(cb.LabCallbacks):
                 gpu(_named(self.stability, STABILITY_OUTPUTS)), [*common, k_slider, gate_scale, state],
                 [inst_img, gmean_img, feat_img, stab_md], api_name="stability", preprocess=False,
                 concurrency_id="stability", concurrency_limit=1,
-                api_description="Run K seeded interventions; returns the instability map, the mean gate map and "
-                                "their correlation.")
+                api_description="Run K seeded interventions (within a time budget); returns the instability map, "
+                                "the mean gate map, the feature-change maps and their correlations.")
             # cooperative: the run stops at its next intervention and says so (Gradio's `cancels`
             # would leave the worker thread computing and mark the outputs as errors)
             cancel_btn.click(self.cancel, [state], None, queue=False, api_visibility="private")
@@ -314,7 +317,10 @@ def build_demo(bank: lab.ModelBank | None = None, max_size: int | None = None,
                concurrency: int | None = None, precompute: bool = True) -> gr.Blocks:
     """The app, with a bounded queue: at most `concurrency` computations at once (default 1:
     two CPU cores are best used by one request at a time) and `max_size` waiting. Stability
-    runs have their own group (one at a time), so they never hold up anyone's Fuse."""
+    runs have their own group (one at a time), so they never take Fuse's queue place; every
+    forward pass, whichever group runs it, holds the one compute slot (`ivfusion.lab.slot`),
+    which a stability run takes one intervention at a time, so a Fuse waits for at most one
+    intervention and two forwards never add up their memory."""
     lab_app = LabApp(bank, precompute=precompute)
     demo = lab_app.build()
     demo.lab_app = lab_app  # for in-process benchmarks (ivfusion.bench.app)

@@ -457,3 +457,51 @@ def test_an_expired_result_says_press_fuse_again(served):
         assert "Traceback" not in str(err.value)
     fresh = Client(url, verbose=False)  # a session that never fused still sees the default result
     assert len(fresh.predict(api_name="/metrics")["data"]) == 11
+
+
+def test_the_first_page_result_survives_gradios_cache_clean_up(bank, tmp_path):
+    """The precomputed default result is the first page's value; Gradio's delete_cache sweep
+    (the app's `delete_cache=(300, 900)`) must not remove its files, or a page opened later
+    would show broken images."""
+    from gradio.route_utils import delete_files_created_by_app
+
+    demo = app.build_demo(bank, precompute=True)
+    try:
+        values = {c["props"].get("elem_id"): c["props"].get("value") for c in demo.get_config_file()["components"]}
+        paths = [values[e]["path"] for e in ("fused-clean", "fused-intervened", "difference", "gates", "inputs")]
+        paths += [item["image"]["path"] for item in values["examples"]]
+        assert len(paths) > 5 and all(Path(p).is_file() for p in paths)
+        other = tmp_path / "a-request-file.png"  # a file of some request: the sweep does remove those
+        other.write_bytes(b"x")
+        demo.temp_file_sets[0].add(str(other))
+        time.sleep(1.1)
+        delete_files_created_by_app(demo, age=0)
+        assert not other.exists(), "the sweep removed nothing: nothing was tested"
+        assert [p for p in paths if not Path(p).is_file()] == []
+    finally:
+        demo.janitor.stop()
+
+
+def test_a_fuse_that_waits_for_the_compute_slot_says_so(lab_app):
+    import threading
+
+    from ivfusion.lab.slot import COMPUTE
+
+    held, release = threading.Event(), threading.Event()
+
+    def busy():  # another request's computation (a stability step) holds the slot for a while
+        with COMPUTE.hold("stability"):
+            held.set()
+            release.wait(10)
+
+    t = threading.Thread(target=busy)
+    t.start()
+    held.wait(10)
+    said = []
+    threading.Timer(1.0, release.set).start()
+    out = lab_app.fuse(str(VIS), str(IR), progress=lambda *a, **k: said.append(k.get("desc")))
+    t.join()
+    assert said == ["Waiting for a stability analysis step to finish computing\u2026"]
+    assert "Waited " in out["notices"] and "for another request's computation" in out["notices"]
+    quiet = lab_app.fuse(str(VIS), str(IR), progress=lambda *a, **k: said.append(k.get("desc")))
+    assert len(said) == 1 and "Waited" not in quiet["notices"]  # a free slot: no word about waiting

@@ -155,10 +155,11 @@ class LabCallbacks:
     def _fuse_named(self, visible, infrared, model=None, complementary=True, random_masking=False, dropout="none",
                     hole_percent=settings.DEFAULT_HOLE_PERCENT, holes=settings.DEFAULT_HOLES, seed=0,
                     draw_visible=None, draw_infrared=None, gate_scale=render.DEFAULT_GATE_SCALE, state=None,
-                    folder: Path | None = None) -> dict[str, Any]:
+                    folder: Path | None = None, progress=None) -> dict[str, Any]:
         s = self._settings(complementary, random_masking, dropout, hole_percent, holes, seed)
         render.gate_scale_name(gate_scale)  # a bad choice fails before any work
         state = state if isinstance(state, dict) else {}
+        _say_if_waiting(progress)
         with COMPUTE.hold("fuse") as waited:
             t0 = time.perf_counter()
             drawn = (uploads.drawn_keep_mask(draw_visible), uploads.drawn_keep_mask(draw_infrared))
@@ -199,14 +200,14 @@ class LabCallbacks:
     def fuse(self, visible, infrared, model=None, complementary=True, random_masking=False, dropout="none",
              hole_percent=settings.DEFAULT_HOLE_PERCENT, holes=settings.DEFAULT_HOLES, seed=0, draw_visible=None,
              draw_infrared=None, gate_scale=render.DEFAULT_GATE_SCALE, state=None,
-             request: gr.Request = None) -> dict[str, Any]:
+             request: gr.Request = None, progress=gr.Progress()) -> dict[str, Any]:
         """Fuse the pair without and with the interventions. Returns the outputs named in
         FUSE_OUTPUTS: the two fused images (lossless PNG), the difference map, the network
         inputs as fed, per gate level the clean, intervened and change maps with a caption,
         the notices (Markdown) and the session state. A pair already loaded in this session
         (same images and model) reuses its clean pass: only the intervened pass runs."""
         out = self._fuse_named(visible, infrared, model, complementary, random_masking, dropout, hole_percent,
-                               holes, seed, draw_visible, draw_infrared, gate_scale, state)
+                               holes, seed, draw_visible, draw_infrared, gate_scale, state, progress=progress)
         self._remember(request)
         return out
 
@@ -241,8 +242,8 @@ class LabCallbacks:
     @user_errors
     def compare(self, visible, infrared, model=None, other_model=None, complementary=True, random_masking=False,
                 dropout="none", hole_percent=settings.DEFAULT_HOLE_PERCENT, holes=settings.DEFAULT_HOLES, seed=0,
-                draw_visible=None, draw_infrared=None, gate_scale=render.DEFAULT_GATE_SCALE, state=None
-                ) -> dict[str, Any]:
+                draw_visible=None, draw_infrared=None, gate_scale=render.DEFAULT_GATE_SCALE, state=None,
+                progress=gr.Progress()) -> dict[str, Any]:
         """Run one pair and one set of interventions (one seed: the same masks) through two
         models. Outputs (COMPARE_OUTPUTS): the two intervened fused images side by side, per
         level the two models' clean | intervened | change maps one above the other, a Markdown
@@ -254,6 +255,7 @@ class LabCallbacks:
         render.gate_scale_name(gate_scale)
         state = state if isinstance(state, dict) else {}
         results = []
+        _say_if_waiting(progress)
         with COMPUTE.hold("compare"):
             drawn = (uploads.drawn_keep_mask(draw_visible), uploads.drawn_keep_mask(draw_infrared))
             for key, name in (("pair", model), ("pair_compare", other_model)):
@@ -393,3 +395,11 @@ def _whole_k(k) -> int:
         raise gr.Error(f"K must be a whole number from 4 to 32, got {int(v)}.", title="Cannot use this input",
                        print_exception=False)
     return int(v)
+
+
+def _say_if_waiting(progress) -> None:
+    """Tell the page that this request waits for another one's computation (the compute slot
+    is held), before it waits."""
+    if progress is not None and COMPUTE.holder is not None:
+        what = "a stability analysis step" if COMPUTE.holder.startswith("stability") else "another request"
+        progress(None, desc=f"Waiting for {what} to finish computing\u2026")
