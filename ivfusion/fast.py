@@ -3,8 +3,9 @@
 The reference modules in `ivfusion.modeling` follow the authors' forward pass op by op and
 stay the training path. `build_fast(model)` returns a `FastISFuse`: a copy of the reference
 module in which some modules are swapped for exact, cheaper equivalents; the reference
-modules' own `forward` methods still do the wiring, so a change in `modeling/` needs no
-change here. The swaps (`derive`):
+modules' own `forward` methods still do the wiring (the encoders, each CFI; only the loop over
+the three CFIs is `FastISFuse.fuse_features`'s own, to drop each level's maps early), so a
+change in `modeling/` needs no change here. The swaps (`derive`):
 
 * `ConvBNAct` -> `FastConv`: BatchNorm folded into the convolution (eval-mode statistics),
   the LeakyReLU fused into it as a oneDNN post-op on CPU
@@ -15,8 +16,9 @@ change here. The swaps (`derive`):
 * a 1x1 convolution with one output channel (the gate's projection) -> `PixelProj`: a
   matrix-vector product on the channels-last view (3x faster here); any other bare
   convolution -> `FastConv` without activation;
-* `GatedMix` -> `FastMix`: the CFI's g * cross + (1 - g) * local as an in-place lerp into a
-  reused buffer;
+* `GatedMix` -> `FastMix`: the CFI's g * cross + (1 - g) * local computed in place in the
+  cross map when nobody reads it afterwards;
+* `Decoder` -> `FastDecoder`: the same blocks, with each level's temporaries freed early;
 * `PooledCrossAttention` -> `FastAttention`, the pooled cross-attention rewritten exactly:
   - adaptive average pooling is linear with weights summing to one, so it commutes with a
     1x1 convolution with bias: K and V are projected AFTER pooling (r*r = 64 tokens instead
@@ -25,8 +27,14 @@ change here. The swaps (`derive`):
     (Wq f + bq)^T k / sqrt(C) = f^T (Wq^T k / sqrt(C)) + bq^T k / sqrt(C), so no Q map is
     ever computed and the scale costs nothing;
   - logits (addmm), softmax and attention-times-values (mm, then addmm_ for the second
-    direction) run on (pixels x channels) views of the channels-last maps, the logits in
-    reused buffers (`Workspace`, per thread: a fresh 80 MB tensor costs page faults).
+    direction) run on (pixels x channels) views of the channels-last maps, in blocks of
+    `QUERY_BLOCK` queries (exact: each query's softmax is over the r*r tokens only), the
+    logits in small reused buffers (`Workspace`, per thread).
+
+Memory (tools/forward_memory.py): at 1024x1024 a feature map is 128 MB, so what matters is
+how many are alive at once. No full-size scratch buffer is kept between calls, the logits
+never exist for all pixels at once, and a forward pass frees each level's features, cross map
+and decoder temporaries as soon as they are used.
 
 Precision: fp32 (default) or bf16 (weights cast once, activations in bf16 except the first
 layers, which see the image in fp32: rounding the input to bf16 alone moved outputs by 4/255;
@@ -46,9 +54,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .modeling import ISFuse, check_inputs
-from .modeling.blocks import ConvBNAct
+from .modeling.blocks import ConvBNAct, upsample_to
 from .modeling.cfi import GatedMix, PooledCrossAttention
+from .modeling.decoder import Decoder
 
+QUERY_BLOCK = 16384  # query pixels per attention block (logits: 16384 x r*r floats, 4 MB)
 PATHS = ("auto", "reference", "fast", "fast-bf16")
 BOUND = 2.0 / 255.0  # the deviation bound every path must hold on real pairs (issue 6)
 
@@ -200,43 +210,85 @@ class FastAttention(nn.Module):
         kq_vi, beta_vi, v_vi = self._keys(f_vi, "vi")  # serve the infrared queries
         x_vi = f_vi.permute(0, 2, 3, 1).reshape(b, n, c)  # views of the channels-last maps
         x_ir = f_ir.permute(0, 2, 3, 1).reshape(b, n, c)
-        # one buffer per level size: the three levels' cross maps are alive together
-        cross = self.workspace.get(f"cross{h}x{w}", (b, n, c), f_vi)
-        a_vi = self.workspace.get("a_vi", (n, kq_ir.shape[2]), f_vi)
-        a_ir = self.workspace.get("a_ir", (n, kq_vi.shape[2]), f_vi)
+        cross = torch.empty(b, n, c, dtype=f_vi.dtype, device=f_vi.device)
+        # Each query's softmax is over the r*r tokens only, so blocks of queries are exact and
+        # the logits never exist for all pixels at once (at 1024x1024: 2 x 256 MB otherwise).
+        rows = min(n, QUERY_BLOCK)
+        a_vi = self.workspace.get("a_vi", (rows, kq_ir.shape[2]), f_vi)
+        a_ir = self.workspace.get("a_ir", (rows, kq_vi.shape[2]), f_vi)
         for i in range(b):  # the keys differ per image
-            torch.addmm(beta_ir[i], x_vi[i], kq_ir[i], out=a_vi)
-            torch.softmax(a_vi, -1, out=a_vi)
-            torch.addmm(beta_vi[i], x_ir[i], kq_vi[i], out=a_ir)
-            torch.softmax(a_ir, -1, out=a_ir)
-            torch.mm(a_vi, v_ir[i], out=cross[i])
-            cross[i].addmm_(a_ir, v_vi[i])
+            for s in range(0, n, rows):
+                e = min(n, s + rows)
+                av, ai, out = a_vi[:e - s], a_ir[:e - s], cross[i, s:e]
+                torch.addmm(beta_ir[i], x_vi[i, s:e], kq_ir[i], out=av)
+                torch.softmax(av, -1, out=av)
+                torch.addmm(beta_vi[i], x_ir[i, s:e], kq_vi[i], out=ai)
+                torch.softmax(ai, -1, out=ai)
+                torch.mm(av, v_ir[i], out=out)
+                out.addmm_(ai, v_vi[i])
         return cross.view(b, h, w, c).permute(0, 3, 1, 2)
 
 
 class FastMix(nn.Module):
-    """`GatedMix` in place: local = f_vi + f_ir written into a reused buffer, then
-    lerp_(cross, g) = local + g * (cross - local), the same value up to rounding."""
+    """`GatedMix` without a new full-size map where it can: the cross map is overwritten in
+    place, (cross - local) * g + local with local = f_vi + f_ir (the same value up to
+    rounding), when the caller has said it will not read `cross` again
+    (`Workspace.cross_is_scratch`, per thread); else local is a new map, lerped towards cross."""
 
     def __init__(self, workspace: "Workspace"):
         super().__init__()
         self.workspace = workspace
 
     def forward(self, cross: Tensor, g: Tensor, f_vi: Tensor, f_ir: Tensor) -> Tensor:
-        out = self.workspace.get("mix", f_vi.shape, f_vi, channels_last=True)
-        return torch.add(f_vi, f_ir, out=out).lerp_(cross, g.to(out.dtype))
+        g = g.to(cross.dtype)
+        if self.workspace.cross_is_scratch:
+            return cross.sub_(f_vi).sub_(f_ir).mul_(g).add_(f_vi).add_(f_ir)
+        return torch.add(f_vi, f_ir).to(memory_format=torch.channels_last).lerp_(cross, g)
+
+
+class FastDecoder(nn.Module):
+    """`Decoder` with the same (swapped) blocks, run so that temporaries die early: the
+    upsampled map takes the skip in place, the psi list is emptied as it is used, and each
+    block's layers run one by one, so at most two finest-level maps are alive at once
+    (`Decoder.forward` holds five: skip, upsampled, sum and both convolutions' outputs)."""
+
+    def __init__(self, decoder: Decoder):
+        super().__init__()
+        self.blocks, self.head = decoder.blocks, decoder.head
+
+    def forward(self, psi: list[Tensor]) -> Tensor:
+        """psi: the CFI outputs, coarsest first, as for `Decoder.forward`; the list is emptied."""
+        x = psi.pop(0)
+        for block in self.blocks:
+            skip = psi.pop(0)
+            x = upsample_to(x, skip).add_(skip)
+            del skip
+            for layer in block:
+                x = layer(x)
+        return torch.sigmoid(self.head(x))
 
 
 class Workspace:
-    """Reused scratch buffers, one set per thread: a fresh 40-80 MB tensor costs page faults on
-    every call (about a third of a softmax pass over it), a reused one does not. Buffers never
-    escape a forward call, so reuse is invisible to callers; the three levels share them (they
-    run one after the other). A buffer larger than `max_mb` is not kept (allocated per call),
-    so that huge inputs do not pin memory: at 640x480 the kept buffers hold about 250 MB."""
+    """Reused scratch buffers, one set per thread: a fresh tensor costs page faults on every
+    call, a reused one does not. Buffers never escape a forward call, so reuse is invisible to
+    callers; the three levels share them (they run one after the other). Only the attention's
+    logit blocks live here (`QUERY_BLOCK` rows: 2 x 4 MB); a buffer larger than `max_mb` is not
+    kept, so that no input size pins memory in every thread that ever ran a forward pass.
 
-    def __init__(self, max_mb: float = 256):
+    cross_is_scratch (per thread): set by `FastISFuse.fuse_features` when the caller will not
+    read the CFIs' cross maps, so that `FastMix` may overwrite them."""
+
+    def __init__(self, max_mb: float = 16):
         self._local = threading.local()
         self.max_bytes = int(max_mb * 2**20)
+
+    @property
+    def cross_is_scratch(self) -> bool:
+        return getattr(self._local, "cross_is_scratch", False)
+
+    @cross_is_scratch.setter
+    def cross_is_scratch(self, value: bool) -> None:
+        self._local.cross_is_scratch = bool(value)
 
     def get(self, name: str, shape, like: Tensor, channels_last: bool = False) -> Tensor:
         shape = tuple(shape)
@@ -293,6 +345,7 @@ def derive(model: ISFuse, workspace: Workspace, patch_first: bool = True) -> ISF
                 setattr(parent, name, new)
 
     walk(fast)
+    fast.decoder = FastDecoder(fast.decoder)  # after the walk: its blocks are swapped already
     if getattr(fast, "unused", None) is not None:
         del fast.unused  # modules the forward pass never calls
     return fast
@@ -342,19 +395,38 @@ class FastISFuse(nn.Module):
         return self.model.encode(vis_y.contiguous(), ir.contiguous())
 
     @torch.inference_mode()
-    def fuse_features(self, f_vi: list[Tensor], f_ir: list[Tensor], return_cross: bool = False):
-        """As `ISFuse.fuse_features`; outputs contiguous float32."""
-        out = self.model.fuse_features(f_vi, f_ir, return_cross)
-        # clone: the cross maps live in the workspace, which the next call overwrites
+    def fuse_features(self, f_vi: list[Tensor], f_ir: list[Tensor], return_cross: bool = False,
+                      release: bool = False):
+        """As `ISFuse.fuse_features` (the same CFIs, coarse to fine, then the decoder); outputs
+        contiguous float32. Memory: a CFI's cross map is dropped as soon as its level is done
+        (kept only with return_cross), and with release=True the caller hands its two lists
+        over: each level's features are set to None in them once used, so that the finest
+        maps are freed before the decoder runs."""
         own = lambda t: t.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
-        return (own(out[0]), *(tuple(own(t) for t in ts) for ts in out[1:]))
+        psi, gates, crosses = [], [], []
+        self.workspace.cross_is_scratch = not return_cross
+        try:
+            for cfi, level in zip(self.model.cfis, (2, 1, 0)):  # as ISFuse.fuse_features
+                p, g, cross = cfi.forward_with_cross(f_vi[level], f_ir[level])
+                if release:
+                    f_vi[level] = f_ir[level] = None
+                psi.append(p)
+                gates.append(g)
+                if return_cross:
+                    crosses.append(own(cross))
+                del p, g, cross
+        finally:
+            self.workspace.cross_is_scratch = False
+        fused = own(self.model.decoder(psi))
+        gates = tuple(own(g) for g in gates)
+        return (fused, gates, tuple(crosses)) if return_cross else (fused, gates)
 
     @torch.inference_mode()
     def forward(self, vis_y: Tensor, ir: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
         check_inputs(vis_y, ir)
-        fused, gates = self.model(vis_y.contiguous(), ir.contiguous())
+        fused, gates = self.fuse_features(*self.encode(vis_y, ir), release=True)
         out_dtype = vis_y.dtype
-        return fused.to(out_dtype).contiguous(), tuple(g.to(out_dtype).contiguous() for g in gates)
+        return fused.to(out_dtype), tuple(g.to(out_dtype) for g in gates)
 
 
 def build_fast(model: ISFuse, device: str | torch.device | None = None, dtype: torch.dtype | str = torch.float32,

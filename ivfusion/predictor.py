@@ -7,14 +7,19 @@
 
 `set_pair` keeps the clean pass's encoder features. `intervene` then re-encodes only what its
 keep masks change: a modality kept whole reuses its clean features, a dropped one uses the
-features of an all-zero image (cached per size), and a partly hidden one is re-encoded only in
-crops around the hidden pixels (`ivfusion.reencode`, exact). The CFIs and the decoder see
-every pixel of both modalities and always run.
+features of an all-zero image (expanded exactly from those of a small zero image, which the
+Fusers of one `fork` family share), and a partly hidden one is re-encoded only in crops
+around the hidden pixels (`ivfusion.reencode`, exact). The CFIs and the decoder see every
+pixel of both modalities and always run.
+
+Memory: at 1024x1024 the two encoders' features are 336 MB (a 32-channel float map at full
+size is 128 MB). `Fuser(keep_features=False)` keeps none between calls (each call encodes
+what it needs), which is what a server with many sessions wants; tools/forward_memory.py
+measures both.
 """
 from __future__ import annotations
 
 import dataclasses
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
@@ -27,7 +32,8 @@ from .device import resolve_device
 from .hub import describe, load_model
 from .interventions import MaskConfig, get_intervention
 from .modeling import ISFuse, check_inputs
-from .reencode import Geometry, reencode
+from .modeling.isfuse import MIN_SIDE
+from .reencode import Geometry, expand_zero_features, reencode, zero_input_size
 
 DEFAULT_MAX_SIDE = 2048
 
@@ -117,25 +123,34 @@ class Fuser:
         ivfusion.modeling, op by op as the authors' forward pass), "fast" (fp32 fast path) or
         "fast-bf16". The fast paths copy the weights: after changing `model`'s weights, build a
         new Fuser (or call `set_path`).
+    keep_features: keep the current pair's clean encoder features between calls (default), so
+        that `intervene` re-encodes only what its masks change; False keeps only the pair and
+        its clean pass (at 1024x1024: about 60 MB instead of about 400 MB), and each call
+        encodes what it needs. Results are the same either way.
 
     A Fuser holds one pair at a time (`set_pair`) and is not thread-safe; `fork()` gives another
     Fuser that shares the weights and networks but holds its own pair.
     """
 
     def __init__(self, model: ISFuse | str | None = None, device: str | torch.device = "auto",
-                 max_side: int | None = DEFAULT_MAX_SIDE, path: str = "auto"):
+                 max_side: int | None = DEFAULT_MAX_SIDE, path: str = "auto", keep_features: bool = True):
         self.device = resolve_device(device)
         self.model = (model if isinstance(model, torch.nn.Module) else load_model(model)).to(self.device).eval()
         self.max_side = max_side
+        self.keep_features = bool(keep_features)
         self._geometry = {name: Geometry.of(getattr(self.model, f"encoder_{name}")) for name in ("vi", "ir")}
         self.set_path(path)
 
     def set_path(self, path: str = "auto") -> None:
         """Choose the module that runs inference, `self.net`: (vis_y, ir) -> (fused, gates).
         Forgets the current pair (its cached features belong to the previous module)."""
-        from .fast import make_net
+        from .fast import FastISFuse, make_net
 
         self.net, self.path = make_net(self.model, self.device, path)
+        self._releases = isinstance(self.net, FastISFuse)  # its fuse_features can free features as it goes
+        # features of small all-zero images, {(modality, h, w): features}: a few hundred KB,
+        # shared with every fork (they depend only on the weights and the size)
+        self._zero_small: dict = {}
         self.reset()
 
     def reset(self) -> None:
@@ -143,11 +158,15 @@ class Fuser:
         self._pair: PreparedPair | None = None
         self._clean: FusionResult | None = None
         self._feats: dict[str, list[torch.Tensor]] = {}
-        self._zero_feats: OrderedDict = OrderedDict()
+
+    def release_features(self) -> None:
+        """Drop the cached encoder features (the pair and its clean pass stay); the next call
+        encodes what it needs again."""
+        self._feats = {}
 
     def fork(self) -> "Fuser":
-        """A Fuser sharing this one's model and inference module, holding no pair (one per
-        session or thread)."""
+        """A Fuser sharing this one's model, inference module and zero-image features, holding
+        no pair (one per session or thread)."""
         other = object.__new__(Fuser)
         other.__dict__.update({k: v for k, v in self.__dict__.items()})
         other.reset()
@@ -178,6 +197,11 @@ class Fuser:
         notices: list[str] = []
         vis_arr = io.check_array(visible, "visible image")
         ir_arr = io.check_array(infrared, "infrared image")
+        for name, arr in (("visible", vis_arr), ("infrared", ir_arr)):
+            if min(arr.shape[:2]) < MIN_SIDE:
+                h, w = arr.shape[:2]
+                raise io.ImageError(f"the {name} image is {w}x{h} pixels; ISFuse needs at least {MIN_SIDE}x{MIN_SIDE} "
+                                    "(its encoder halves the size twice)")
         if vis_arr.shape[:2] != ir_arr.shape[:2]:
             (vh, vw), (ih, iw) = vis_arr.shape[:2], ir_arr.shape[:2]
             if not resize_ir:
@@ -189,6 +213,9 @@ class Fuser:
             notices.append(f"infrared resized from {iw}x{ih} to the visible size {vw}x{vh}")
         vis_arr, note = io.fit_max_side(vis_arr, self.max_side)
         if note:
+            if min(vis_arr.shape[:2]) < MIN_SIDE:
+                raise io.ImageError(f"the pair would be {note} and then be under ISFuse's minimum of {MIN_SIDE}x{MIN_SIDE} "
+                                    "pixels; crop it to a less elongated shape")
             notices.append(note)
             ir_arr = io.resize_to(ir_arr, *vis_arr.shape[:2])
         ycrcb = io.visible_to_ycrcb(vis_arr)
@@ -230,7 +257,7 @@ class Fuser:
         h, w = self._require_pair().shape
         names = [intervention] if isinstance(intervention, str) or intervention is None else list(intervention)
         resolved = [get_intervention(n or "none") for n in names]
-        rng = np.random.default_rng(seed)
+        rng = np.random.default_rng(check_seed(seed))
         m_vi, m_ir = np.ones((h, w), np.float32), np.ones((h, w), np.float32)
         for iv in resolved:
             a, b = iv.sample(h, w, rng, mask_config)
@@ -257,7 +284,9 @@ class Fuser:
             clean = self._ensure_clean()
             return dataclasses.replace(clean, intervention=name, notices=list(clean.notices))
         f_vi, f_ir = self._features("vi", m_vi), self._features("ir", m_ir)
-        fused, gates = self.net.fuse_features(f_vi, f_ir)
+        if not self.keep_features:
+            self.release_features()
+        fused, gates = self._fuse([f_vi, f_ir])
         return self.build_result(pair, fused.float().cpu(), tuple(g.float().cpu() for g in gates),
                                  pair.visible_y * m_vi, pair.infrared * m_ir, (m_vi, m_ir), name)
 
@@ -275,15 +304,21 @@ class Fuser:
         h, w = pair.shape
         per = max(1, int(batch_pixels) // (h * w))
         ones = np.ones((h, w), np.float32)
-        for start in range(0, len(keep_masks), per):
-            chunk = [(ones if a is None else np.asarray(a, np.float32), ones if b is None else np.asarray(b, np.float32))
-                     for a, b in keep_masks[start:start + per]]
-            items = [(self._features("vi", a), self._features("ir", b)) for a, b in chunk]
-            f_vi = [torch.cat([it[0][k] for it in items]) if len(items) > 1 else items[0][0][k] for k in range(3)]
-            f_ir = [torch.cat([it[1][k] for it in items]) if len(items) > 1 else items[0][1][k] for k in range(3)]
-            out = self.net.fuse_features(f_vi, f_ir, return_cross=return_cross)
-            cpu = lambda ts: tuple(t.float().cpu() for t in ts)
-            yield BatchOutput(start, out[0].float().cpu(), cpu(out[1]), cpu(out[2]) if return_cross else None, chunk)
+        try:
+            for start in range(0, len(keep_masks), per):
+                chunk = [(ones if a is None else np.asarray(a, np.float32),
+                          ones if b is None else np.asarray(b, np.float32)) for a, b in keep_masks[start:start + per]]
+                items = [(self._features("vi", a), self._features("ir", b)) for a, b in chunk]
+                f_vi = [torch.cat([it[0][k] for it in items]) if len(items) > 1 else items[0][0][k] for k in range(3)]
+                f_ir = [torch.cat([it[1][k] for it in items]) if len(items) > 1 else items[0][1][k] for k in range(3)]
+                del items
+                out = self._fuse([f_vi, f_ir], return_cross=return_cross)
+                del f_vi, f_ir
+                cpu = lambda ts: tuple(t.float().cpu() for t in ts)
+                yield BatchOutput(start, out[0].float().cpu(), cpu(out[1]), cpu(out[2]) if return_cross else None, chunk)
+        finally:  # the clean features serve every chunk; without keep_features they go with the call
+            if not self.keep_features:
+                self.release_features()
 
     def fuse(
         self,
@@ -356,7 +391,10 @@ class Fuser:
         """The clean pass of the current pair, run when first needed."""
         if self._clean is None:
             pair = self._pair
-            fused, gates = self.net.fuse_features(self._clean_features("vi"), self._clean_features("ir"))
+            feats = [list(self._clean_features("vi")), list(self._clean_features("ir"))]
+            if not self.keep_features:
+                self.release_features()
+            fused, gates = self._fuse(feats)
             ones = np.ones(pair.shape, np.float32)
             self._clean = self.build_result(pair, fused.float().cpu(), tuple(g.float().cpu() for g in gates),
                                             pair.visible_y, pair.infrared, (ones, ones.copy()), "none")
@@ -365,25 +403,54 @@ class Fuser:
     def _tensor(self, a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a, np.float32))[None, None].to(self.device)
 
+    def _fuse(self, feats: list, return_cross: bool = False):
+        """net.fuse_features on [f_vi, f_ir], a list the caller gives up: it is emptied, and
+        on the fast path each level's features are freed once used (a cached list stays
+        whole: pass a copy)."""
+        f_vi, f_ir = feats.pop(0), feats.pop(0)
+        if self._releases:
+            return self.net.fuse_features(f_vi, f_ir, return_cross=return_cross, release=True)
+        return self.net.fuse_features(f_vi, f_ir, return_cross=return_cross)
+
     def _features(self, which: str, keep: np.ndarray) -> list[torch.Tensor]:
-        """Encoder features of modality `which` ("vi" or "ir") with keep mask `keep`."""
+        """Encoder features of modality `which` ("vi" or "ir") with keep mask `keep`, as a new
+        list (its maps may be the cached ones)."""
         encoder = self.net.encoder_vi if which == "vi" else self.net.encoder_ir
         if keep.min() == 1:
-            return self._clean_features(which)
+            return list(self._clean_features(which))
         if keep.max() == 0:
             return self._zero_features(which, encoder)
         image = self._pair.visible_y if which == "vi" else self._pair.infrared
         x = self._tensor(image * keep)
+        if which not in self._feats and not self.keep_features:
+            return list(encoder(x))  # no clean features to patch: one full encode costs least
         feats, _ = reencode(encoder, x, lambda: self._clean_features(which), keep != 1, self._geometry[which])
         return feats
 
     def _zero_features(self, which: str, encoder) -> list[torch.Tensor]:
-        """Features of an all-zero image of the current size; kept for the last size only."""
-        key = (which, self._pair.shape)
-        if key not in self._zero_feats:
-            self._zero_feats = OrderedDict((k, v) for k, v in self._zero_feats.items() if k[1] == key[1])
-            self._zero_feats[key] = encoder(torch.zeros(1, 1, *key[1], device=self.device))
-        return self._zero_feats[key]
+        """Features of an all-zero image of the current size, expanded from those of a small
+        zero image (`reencode.expand_zero_features`, exact), which forks share."""
+        h, w = self._pair.shape
+        geometry = self._geometry[which]
+        key = (which, zero_input_size(h, geometry), zero_input_size(w, geometry))
+        small = self._zero_small.get(key)
+        if small is None:
+            small = self._zero_small[key] = encoder(torch.zeros(1, 1, *key[1:], device=self.device))
+        return expand_zero_features(small, h, w, geometry, encoder.pool)
+
+
+def check_seed(seed):
+    """The seed, checked: a non-negative integer, or a sequence of them (e.g. (seed, run));
+    anything else is a ValueError naming the seed and what is accepted."""
+    def ok(v):
+        return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) and v >= 0
+
+    if isinstance(seed, (np.random.SeedSequence, np.random.Generator, np.random.BitGenerator)):
+        return seed
+    items = seed if isinstance(seed, (list, tuple)) else [seed]
+    if not items or not all(ok(v) for v in items):
+        raise ValueError(f"seed must be a non-negative integer (or a sequence of them), got {seed!r}")
+    return seed
 
 
 def _user_mask(mask, h: int, w: int, name: str) -> np.ndarray:

@@ -118,6 +118,54 @@ def reencode(encoder: nn.Module, x: Tensor, clean: list[Tensor] | Callable[[], l
     return out, "local"
 
 
+def zero_input_size(n: int, geometry: Geometry) -> int:
+    """The side of the small all-zero image whose features give those of an all-zero image of
+    side n (`expand_zero_features`): n itself when that is no larger. It keeps n's remainder
+    modulo geometry.align, so that both images end on the pooling grid the same way."""
+    small = 2 * geometry.margin + 2 * geometry.align + n % geometry.align
+    return min(n, small)
+
+
+def _zero_index(n: int, small: int, s: int, geometry: Geometry) -> Tensor:
+    """For each of the n // s feature rows of an all-zero image of side n (a level of scale s),
+    the row of the small zero image's features that holds the same value.
+
+    Each full row is read from a window of the full image of side `small` that starts on the
+    pooling grid and leaves the row more than geometry.margin from the window's inner edges,
+    where a crop's features are exact (`Geometry`); every such window of an all-zero image is
+    the small image itself. Rows near the top (bottom) edge come from the window at that edge,
+    the others from a window whose offset keeps their phase on the pooling grid."""
+    nl, sl = n // s, small // s
+    if small == n:
+        return torch.arange(nl)
+    m, period = -(-geometry.margin // s), geometry.align // s
+    offset = (n - small) // s  # (n - small) is a multiple of align, hence of s
+    top, bottom = (small - geometry.margin) // s, offset + m
+    i = torch.arange(nl)
+    middle = m + (i - m) % period
+    return torch.where(i < top, i, torch.where(i >= bottom, i - offset, middle))
+
+
+def expand_zero_features(small: list[Tensor], h: int, w: int, geometry: Geometry, pool: int) -> list[Tensor]:
+    """The encoder's features of an all-zero (h, w) image, exactly, from `small`: its
+    features of an all-zero image of `zero_input_size(h)` x `zero_input_size(w)` (a few dozen
+    pixels a side). The encoder is translation-equivariant on the pooling grid and local
+    (`Geometry`), so every feature of the large zero image equals one of the small one's.
+    Outputs keep `small`'s memory format (channels-last stays channels-last)."""
+    hs, ws = zero_input_size(h, geometry), zero_input_size(w, geometry)
+    out = []
+    for level, f in enumerate(small):
+        s = pool ** level
+        rows = _zero_index(h, hs, s, geometry).to(f.device)
+        cols = _zero_index(w, ws, s, geometry).to(f.device)
+        if f.is_contiguous(memory_format=torch.channels_last) and not f.is_contiguous():
+            nhwc = f.permute(0, 2, 3, 1)
+            out.append(nhwc.index_select(2, cols).index_select(1, rows).permute(0, 3, 1, 2))
+        else:
+            out.append(f.index_select(3, cols).index_select(2, rows))
+    return out
+
+
 def _span(lo: int, size: int, align: int, length: int) -> tuple[int, int]:
     """A window [lo', lo' + length) clipped to [0, size), starting at or before `lo` on a
     multiple of `align`; moved back from the image's end where needed (there its length is

@@ -124,10 +124,11 @@ def test_batch_consistency(model, fast, pairs):
 
 def test_fast_net_is_derived_by_swapping(model, fast):
     """No reference module with a fast form is left, the reference wiring (Encoder, CFI,
-    Decoder, ISFuse) is kept, and the weights are copies: the reference is untouched."""
+    ISFuse) is kept, the Decoder's blocks run in FastDecoder, and the weights are copies: the
+    reference is untouched."""
     kinds = {type(m).__name__ for m in fast.model.modules()}
     assert not kinds & {"ConvBNAct", "PooledCrossAttention", "GatedMix", "BatchNorm2d", "Conv2d"}
-    assert {"ISFuse", "Encoder", "CFI", "InvarianceGate", "Decoder", "FastAttention", "FastMix", "PatchConv"} <= kinds
+    assert {"ISFuse", "Encoder", "CFI", "InvarianceGate", "FastDecoder", "FastAttention", "FastMix", "PatchConv"} <= kinds
     n_blocks = sum(isinstance(m, ConvBNAct) for m in model.modules())
     n_fast = sum(type(m).__name__ in ("FastConv", "PatchConv") for m in fast.model.modules())
     assert n_fast == n_blocks + 1  # every conv block, plus the decoder's bare head convolution

@@ -210,11 +210,13 @@ def test_reuse_skips_encoder_work(untrained, crops):
     assert seen == {"vi": [], "ir": []}
     with encoder_calls(fuser.net) as seen:
         fuser.intervene("drop-infrared", seed=0)
-    assert seen == {"vi": [], "ir": [(h, w)]}  # visible reused; the zero image encoded once
+    # visible reused; the zero image's features come from a small zero image, encoded once
+    assert seen["vi"] == [] and len(seen["ir"]) == 1 and seen["ir"][0][0] * seen["ir"][0][1] < h * w / 50
     with encoder_calls(fuser.net) as seen:
         fuser.intervene("drop-infrared", seed=1)
         fuser.intervene("drop-visible")
-    assert seen["ir"] == [] and seen["vi"] == [(h, w)]  # zero features of this size are cached
+        fuser.fork().fuse(vis[::-1].copy(), ir[::-1].copy(), "drop-infrared")  # a fork shares them
+    assert seen["ir"] == [] and len(seen["vi"]) == 2 and (h, w) in seen["vi"]  # the small zero image once; the fork's visible
     with encoder_calls(fuser.net) as seen:
         r = fuser.intervene("complementary", seed=2)
     # partly hidden inputs: the encoders run on crops around the holes only
@@ -226,12 +228,12 @@ def test_reuse_skips_encoder_work(untrained, crops):
 
 def test_fuse_with_an_intervention_costs_one_forward(untrained, crops):
     """fuse() leaves the clean pass and the dropped modality's clean features unencoded until
-    asked for: a drop costs the two encoder passes of one forward (one on the zero image)."""
+    asked for: a drop costs the infrared encoder pass and one on a small zero image."""
     fuser = Fuser(untrained, device="cpu", max_side=None)
     vis, ir = crops[1]
     with encoder_calls(fuser.net) as seen:
         r = fuser.fuse(vis, ir, "drop-visible")
-    assert seen == {"vi": [(97, 131)], "ir": [(97, 131)]}
+    assert seen["ir"] == [(97, 131)] and len(seen["vi"]) == 1 and seen["vi"][0] < (97, 131)
     with encoder_calls(fuser.net) as seen:
         clean = fuser.clean  # computed now: only the visible image's clean features are new
     assert seen == {"vi": [(97, 131)], "ir": []}
@@ -266,3 +268,52 @@ def test_predictor_state_eta_and_fork(untrained, crops):
     assert other.net is fuser.net and other.pair is None and fuser.pair is not None
     other.set_pair(*crops[0])
     assert fuser.pair.shape == (97, 131) and other.pair.shape == (301, 496)
+
+
+@pytest.mark.parametrize("path", ["reference", "fast"])
+def test_zero_image_features_are_exact(untrained, path):
+    """The all-zero image's features, expanded from a small zero image, equal a direct encode
+    at sizes with every remainder on the pooling grid."""
+    from ivfusion.reencode import Geometry, expand_zero_features, zero_input_size
+
+    fuser = Fuser(untrained, device="cpu", max_side=None, path=path)
+    enc = fuser.net.encoder_ir
+    geo = Geometry.of(untrained.encoder_ir)
+    for h, w in ((203, 157), (96, 128), (5, 4), (130, 255), (301, 42)):
+        with torch.inference_mode():
+            full = enc(torch.zeros(1, 1, h, w))
+            small = enc(torch.zeros(1, 1, zero_input_size(h, geo), zero_input_size(w, geo)))
+            got = expand_zero_features(small, h, w, geo, enc.pool)
+        assert [t.shape for t in got] == [t.shape for t in full]
+        assert max((a - b).abs().max().item() for a, b in zip(got, full)) < 1e-5, (h, w)
+
+
+def test_without_kept_features_results_are_the_same(untrained, crops):
+    vis, ir = crops[1]
+    keep = Fuser(untrained, device="cpu", max_side=None)
+    lean = Fuser(untrained, device="cpu", max_side=None, keep_features=False)
+    a, b = keep.set_pair(vis, ir), lean.set_pair(vis, ir)
+    assert np.abs(a.fused_y - b.fused_y).max() < FP32_TOL and lean._feats == {}
+    for kind in ("complementary", "drop-visible", ["random", "drop-infrared"]):
+        a, b = keep.intervene(kind, seed=3), lean.intervene(kind, seed=3)
+        assert np.abs(a.fused_y - b.fused_y).max() < FP32_TOL and lean._feats == {}
+    out = list(lean.intervene_batch([a.masks, (None, None)]))
+    assert np.abs(out[0].fused[0, 0].numpy() - a.fused_y).max() < FP32_TOL and lean._feats == {}
+    keep.release_features()
+    assert keep._feats == {} and keep.clean is not None
+
+
+@pytest.mark.parametrize("side", [(1, 1), (3, 3), (3, 40), (40, 2)])
+def test_images_under_the_minimum_size_are_named(fuser, side):
+    from ivfusion import ImageError
+
+    h, w = side
+    with pytest.raises(ImageError, match=rf"{w}x{h} pixels; ISFuse needs at least 4x4"):
+        fuser.set_pair(np.zeros((h, w, 3), np.uint8), np.zeros((h, w), np.uint8))
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, "7", None, True, [1, -2]])
+def test_bad_seeds_are_named(fuser, crops, seed):
+    fuser.set_pair(*crops[1])
+    with pytest.raises(ValueError, match=r"seed must be a non-negative integer .*got"):
+        fuser.intervene("random", seed=seed)
