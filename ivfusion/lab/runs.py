@@ -59,9 +59,13 @@ def pair_key(model: str, visible: np.ndarray, infrared: np.ndarray) -> str:
 class SessionPair:
     """One session's pair and its clean pass, computed once.
 
-    fuser: the shared Fuser of the chosen model; a `fork` of it is kept, so the cached pass and
-    encoder features belong to this session only. visible, infrared: the decoded uploads (sizes may differ:
-    the infrared image is resized to the visible size, with a notice).
+    fuser: the shared Fuser of the chosen model; a `fork` of it is kept, so the cached pass
+    belongs to this session only. The fork keeps no encoder features between requests
+    (`keep_features=False`): at the Lab's working size they would be 100-340 MB a session, more
+    than all sessions' state may hold together (`session.SESSION_MAX_BYTES`), so a session keeps
+    its pair and clean pass (about 20 MB at 640x480) and each intervention encodes what it
+    needs. visible, infrared: the decoded uploads (sizes may differ: the infrared image is
+    resized to the visible size, with a notice).
     """
 
     def __init__(self, fuser: Fuser, visible: np.ndarray, infrared: np.ndarray, model: str = ""):
@@ -70,6 +74,7 @@ class SessionPair:
         self.model = model
         self.eta = fuser_eta(fuser)
         self.fuser = fuser.fork()
+        self.fuser.keep_features = False
         self.size_notices = size_notes(visible.shape[:2], infrared.shape[:2])[1:]
         self.clean = self.fuser.set_pair(visible, infrared, resize_ir=True)
         self.seconds = time.perf_counter() - t0
