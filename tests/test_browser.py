@@ -76,7 +76,12 @@ def lab_page(url: str, chromium_path: str, width: int = 1400, height: int = 1000
 
 def _loaded(page, selector: str, timeout: int = 60_000):
     img = page.locator(f"{selector} img").first
-    img.wait_for(state="visible", timeout=timeout)
+    try:
+        img.wait_for(state="visible", timeout=timeout)
+    except Exception as e:  # say whether the served file is still there
+        src = img.get_attribute("src") or ""
+        path = src.split("file=", 1)[-1]
+        raise AssertionError(f"{selector}: not shown; its file {path} exists: {Path(path).is_file()}") from e
     page.wait_for_function("i => i.complete && i.naturalWidth > 0", arg=img.element_handle(), timeout=timeout)
     return img
 
