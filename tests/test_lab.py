@@ -122,41 +122,6 @@ def test_load_pair_decodes_at_the_working_size_and_says_so():
     assert v.shape == (480, 640, 3) and notes == []
 
 
-def test_the_compute_slot_is_first_come_first_served():
-    """A job that releases the slot and queues again between its steps (a stability run) lets
-    a request that was already waiting go first: the waiter never waits for the whole job."""
-    import threading
-
-    from ivfusion.lab.slot import ChunkedHold, ComputeSlot
-
-    slot, order, waiting = ComputeSlot(), [], threading.Event()
-    job = ChunkedHold(slot, "stability")
-    job.__enter__()
-    job.step_done()
-
-    def fuse():
-        waiting.set()
-        with slot.hold("fuse"):
-            order.append("fuse")
-
-    t = threading.Thread(target=fuse)
-    t.start()
-    waiting.wait(5)
-    while slot.waiting == 0:  # the Fuse is queued
-        time.sleep(0.01)
-    assert job.between() is False  # releases, the queued Fuse runs, then the job has the slot again
-    order.append("stability step 2")
-    job.release()
-    t.join(5)
-    assert order == ["fuse", "stability step 2"]
-    assert [h[0] for h in slot.history] == ["stability", "fuse", "stability"]
-    late = ChunkedHold(slot, "stability", cancel=lambda: False, deadline=time.perf_counter() - 1)
-    with late:
-        assert late.between() is False  # no step done yet: the budget lets one step run
-        late.step_done()
-        assert late.between() is True and late.reason == "time budget" and not late.held
-
-
 def test_display_copy_turns_16bit_tiff_into_lossless_16bit_png(tmp_path):
     ir = read_image(EXAMPLES / "ir" / "msrs_00009N.png").astype(np.uint16) * 257
     tif = tmp_path / "ir16.tiff"
