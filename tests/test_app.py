@@ -313,8 +313,10 @@ def test_stability_over_http(client):
     assert "**Output** (" in out["summary"] and "Features, fine" in out["summary"]
 
 
-def test_api_errors_are_readable(client, tmp_path):
+def test_api_errors_are_readable(client, tmp_path, capfd):
     from gradio_client import handle_file
+
+    capfd.readouterr()
 
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 64)
@@ -323,6 +325,10 @@ def test_api_errors_are_readable(client, tmp_path):
     assert "Traceback" not in str(err.value)
     with pytest.raises(Exception, match="infrared image: missing"):
         client.predict(visible=handle_file(str(VIS)), infrared=None, api_name="/fuse")
+    with pytest.raises(Exception, match="K must be a whole number"):
+        client.predict(visible=handle_file(str(VIS)), infrared=handle_file(str(IR)), k=8.9, api_name="/stability")
+    log = capfd.readouterr()
+    assert "Traceback" not in log.err + log.out  # a user error leaves no traceback in the server log
 
 
 def test_sessions_do_not_share_state(server):
