@@ -133,3 +133,25 @@ def test_junk_ivfusion_weights_start_and_serve_on_the_bundled_weights(tmp_path, 
         assert out and out[0]
         page = str(server.config)
         assert "could not be loaded" in page and "bundled weights" in page and str(tmp_path) not in page
+
+
+def test_the_lab_works_at_a_bounded_size_and_keeps_no_encoder_features(pair):
+    """The defaults that keep the 49-MP case under 1 GB (ivfusion/lab/models.py): a working
+    size of 640 unless IVFUSION_MAX_SIDE says otherwise, and Fusers (and their forks) that keep
+    no encoder features between requests, with a session's state a few tens of MB."""
+    import numpy as np
+
+    from ivfusion import io, lab
+    from ivfusion.lab.session import nbytes
+
+    assert lab.ModelBank(env={}).max_side == 640
+    assert lab.ModelBank(env={"IVFUSION_MAX_SIDE": "512"}).max_side == 512
+    fuser, _ = lab.ModelBank(env={}).get()
+    assert fuser.keep_features is False and fuser.fork().keep_features is False
+    vis, ir = io.read_image(pair[0]), io.read_image(pair[1])
+    sp = lab.SessionPair(fuser, vis, ir, "m")
+    run = lab.run_session_pair(sp, lab.Settings(complementary=True, seed=3))
+    assert run.has_intervention
+    assert sp.fuser._feats == {} and max(sp.shape) <= 640
+    assert nbytes({"pair": sp, "run": run}) < 60 * 2**20
+    assert np.isfinite(run.intervened.fused_y).all()

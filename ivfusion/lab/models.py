@@ -10,7 +10,15 @@ Environment variables (read by `ModelBank`):
                               (SHA-256 checked) into the cache folder, and reused from there.
   IVFUSION_OFFICIAL_URL       where to download it from (default `OFFICIAL_URL`).
   IVFUSION_CACHE              the cache folder (default $XDG_CACHE_HOME/ivfusion or ~/.cache/ivfusion).
-  IVFUSION_MAX_SIDE           images whose longer side exceeds this are downscaled (default 1024).
+  IVFUSION_MAX_SIDE           images whose longer side exceeds this are downscaled (default 640,
+                              `APP_MAX_SIDE`).
+
+Why 640: the Lab's memory is bounded by its working size. A forward pass on the fast path
+peaks at about 250 MB over the server's base at 640x480 and 650-700 MB at 1024x1024
+(tools/forward_memory.py, keep_features no). With a 49-MP 16-bit grey PNG sent at once
+through every image-taking handler and /fuse (tools/fault_probe.py --only e), the server's
+peak RSS grew by 918 MiB at 640, 1020 MiB at 768 and 1887 MiB at 1024, against a bar of 1 GB.
+640 is also the size of the paper's datasets (RoadScene, MSRS: 640x480), so they run unscaled.
 """
 from __future__ import annotations
 
@@ -28,7 +36,7 @@ from ..predictor import Fuser
 
 log = logging.getLogger(__name__)
 
-APP_MAX_SIDE = 1024
+APP_MAX_SIDE = 640  # see the module docstring
 
 DEFAULT_CHOICE = "ISFuse, trained weights (default)"
 OFFICIAL_CHOICE = "Authors' checkpoint (best.pth)"
@@ -48,8 +56,12 @@ Progress = Callable[[int, int], None]  # (bytes done, bytes total)
 def make_fuser(spec: str | os.PathLike | None = None, device: str = "auto", max_side: int | None = APP_MAX_SIDE,
                fast: bool = True) -> Fuser:
     """A Fuser for a weights spec (see `ivfusion.load_model`), on the fastest path that holds
-    the deviation bound (`ivfusion.fast`), or on the reference path when fast=False."""
-    return Fuser(load_model(spec), device=device, max_side=max_side, path="auto" if fast else "reference")
+    the deviation bound (`ivfusion.fast`), or on the reference path when fast=False. It and its
+    forks keep no encoder features between calls (`Fuser(keep_features=False)`): on a shared
+    server a session's or a stability run's cached features (about 200 MB at 768x768) would
+    stay allocated while other requests run their forward passes."""
+    return Fuser(load_model(spec), device=device, max_side=max_side, path="auto" if fast else "reference",
+                 keep_features=False)
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:

@@ -33,7 +33,8 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 SESSION_TTL_S = 900  # a session's state is dropped this many seconds after its last update
-SESSION_MAX_BYTES = 160 * 2**20  # all sessions' state together (a 640x480 pair with its cached features: ~150 MB)
+SESSION_MAX_BYTES = 160 * 2**20  # all sessions' state together (a 640x480 pair and its last run: ~28 MB;
+# sessions keep no encoder features, `runs.SessionPair`)
 MAX_SESSIONS = 1000  # sessions Gradio remembers (each holds a copy of the page's config)
 FILES_TTL_S = 120  # request folders older than this are removed (Gradio copied the files long before)
 MAX_QUEUED_PER_SESSION = 2  # requests one session may have waiting in the queue
