@@ -16,7 +16,9 @@
 (d) The eleven metrics on black images must not raise.
 (e) An extra, not one of the judged four (`--only e`): check (a) with the same image in 16-bit
     grey (93 MiB decoded), which the decoder accepts, so it measures the full decodes and
-    the network at the Lab's working size.
+    the network at the Lab's working size (IVFUSION_MAX_SIDE, default 640: the server
+    inherits this process's environment, so `IVFUSION_MAX_SIDE=1024 python
+    tools/fault_probe.py --only e` measures another size).
 
 Only loopback traffic; every loop and wait is bounded. The server helpers (`AppServer`,
 `image_handlers`, `payload`, `call`) are reused by tests/test_app_load.py.
