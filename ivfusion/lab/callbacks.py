@@ -126,9 +126,9 @@ class LabCallbacks:
         fuser = self.bank.exact(model) if exact_fp32 else self.bank.get(model)[0]
         vis, ir, notes = uploads.load_pair(visible, infrared, self.bank.max_side)
         model = model or models.DEFAULT_CHOICE
-        key = runs.pair_key(f"{model}|{fuser.weights_source}", vis, ir)
+        key = runs.pair_key(f"{model}|{fuser.weights_source}|{fuser.path}", vis, ir)
         pair = state.get("pair")
-        if pair is None or pair.key != key or pair.fuser.net is not fuser.net:  # same pair, other precision
+        if pair is None or pair.key != key:
             pair = runs.SessionPair(fuser, vis, ir, model)
             state["pair"] = pair
         return pair, notes
