@@ -159,10 +159,6 @@ class LabApp(cb.LabCallbacks):
                         hole_md = gr.Markdown(self.hole_text(v0, cb.DEFAULTS["hole_percent"]), elem_id="hole-px",
                                               elem_classes="lab-note")
                         seed = gr.Number(0, precision=0, minimum=0, label="Seed")
-                        # shown where a model runs in bf16 (ModelBank): the same request on fp32
-                        exact = gr.Checkbox(False, label="Exact fp32", elem_id="exact-fp32",
-                                            visible=self.bank.precision(self.default_model).startswith("bf16"),
-                                            info="run this request on the fp32 path instead of bf16")
                         fuse_btn = gr.Button("Fuse", variant="primary", elem_id="fuse-btn")
                 with gr.Accordion("Draw your own mask (optional): paint over an input to hide it", open=False):
                     gr.Markdown("Painted pixels are hidden from the network (multiplied by 0), on top of the "
@@ -287,7 +283,7 @@ class LabApp(cb.LabCallbacks):
             busy = fuse_btn.click(lambda: gr.update(value="Fusing\u2026", interactive=False), None, [fuse_btn],
                                   queue=False, api_visibility="private", show_progress="hidden")
             fused = busy.then(
-                gpu(_named(self.fuse, FUSE_OUTPUTS)), [*common, gate_scale, state, exact], fuse_outputs, api_name="fuse",
+                gpu(_named(self.fuse, FUSE_OUTPUTS)), [*common, gate_scale, state], fuse_outputs, api_name="fuse",
                 preprocess=False, concurrency_id="compute",
                 api_description="Fuse a visible/infrared pair without and with interventions; returns images, "
                                 "per-level gate maps and captions, and notices (names and order: docs/API.md).")

@@ -228,29 +228,6 @@ def test_layout_has_stable_api_names_labels_and_fair_queues(bank):
     assert len(fns["fuse"].outputs) == len(app.FUSE_OUTPUTS)
 
 
-def test_exact_fp32_switch_runs_the_fp32_fuser(lab_app, bank):
-    import torch
-
-    from ivfusion.fast import bf16_native
-
-    model = lab.DEFAULT_CHOICE
-    fuser, _ = bank.get(model)
-    exact = bank.exact(model)
-    assert exact.path == "fast"
-    if not bf16_native():
-        assert fuser is exact and bank.precision(model) == "fp32"
-    assert "bf16" in lab_app.model_info(model) or bank.precision(model) == "fp32"
-    state = {}
-    default = _fuse(lab_app, str(VIS), str(IR), model, True, False, "none", state=state)["state"]["run"].clean
-    switched = _fuse(lab_app, str(VIS), str(IR), model, True, False, "none", state=state, exact_fp32=True)
-    clean = switched["state"]["run"].clean
-    vis_y, ir = (torch.from_numpy(clean.inputs[k])[None, None] for k in ("visible_y", "infrared"))
-    for result, ref in ((clean, exact), (default, fuser)):  # each request ran on its own Fuser, bit for bit
-        np.testing.assert_array_equal(result.fused_y, ref.run(vis_y, ir)[0][0, 0].numpy())
-    if fuser is not exact:  # bf16 in use: the switch really changes the path
-        assert not np.array_equal(clean.fused_y, default.fused_y)
-
-
 # ----------------------------------------------------------------------------- a real server
 def _free_port() -> int:
     with socket.socket() as s:

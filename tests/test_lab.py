@@ -470,35 +470,3 @@ def test_bundled_weights_load():
     assert choice == lab.DEFAULT_CHOICE and notes == []
     fuser, _ = bank.get(choice)
     assert not getattr(fuser.model, "is_untrained", False) and str(DEFAULT_WEIGHTS) in fuser.weights_source
-
-
-# ----------------------------------------------------------------------------- bf16 in the Lab
-def test_bf16_check_is_what_the_two_paths_give_and_picks_the_path():
-    from ivfusion.fast import bf16_native
-    from ivfusion.predictor import Fuser
-
-    bank = lab.ModelBank(env={}, device="cpu")
-    fuser, _ = bank.get()
-    if not bf16_native():  # no native bf16: never checked, always fp32
-        assert fuser.path == "fast" and bank.bf16_check() is None and bank.precision() == "fp32"
-        assert bank.exact() is fuser
-        return
-    dev = bank.bf16_check()
-    # recomputed independently, through the public predictor, on the same bundled pairs
-    fp32 = Fuser(DEFAULT_WEIGHTS, "cpu", bank.max_side, path="fast")
-    bf16 = Fuser(fp32.model, "cpu", bank.max_side, path="fast-bf16")
-    worst = 0.0
-    for vis_path, ir_path, _ in lab.example_pairs()[:lab.models.BF16_CHECK_PAIRS]:
-        vis, ir = read_image(vis_path), read_image(ir_path)
-        worst = max(worst, float(np.abs(fp32.set_pair(vis, ir).fused_y - bf16.set_pair(vis, ir).fused_y).max()))
-    assert dev == pytest.approx(worst, abs=1e-6)
-    assert fuser.path == ("fast-bf16" if dev <= 4 / 255 else "fast")
-    assert f"{dev * 255:.2f}/255" in bank.precision()
-    assert bank.exact().path == "fast" and bank.exact().model is fuser.model  # shares the weights
-
-
-def test_lab_bf16_env_zero_keeps_fp32():
-    bank = lab.ModelBank(env={"IVFUSION_LAB_BF16": "0"}, device="cpu", max_side=128)
-    fuser, _ = bank.get(lab.UNTRAINED_CHOICE)
-    assert fuser.path == "fast" and bank.bf16_check(lab.UNTRAINED_CHOICE) is None
-    assert bank.precision(lab.UNTRAINED_CHOICE) == "fp32" and bank.exact(lab.UNTRAINED_CHOICE) is fuser

@@ -118,15 +118,14 @@ class LabCallbacks:
         return settings.Settings(complementary, random_masking, dropout or "none", hole_percent, holes,
                                  0 if seed is None else seed)
 
-    def _pair(self, state: dict, visible, infrared, model, exact_fp32: bool = False) -> tuple[runs.SessionPair, list[str]]:
+    def _pair(self, state: dict, visible, infrared, model) -> tuple[runs.SessionPair, list[str]]:
         """This session's pair, decoded at most at the working size (no full-size array is kept),
         and the notices of that decode ("Downscaled from ..."); the pair is reused when the same
-        images, model and precision come again. exact_fp32: run on the model's fp32 Fuser even
-        where it runs in bf16 (`ModelBank.exact`). Call inside the compute slot."""
-        fuser = self.bank.exact(model) if exact_fp32 else self.bank.get(model)[0]
+        images and model come again. Call inside the compute slot."""
+        fuser, _ = self.bank.get(model)
         vis, ir, notes = uploads.load_pair(visible, infrared, self.bank.max_side)
         model = model or models.DEFAULT_CHOICE
-        key = runs.pair_key(f"{model}|{fuser.weights_source}|{fuser.path}", vis, ir)
+        key = runs.pair_key(f"{model}|{fuser.weights_source}", vis, ir)
         pair = state.get("pair")
         if pair is None or pair.key != key:
             pair = runs.SessionPair(fuser, vis, ir, model)
@@ -156,7 +155,7 @@ class LabCallbacks:
     def _fuse_named(self, visible, infrared, model=None, complementary=True, random_masking=False, dropout="none",
                     hole_percent=settings.DEFAULT_HOLE_PERCENT, holes=settings.DEFAULT_HOLES, seed=0,
                     draw_visible=None, draw_infrared=None, gate_scale=render.DEFAULT_GATE_SCALE, state=None,
-                    exact_fp32=False, folder: Path | None = None, progress=None) -> dict[str, Any]:
+                    folder: Path | None = None, progress=None) -> dict[str, Any]:
         s = self._settings(complementary, random_masking, dropout, hole_percent, holes, seed)
         render.gate_scale_name(gate_scale)  # a bad choice fails before any work
         state = state if isinstance(state, dict) else {}
@@ -164,7 +163,7 @@ class LabCallbacks:
         with COMPUTE.hold("fuse") as waited:
             t0 = time.perf_counter()
             drawn = (uploads.drawn_keep_mask(draw_visible), uploads.drawn_keep_mask(draw_infrared))
-            pair, load_notes = self._pair(state, visible, infrared, model, bool(exact_fp32))
+            pair, load_notes = self._pair(state, visible, infrared, model)
             t_pair = time.perf_counter()
             run = runs.run_session_pair(pair, s, drawn)
             t_run = time.perf_counter()
@@ -200,17 +199,15 @@ class LabCallbacks:
     @user_errors
     def fuse(self, visible, infrared, model=None, complementary=True, random_masking=False, dropout="none",
              hole_percent=settings.DEFAULT_HOLE_PERCENT, holes=settings.DEFAULT_HOLES, seed=0, draw_visible=None,
-             draw_infrared=None, gate_scale=render.DEFAULT_GATE_SCALE, state=None, exact_fp32=False,
+             draw_infrared=None, gate_scale=render.DEFAULT_GATE_SCALE, state=None,
              request: gr.Request = None, progress=gr.Progress()) -> dict[str, Any]:
         """Fuse the pair without and with the interventions. Returns the outputs named in
         FUSE_OUTPUTS: the two fused images (lossless PNG), the difference map, the network
         inputs as fed, per gate level the clean, intervened and change maps with a caption,
         the notices (Markdown) and the session state. A pair already loaded in this session
-        (same images and model) reuses its clean pass: only the intervened pass runs.
-        exact_fp32 (last input, default False): run on the fp32 path where the model runs in bf16."""
+        (same images and model) reuses its clean pass: only the intervened pass runs."""
         out = self._fuse_named(visible, infrared, model, complementary, random_masking, dropout, hole_percent,
-                               holes, seed, draw_visible, draw_infrared, gate_scale, state, exact_fp32,
-                               progress=progress)
+                               holes, seed, draw_visible, draw_infrared, gate_scale, state, progress=progress)
         self._remember(request)
         return out
 
@@ -302,8 +299,7 @@ class LabCallbacks:
             fuser, notes = self.bank.get(model)
         except WeightsError as e:
             return f"**{model}** cannot be loaded: {e}"
-        return (f"Runs on the {fuser.path} inference path ({fuser.device}), "
-                f"{self.bank.precision(model)}. " + " ".join(notes))
+        return f"Runs on the {fuser.path} inference path ({fuser.device}). " + " ".join(notes)
 
     def choose_model(self, model, state=None, progress=gr.Progress()) -> dict[str, Any]:
         """A model was chosen in the menu: load it now (the authors' model is downloaded on

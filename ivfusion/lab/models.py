@@ -12,14 +12,6 @@ Environment variables (read by `ModelBank`):
   IVFUSION_CACHE              the cache folder (default $XDG_CACHE_HOME/ivfusion or ~/.cache/ivfusion).
   IVFUSION_MAX_SIDE           images whose longer side exceeds this are downscaled (default 640,
                               `APP_MAX_SIDE`).
-  IVFUSION_LAB_BF16           0 keeps every model on fp32; otherwise, on CPUs with native bf16,
-                              a model runs on the bf16 fast path when its check holds (below).
-
-bf16: where the CPU runs bf16 natively, bf16 passes take about 0.6x the fp32 fast path's time at
-640x480. Whether bf16 is close enough depends on the weights, so each model is checked once at
-load: the largest |fused_bf16 - fused_fp32| over `BF16_CHECK_PAIRS` bundled examples at the
-working size must be at most `BF16_BOUND` (4/255), or the model stays on fp32. The fp32 Fuser is
-kept beside a bf16 one for the page's "Exact fp32" switch.
 
 Why 640: the Lab's memory is bounded by its working size. A forward pass on the fast path
 peaks at about 250 MB over the server's base at 640x480 and 650-700 MB at 1024x1024
@@ -39,10 +31,6 @@ import urllib.request
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-import torch
-
-from .. import fast as fast_paths
 from ..hub import DEFAULT_WEIGHTS, UNTRAINED, WeightsError, load_model
 from ..predictor import Fuser
 
@@ -62,9 +50,6 @@ OFFICIAL_SHA256 = "e8830268ad16eee19183360e26fee1480f7494e916b2c327899ae3faa9ff6
 OFFICIAL_BYTES = 1_010_976
 _DOWNLOAD_LIMIT = 8 * 2**20  # refuse to read more than this from the URL
 
-BF16_BOUND = 4 / 255
-BF16_CHECK_PAIRS = 3  # bundled examples the bf16 check runs on: start-up stays short
-
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
 
 
@@ -77,26 +62,6 @@ def make_fuser(spec: str | os.PathLike | None = None, device: str = "auto", max_
     stay allocated while other requests run their forward passes."""
     return Fuser(load_model(spec), device=device, max_side=max_side, path="auto" if fast else "reference",
                  keep_features=False)
-
-
-def bf16_deviation(fp32: Fuser, bf16: Fuser, limit: int = BF16_CHECK_PAIRS) -> float:
-    """Largest |fused_bf16 - fused_fp32| (fused image in [0, 1]) over the first `limit` bundled
-    example pairs, each prepared at the Fusers' working size as the Lab prepares uploads."""
-    from ..io import read_image
-    from .examples import example_pairs
-
-    pairs = example_pairs()[:limit]
-    if not pairs:
-        raise WeightsError("the bundled example pairs are missing; the bf16 check needs them")
-    worst = 0.0
-    for vis_path, ir_path, _ in pairs:
-        pair = fp32.prepare(read_image(vis_path), read_image(ir_path))
-        vis_y, ir = (torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None, None]
-                     for a in (pair.visible_y, pair.infrared))
-        a, _ = fp32.run(vis_y, ir)
-        b, _ = bf16.run(vis_y, ir)
-        worst = max(worst, (a - b).abs().max().item())
-    return worst
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
@@ -204,11 +169,7 @@ class ModelBank:
         self.trained_spec = env.get("IVFUSION_WEIGHTS") or None
         self.official_spec = env.get("IVFUSION_OFFICIAL_WEIGHTS") or None
         self.official_url = env.get("IVFUSION_OFFICIAL_URL") or OFFICIAL_URL
-        self.bf16 = env.get("IVFUSION_LAB_BF16", "1").strip().lower() not in ("0", "false", "no", "off")
         self._fusers: dict[str, Fuser] = {}
-        self._exact: dict[str, Fuser] = {}  # the fp32 Fuser of a model that runs in bf16
-        self._precision: dict[str, str] = {}
-        self._bf16_dev: dict[str, float] = {}  # the bf16 check's figure, for the models it ran on
         self._notes: dict[str, list[str]] = {}
         self._errors: dict[str, str] = {}
         self._lock = threading.Lock()
@@ -277,47 +238,9 @@ class ModelBank:
             except Exception as e:  # noqa: BLE001 - e.g. the bundled weights themselves broken
                 log.exception("model %r could not be loaded", choice)
                 raise WeightsError(f"{choice} cannot be loaded ({type(e).__name__}: {e})") from None
-            fuser = self._choose_precision(choice, fuser)
             self._fusers[choice] = fuser
             self._notes[choice] = notes
             return fuser, list(notes)
-
-    def _choose_precision(self, choice: str, fuser: Fuser) -> Fuser:
-        """The bf16 Fuser when this CPU runs bf16 natively and the model's check holds (see the
-        module docstring), else `fuser`; records the precision line the page shows."""
-        if not (self.bf16 and self.fast and fuser.path == "fast" and fuser.device.type == "cpu"
-                and fast_paths.bf16_native()):
-            self._precision[choice] = "fp32"
-            return fuser
-        bf16 = Fuser(fuser.model, fuser.device, self.max_side, path="fast-bf16", keep_features=False)
-        dev = self._bf16_dev[choice] = bf16_deviation(fuser, bf16)
-        if dev <= BF16_BOUND:
-            self._exact[choice] = fuser
-            self._precision[choice] = (f"bf16 (native on this CPU; {dev * 255:.2f}/255 from fp32 on the bundled "
-                                       "pairs)")
-            return bf16
-        self._precision[choice] = (f"fp32 (bf16 would differ by {dev * 255:.2f}/255 on the bundled pairs, over "
-                                   f"the {BF16_BOUND * 255:.0f}/255 bound)")
-        return fuser
-
-    def precision(self, choice: str | None = None) -> str:
-        """The precision a model runs in, in words (with the bf16 check's figure where it ran)."""
-        choice = self.check_choice(choice)
-        self.get(choice)
-        return self._precision[choice]
-
-    def bf16_check(self, choice: str | None = None) -> float | None:
-        """The bf16 check's figure for a model (max |fused_bf16 - fused_fp32| in [0, 1] units),
-        None where it did not run (no native bf16, IVFUSION_LAB_BF16=0, CUDA, reference path)."""
-        choice = self.check_choice(choice)
-        self.get(choice)
-        return self._bf16_dev.get(choice)
-
-    def exact(self, choice: str | None = None) -> Fuser:
-        """The fp32 Fuser of a model: the one `get` gives unless that runs in bf16."""
-        choice = self.check_choice(choice)
-        fuser, _ = self.get(choice)
-        return self._exact.get(choice, fuser)
 
     def loaded(self) -> list[str]:
         """The choices loaded so far (never more than `choices()`)."""
