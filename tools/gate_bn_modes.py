@@ -21,7 +21,7 @@ import torch
 from ivfusion.hub import load_model
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from gate_stats import LEVELS, load_pairs  # noqa: E402
+from gate_stats import LEVELS, gate_row, load_pairs  # noqa: E402
 
 
 @torch.no_grad()
@@ -30,12 +30,7 @@ def stats(model, pairs, train_mode: bool) -> dict:
     rows = []
     for y, ir in pairs:
         _, gates = model(torch.from_numpy(y)[None, None], torch.from_numpy(ir)[None, None])
-        row = {}
-        for name, g in zip(LEVELS, gates):
-            g = g[0, 0].numpy()
-            p1, p99 = np.percentile(g, [1, 99])
-            row.update({f"mean {name}": g.mean(), f"std {name}": g.std(), f"span {name}": p99 - p1})
-        rows.append(row)
+        rows.append(gate_row(gates, sep=" "))
     return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
 
 

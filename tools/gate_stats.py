@@ -17,9 +17,19 @@ import torch
 
 from ivfusion import metrics
 from ivfusion.data import find_pairs, load_pair
+from ivfusion.evaluate.results import gate_stats as level_stats
 from ivfusion.hub import load_model
+from ivfusion.levels import GATE_LEVELS
 
-LEVELS = ("coarse", "mid", "fine")
+LEVELS = tuple(level.key for level in GATE_LEVELS)
+
+
+def gate_row(gates, sep: str = "_") -> dict:
+    """One pair's per-level gate mean/std/span (`ivfusion evaluate`'s gate statistics) as flat
+    columns named f"{stat}{sep}{level}"; `gates` as the model returns them (B = 1)."""
+    stats = level_stats(g[0, 0].numpy() for g in gates)
+    return {f"{name}{sep}{level}": stats[level][key] for level in LEVELS
+            for name, key in (("mean", "mean"), ("std", "std"), ("span", "p1_p99"))}
 
 
 @torch.no_grad()
@@ -29,11 +39,7 @@ def gate_stats(model, pairs, with_metrics: bool = True) -> dict:
     rows = []
     for y, ir in pairs:
         fused, gates = model(torch.from_numpy(y)[None, None], torch.from_numpy(ir)[None, None])
-        row = {}
-        for name, g in zip(LEVELS, gates):
-            g = g[0, 0].numpy()
-            p1, p99 = np.percentile(g, [1, 99])
-            row.update({f"mean_{name}": float(g.mean()), f"std_{name}": float(g.std()), f"span_{name}": float(p99 - p1)})
+        row = gate_row(gates)
         if with_metrics:
             f8 = np.rint(fused[0, 0].numpy() * 255)
             s = metrics.evaluate_pair(np.rint(ir * 255), np.rint(y * 255), f8)

@@ -59,6 +59,15 @@ def _path_of(source: Any, name: str) -> str:
     return path
 
 
+def _decode(path: str, name: str) -> np.ndarray:
+    """One upload through the guarded decoder with the upload budgets (the caller holds
+    _DECODE_LOCK), its errors named after the upload rather than the temporary file."""
+    try:
+        return io.read_image(path, max_pixels=MAX_UPLOAD_PIXELS, max_bytes=MAX_UPLOAD_BYTES, name=name)
+    except ImageError as e:
+        raise _named(e, path, name) from None
+
+
 def _named(e: ImageError, path: str, name: str) -> ImageError:
     """The decoder's message with the server's path replaced by the upload's name."""
     text = str(e).replace(str(path), Path(path).name)
@@ -91,10 +100,7 @@ def load_image(source: Any, name: str, max_side: int | None = None) -> np.ndarra
         return io.fit_max_side(img, max_side)[0] if max_side else img
     path = _path_of(source, name)
     with _DECODE_LOCK:
-        try:
-            img = io.read_image(path, max_pixels=MAX_UPLOAD_PIXELS, max_bytes=MAX_UPLOAD_BYTES, name=name)
-        except ImageError as e:
-            raise _named(e, path, name) from None
+        img = _decode(path, name)
         img = io.check_array(img, name, max_pixels=MAX_UPLOAD_PIXELS)
         if max_side:
             img = io.fit_max_side(img, max_side)[0]
@@ -228,10 +234,7 @@ def drawn_keep_mask(value: Any, max_side: int = MASK_MAX_SIDE) -> np.ndarray | N
         else:
             path = _path_of(layer, name)
             with _DECODE_LOCK:
-                try:
-                    arr = io.read_image(path, max_pixels=MAX_UPLOAD_PIXELS, max_bytes=MAX_UPLOAD_BYTES, name=name)
-                except ImageError as e:
-                    raise _named(e, path, name) from None
+                arr = _decode(path, name)
                 painted = _painted(arr)
                 del arr
         frac = _shrink(painted, max_side)
