@@ -75,6 +75,9 @@ def lab_page(url: str, chromium_path: str, width: int = 1400, height: int = 1000
 
 
 def _loaded(page, selector: str, timeout: int = 60_000):
+    # Gradio's <img loading="lazy"> is not fetched while it is far below the fold, and how far
+    # counts as "far" is Chromium's guess from the network; a user scrolls to it, so do we
+    page.locator(selector).scroll_into_view_if_needed(timeout=timeout)
     img = page.locator(f"{selector} img").first
     try:
         img.wait_for(state="visible", timeout=timeout)
