@@ -71,6 +71,11 @@ def _editor_value(path: str | None):
     return {"background": path, "layers": [], "composite": path} if path else None
 
 
+def _fill_editors(visible, infrared, draw_visible, draw_infrared):
+    return tuple(gr.skip() if drawn else _editor_value(lab.source_path(src))
+                 for src, drawn in ((visible, draw_visible), (infrared, draw_infrared)))
+
+
 def _named(fn, names):
     """Wrap a callback returning named outputs into one returning them in `names` order."""
     @functools.wraps(fn)  # keeps the signature: the API's parameter names are the callback's
@@ -160,17 +165,18 @@ class LabApp(cb.LabCallbacks):
                                               elem_classes="lab-note")
                         seed = gr.Number(0, precision=0, minimum=0, label="Seed")
                         fuse_btn = gr.Button("Fuse", variant="primary", elem_id="fuse-btn")
-                with gr.Accordion("Draw your own mask (optional): paint over an input to hide it", open=False):
+                with gr.Accordion("Draw your own mask (optional): paint over an input to hide it",
+                                  open=False) as draw_panel:
                     gr.Markdown("Painted pixels are hidden from the network (multiplied by 0), on top of the "
                                 "interventions above. Example: hide a pedestrian in the infrared image and see whether "
                                 "the visible image compensates. Clearing the canvas keeps the image.",
                                 elem_classes="lab-note")
                     brush = gr.Brush(colors=["#ff00ff"], color_mode="fixed", default_size=24)
                     with gr.Row():
-                        draw_vis = gr.ImageEditor(_editor_value(v0), label="Mask over the visible image",
+                        draw_vis = gr.ImageEditor(None, label="Mask over the visible image",
                                                   type="filepath", sources=[], brush=brush, layers=False, transforms=[],
                                                   format="png", elem_id="draw-visible")
-                        draw_ir = gr.ImageEditor(_editor_value(i0), label="Mask over the infrared image",
+                        draw_ir = gr.ImageEditor(None, label="Mask over the infrared image",
                                                  type="filepath", sources=[], brush=brush, layers=False, transforms=[],
                                                  format="png", elem_id="draw-infrared")
                 notices = gr.Markdown(first.get("notices"), elem_id="notices", elem_classes="lab-note")
@@ -266,6 +272,11 @@ class LabApp(cb.LabCallbacks):
                              queue=False, preprocess=False)
                 src.change(self.clear_outputs, None, fuse_outputs[:-1], api_visibility="private", queue=False,
                            show_progress="hidden")
+            # The editors start empty, so that /fuse has no image defaults for an API client to
+            # upload with every call (4 files, about 0.13 s a request); the panel gets the pair
+            # when it opens, keeping a mask already painted.
+            draw_panel.expand(_fill_editors, [visible, infrared, draw_vis, draw_ir], [draw_vis, draw_ir],
+                              api_visibility="private", queue=False, preprocess=False, show_progress="hidden")
             for trigger in (visible.change, hole_percent.change):
                 trigger(self.hole_text, [visible, hole_percent], [hole_md], api_visibility="private", queue=False,
                         preprocess=False, show_progress="hidden")

@@ -275,6 +275,9 @@ def test_api_lists_endpoints_with_labelled_inputs_and_documented_outputs(client)
         assert f"`{name}`" in doc, name
     for p in named["/fuse"]["parameters"]:
         assert f"`{p['parameter_name']}`" in doc, p["parameter_name"]
+    # an API client uploads every file default with each call: only the pair may have one
+    with_files = [p["parameter_name"] for p in named["/fuse"]["parameters"] if "path" in str(p["parameter_default"])]
+    assert with_files == ["visible", "infrared"]
 
 
 @pytest.mark.parametrize("kwargs, expect", [

