@@ -60,6 +60,8 @@ choose interventions and press **Fuse**. *How it works* explains it all.
 CSS = """
 .lab-note {font-size: 0.95em}
 #fuse-btn {min-height: 3em; font-size: 1.1em}
+#examples .grid-wrap {min-height: 0 !important; height: auto !important}
+#examples .thumbnail-item {aspect-ratio: 2 / 1 !important}  /* a pair thumbnail is two 4:3 images wide */
 @media (max-width: 600px) {
   .gradio-container {padding: 4px !important}
   #metrics table {font-size: 0.85em}
@@ -144,9 +146,10 @@ class LabApp(cb.LabCallbacks):
                                                 sources=["upload", "clipboard"], elem_id="infrared-input",
                                                 min_width=140, **png)
                         pair_md = gr.Markdown(self.info(v0, i0), elem_id="pair-info", elem_classes="lab-note")
+                        gr.Markdown("**Example pairs** (visible | infrared): click one", elem_classes="lab-note")
                         gallery = gr.Gallery(
                             [(lab.examples.thumbnail(v, i, self.static_dir), label) for v, i, label in examples],
-                            label="Example pairs (visible | infrared): click one", columns=4, height="auto",
+                            label="Example pairs", show_label=False, columns=4, height="auto",
                             allow_preview=False, object_fit="contain", elem_id="examples")
                     with gr.Column(scale=2, min_width=300):
                         model = gr.Dropdown(self.bank.choices(), value=self.default_model, label="Model")
