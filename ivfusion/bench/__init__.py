@@ -24,7 +24,6 @@ import sys
 from pathlib import Path
 
 from .macs import count_macs
-from .paths import parse_size
 
 __all__ = ["add_parser", "count_macs", "run"]
 
@@ -58,7 +57,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="skip timing the default Fuser's set_pair and intervene against its forward pass")
     p.add_argument("--app", action="store_true",
                    help="benchmark the Intervention Lab through gradio_client instead (ivfusion.bench.app)")
-    p.add_argument("--requests", type=int, default=100, help="requests for --app (default 100)")
     p.add_argument("--app-pairs", type=int, default=4, help="held-out pairs for --app (default 4)")
     p.add_argument("--app-data", default=None, help="folder with ir/ and vi/ holding the --app pairs")
     p.set_defaults(func=run)
@@ -87,8 +85,7 @@ def _run_app(args) -> int:
             raise
         print(f"ivfusion bench --app: the app benchmark is not available ({e}); install the app extra", file=sys.stderr)
         return 2
-    app_args = argparse.Namespace(pairs=args.app_pairs, data=args.app_data, threads=args.threads, weights=args.weights,
-                                  requests=args.requests, size=parse_size(args.sizes.split(",")[-1]))
+    app_args = argparse.Namespace(pairs=args.app_pairs, data=args.app_data, threads=args.threads, weights=args.weights)
     result = run_app_bench(app_args)
     if args.json_path:
         Path(args.json_path).write_text(json.dumps({"app": result}, indent=2, default=str))
