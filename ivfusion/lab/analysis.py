@@ -119,7 +119,8 @@ def stability_figures(res: StabilityResult, gate_scale: str = "stretched per lev
         lines.append(f"**Features, {level.label}**: {lv.correlation.reading}")
     lines.append("Instability is measured only over the runs in which a pixel was visible (grey: never visible), "
                  "so the map is not just a map of where the holes fell. The claim predicts r < 0; the p-value "
-                 "comes from a toroidal shift test, which respects the maps' spatial structure.")
+                 "comes from Dutilleul's modified t-test, which counts only as many independent pixels as the "
+                 "maps' spatial autocorrelation allows.")
     notices = [n for n in res.notices if not (budget and n.startswith("Cancelled after"))]
     if notices:
         lines.append(" ".join(notices))
