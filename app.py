@@ -335,6 +335,7 @@ def build_demo(bank: lab.ModelBank | None = None, max_size: int | None = None,
     forward pass, whichever group runs it, holds the one compute slot (`ivfusion.lab.slot`),
     which a stability run takes one intervention at a time, so a Fuse waits for at most one
     intervention and two forwards never add up their memory."""
+    lab.session.limit_malloc_arenas()  # before the model runs: bounds the peak RSS of a burst
     lab_app = LabApp(bank, precompute=precompute)
     demo = lab_app.build()
     demo.lab_app = lab_app  # for in-process benchmarks (ivfusion.bench.app)

@@ -96,6 +96,9 @@ class SessionPair:
         has_drawn = any(d is not None for d in drawn)
         m_vi, m_ir = intervention_masks(settings, h, w, drawn)
         label = settings.label(has_drawn)
+        # kept clean features (a new pair) serve this pass's patching; Fuser.intervene then drops
+        # them before fusing, so the pass needs no more memory than a re-fuse
+        self.fuser.keep_features = False
         res = self.fuser.intervene("none", settings.seed, masks=(m_vi, m_ir))
         return replace(res, intervention=label, fused_rgb=colour_from_visible(res, self.clean.visible_rgb))
 

@@ -187,6 +187,22 @@ def request_dir(root: Path | None = None, max_age_s: float = FILES_TTL_S) -> Pat
 
 
 _libc = None
+M_ARENA_MAX = -8  # glibc's mallopt parameter number
+MALLOC_ARENAS = 2
+
+
+def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
+    """Cap glibc's malloc arenas, for threads that have not allocated yet: call it before the
+    model runs (torch's worker threads take arenas too). True if it took; False where there is
+    no glibc. Gradio runs handlers in worker threads, and glibc gives threads their
+    own heap arenas, whose freed memory the others do not reuse: under a burst of large uploads
+    the peak RSS grows with the number of threads. `tools/fault_probe.py --only e` (a 49-MP
+    upload through every handler at once) peaked 810-833 MiB above the base with 2 arenas (set
+    through the environment, MALLOC_ARENA_MAX=2), against 884-899 MiB with glibc's default."""
+    try:
+        return bool(ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, int(arenas)))
+    except (OSError, AttributeError):
+        return False
 
 
 def release_memory() -> None:
