@@ -16,10 +16,15 @@ OUT=${2:?output folder}
 STEPS=${3:-3400}
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 PY=${PYTHON:-python3}
-COMMON="--device cuda --workers 6 --threads 2 --seed 0 --log-every 50 --val-every 400 --val-pairs 15 --steps $STEPS"
+# A dry run of the script on a CPU (a few minutes):
+#   DEVICE=cpu WORKERS=0 EXTRA="--batch-size 2 --crop 64" bash tools/gpu_v3.sh DATA /tmp/dry-out 2
+COMMON="--device ${DEVICE:-cuda} --workers ${WORKERS:-6} --threads 2 --seed 0 --log-every 50 --val-every 400 --val-pairs 15 --steps $STEPS ${EXTRA:-}"
 $PY -m ivfusion train $COMMON --data "$DATA/roadscene/train" --val "$DATA/msrs/train" --out "$OUT/A-roadscene" &
+A=$!
 $PY -m ivfusion train $COMMON --data "$DATA/msrs/train" --val "$DATA/roadscene/train" --out "$OUT/B-msrs" &
-wait
+B=$!
+wait $A || { echo "training A (roadscene -> msrs) failed" >&2; exit 1; }
+wait $B || { echo "training B (msrs -> roadscene) failed" >&2; exit 1; }
 # the tables: each run's chosen weights against v2 (and the authors' checkpoint if AUTHORS
 # points at it) on the two report sets, neither of which chose a checkpoint:
 # roadscene/test, and msrs/train from pair 15 on (A chose on pairs 0-14; B trained on them)
