@@ -141,10 +141,10 @@ class LabApp(cb.LabCallbacks):
                         with gr.Row():
                             visible = gr.Image(v0, label="Visible image", type="filepath", image_mode=None,
                                                sources=["upload", "clipboard"], elem_id="visible-input", min_width=140,
-                                               **png)
+                                               height=220, **png)
                             infrared = gr.Image(i0, label="Infrared image", type="filepath", image_mode=None,
                                                 sources=["upload", "clipboard"], elem_id="infrared-input",
-                                                min_width=140, **png)
+                                                min_width=140, height=220, **png)
                         pair_md = gr.Markdown(self.info(v0, i0), elem_id="pair-info", elem_classes="lab-note")
                         gr.Markdown("**Example pairs** (visible | infrared): click one", elem_classes="lab-note")
                         gallery = gr.Gallery(
@@ -166,8 +166,9 @@ class LabApp(cb.LabCallbacks):
                             holes = gr.Slider(1, 6, value=cb.DEFAULTS["holes"], step=1, label="Holes per mask")
                         hole_md = gr.Markdown(self.hole_text(v0, cb.DEFAULTS["hole_percent"]), elem_id="hole-px",
                                               elem_classes="lab-note")
-                        seed = gr.Number(0, precision=0, minimum=0, label="Seed")
-                        fuse_btn = gr.Button("Fuse", variant="primary", elem_id="fuse-btn")
+                        with gr.Row(equal_height=True):
+                            seed = gr.Number(0, precision=0, minimum=0, label="Seed", scale=1, min_width=90)
+                            fuse_btn = gr.Button("Fuse", variant="primary", elem_id="fuse-btn", scale=3)
                 with gr.Accordion("Draw your own mask (optional): paint over an input to hide it",
                                   open=False) as draw_panel:
                     gr.Markdown("Painted pixels are hidden from the network (multiplied by 0), on top of the "
@@ -183,7 +184,7 @@ class LabApp(cb.LabCallbacks):
                                                  type="filepath", sources=[], brush=brush, layers=False, transforms=[],
                                                  format="png", elem_id="draw-infrared")
                 notices = gr.Markdown(first.get("notices"), elem_id="notices", elem_classes="lab-note")
-                gr.Markdown("### Fused images\nWithout intervention (clean), with it (intervened), and what changed.")
+                gr.Markdown("### Fused images: without intervention (clean), with it (intervened), and what changed")
                 with gr.Row(equal_height=True):  # wraps on a phone: the two fused images, the change below
                     fused_clean = gr.Image(first.get("fused_clean"), label="Fused, clean", interactive=False,
                                            elem_id="fused-clean", min_width=160, **png)
