@@ -229,6 +229,18 @@ def test_a_session_pair_runs_its_clean_pass_once_and_stays_private(fuser, pair):
                                first.intervened.fused_y, atol=1e-6)  # the other session's pair did not leak in
 
 
+def test_a_new_pair_keeps_its_encoder_features_only_within_its_request(fuser, pair):
+    sp = lab.SessionPair(fuser, *pair)
+    assert sp.fuser._feats  # the first intervened pass patches them instead of encoding again
+    lab.run_session_pair(sp, lab.Settings(complementary=True, seed=4))
+    assert not sp.fuser._feats and not sp.fuser.keep_features  # nothing kept between requests
+    lab.run_session_pair(sp, lab.Settings(complementary=True, seed=5))
+    assert not sp.fuser._feats
+    quiet = lab.SessionPair(fuser, *pair)
+    lab.run_session_pair(quiet, lab.Settings())  # no intervention: the features still go
+    assert not quiet.fuser._feats
+
+
 def test_dropping_a_modality_drops_its_colour_too(fuser, pair):
     run = lab.run_pair(fuser, *pair, lab.Settings(dropout="drop IR"))
     assert run.intervened.inputs["infrared"].max() == 0
