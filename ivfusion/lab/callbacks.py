@@ -170,12 +170,13 @@ class LabCallbacks:
         figs = render.render(run, gate_scale)
         t_render = time.perf_counter()
         folder = folder or session.request_dir()
+        gates, gate_captions = render.gate_figure(figs.levels)
         out: dict[str, Any] = downloads.save_images(folder, {
             "fused_clean": (figs.fused_clean, True), "fused_intervened": (figs.fused_intervened, True),
             "difference": (figs.difference, False), "inputs": (figs.inputs, True),  # lossless: hidden = exactly 0
-            "gates": (self._gate_stack(figs.levels), False)})
+            "gates": (gates, False)})
         out["difference_caption"] = "**Change in the fused image**, |F_intervened - F_clean|: " + figs.difference_caption
-        out["gate_captions"] = self._gate_captions(figs.levels)
+        out["gate_captions"] = gate_captions
         state.update(run=run, metrics=downloads.metric_sources(run))
         total = time.perf_counter() - t0
         self.last_timings = state["timings"] = {
@@ -187,18 +188,6 @@ class LabCallbacks:
                                       + [f"{model or models.DEFAULT_CHOICE} · computed in {total:.2f} s."])
         out["state"] = state
         return out
-
-    @staticmethod
-    def _gate_stack(levels: list[render.LevelFigures]):
-        return viz.stacked([fig.image for fig in levels], gap=16)
-
-    @staticmethod
-    def _gate_captions(levels: list[render.LevelFigures]) -> str:
-        return "  \n".join(fig.caption for fig in levels)
-
-    def _level_outputs(self, levels: list[render.LevelFigures], folder: Path) -> dict[str, Any]:
-        return {"gates": downloads.save_image(folder, "gates", self._gate_stack(levels), lossless=False),
-                "gate_captions": self._gate_captions(levels)}
 
     @user_errors
     def fuse(self, visible, infrared, model=None, complementary=True, random_masking=False, dropout="none",
@@ -223,7 +212,9 @@ class LabCallbacks:
         run = self._last_run(state, request) or self.default_run
         if run is None:
             return {n: gr.skip() for n in RENDER_OUTPUTS}
-        return self._level_outputs(render.render_levels(run, gate_scale), session.request_dir())
+        gates, gate_captions = render.gate_figure(render.render_levels(run, gate_scale))
+        return {"gates": downloads.save_image(session.request_dir(), "gates", gates, lossless=False),
+                "gate_captions": gate_captions}
 
     @user_errors
     def metrics(self, state, request: gr.Request = None) -> list[list]:

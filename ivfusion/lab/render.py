@@ -82,6 +82,12 @@ def render_levels(run: LabRun, gate_scale: str = "stretched") -> list[LevelFigur
     return out
 
 
+def gate_figure(levels: list[LevelFigures]) -> tuple[np.ndarray, str]:
+    """The page's one gate picture (the levels' rows, coarse to fine, stacked: one file to send)
+    and its caption (one line per level)."""
+    return viz.stacked([fig.image for fig in levels], gap=16), "  \n".join(fig.caption for fig in levels)
+
+
 def render(run: LabRun, gate_scale: str = "stretched") -> LabFigures:
     """The figures of one request (fused images are the exact pixels; heat maps are drawn)."""
     diff, diff_caption = viz.difference_image(run.intervened.fused_y, run.clean.fused_y)

@@ -64,9 +64,9 @@ class SessionPair:
     Lab's working size they would be 100-340 MB a session, more than all sessions' state may
     hold together (`session.SESSION_MAX_BYTES`), so a session keeps its pair and clean pass
     (about 20 MB at 640x480) and each intervention encodes what it needs. Within the request
-    that creates the pair, the clean features stay until `release_features` (which
-    `run_session_pair` calls): the first intervened pass then patches them instead of encoding
-    both images a second time. visible, infrared: the decoded uploads (sizes may differ: the
+    that creates the pair, the clean features stay for its first `intervene`, which patches
+    them instead of encoding both images a second time and then releases them (a request
+    without an intervention calls `release_features`). visible, infrared: the decoded uploads (sizes may differ: the
     infrared image is resized to the visible size, with a notice).
     """
 
@@ -91,15 +91,18 @@ class SessionPair:
         self.fuser.release_features()
 
     def intervene(self, settings: Settings, drawn: Sequence[np.ndarray | None] = (None, None)) -> FusionResult:
-        """The intervened pass: the settings' interventions and the drawn keep masks combined."""
+        """The intervened pass: the settings' interventions and the drawn keep masks combined.
+        Kept clean features (a new pair) are released, whatever happens."""
         h, w = self.shape
-        has_drawn = any(d is not None for d in drawn)
-        m_vi, m_ir = intervention_masks(settings, h, w, drawn)
-        label = settings.label(has_drawn)
-        # kept clean features (a new pair) serve this pass's patching; Fuser.intervene then drops
-        # them before fusing, so the pass needs no more memory than a re-fuse
-        self.fuser.keep_features = False
-        res = self.fuser.intervene("none", settings.seed, masks=(m_vi, m_ir))
+        label = settings.label(any(d is not None for d in drawn))
+        try:
+            m_vi, m_ir = intervention_masks(settings, h, w, drawn)
+            # kept features serve this pass's patching; Fuser.intervene then drops them before
+            # fusing, so the pass needs no more memory than a re-fuse
+            self.fuser.keep_features = False
+            res = self.fuser.intervene("none", settings.seed, masks=(m_vi, m_ir))
+        finally:
+            self.release_features()
         return replace(res, intervention=label, fused_rgb=colour_from_visible(res, self.clean.visible_rgb))
 
 
@@ -135,19 +138,13 @@ def colour_notice(settings: Settings) -> str | None:
 
 def run_session_pair(pair: SessionPair, settings: Settings = Settings(),
                      drawn: Sequence[np.ndarray | None] = (None, None)) -> LabRun:
-    """The clean pass (cached in `pair`) and the intervened pass of one request. The pair's
-    encoder features are released afterwards, whatever happens."""
-    try:
-        return _run_session_pair(pair, settings, drawn)
-    finally:
-        pair.release_features()
-
-
-def _run_session_pair(pair: SessionPair, settings: Settings, drawn: Sequence[np.ndarray | None]) -> LabRun:
+    """The clean pass (cached in `pair`) and the intervened pass of one request; the pair's
+    kept encoder features are released either way."""
     t0 = time.perf_counter()
     notices = [n[0].upper() + n[1:] + "." for n in pair.clean.notices] + list(pair.size_notices)
     label = settings.label(any(d is not None for d in drawn))
     if label == "none":
+        pair.release_features()
         notices.append("No intervention is selected, so the intervened output equals the clean one. "
                        "Turn on an intervention or draw a mask.")
         return LabRun(pair.clean, pair.clean, settings, pair.model, pair.eta, notices,

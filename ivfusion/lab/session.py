@@ -187,6 +187,20 @@ def request_dir(root: Path | None = None, max_age_s: float = FILES_TTL_S) -> Pat
 
 
 _libc = None
+
+
+def _glibc():
+    """glibc, loaded once; False where there is none (malloc_trim and mallopt are glibc's)."""
+    global _libc
+    if _libc is None:
+        try:
+            lib = ctypes.CDLL("libc.so.6")
+            _libc = lib if hasattr(lib, "malloc_trim") and hasattr(lib, "mallopt") else False
+        except OSError:
+            _libc = False
+    return _libc
+
+
 M_ARENA_MAX = -8  # glibc's mallopt parameter number
 MALLOC_ARENAS = 2
 
@@ -199,24 +213,18 @@ def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
     the peak RSS grows with the number of threads. `tools/fault_probe.py --only e` (a 49-MP
     upload through every handler at once) peaked 810-833 MiB above the base with 2 arenas (set
     through the environment, MALLOC_ARENA_MAX=2), against 884-899 MiB with glibc's default."""
-    try:
-        return bool(ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, int(arenas)))
-    except (OSError, AttributeError):
-        return False
+    libc = _glibc()
+    return bool(libc and libc.mallopt(M_ARENA_MAX, int(arenas)))
 
 
 def release_memory() -> None:
     """Collect garbage and hand freed heap pages back to the OS (glibc malloc_trim; a no-op
     elsewhere). Large decodes and batches leave the heap fragmented, so without this the
     server's RSS stays at its peak after a burst."""
-    global _libc
     gc.collect()
-    try:
-        if _libc is None:
-            _libc = ctypes.CDLL("libc.so.6")
-        _libc.malloc_trim(0)
-    except (OSError, AttributeError):
-        _libc = False
+    libc = _glibc()
+    if libc:
+        libc.malloc_trim(0)
 
 
 def limit_queue_per_session(demo, max_waiting: int = MAX_QUEUED_PER_SESSION) -> None:
