@@ -352,9 +352,15 @@ def test_sessions_do_not_share_state(server):
 def test_a_stability_run_does_not_starve_another_clients_fuse(server):
     from gradio_client import Client, handle_file
 
+    from gradio_client.utils import Status
+
     slow, quick = Client(server, verbose=False), Client(server, verbose=False)
     job = slow.submit(visible=handle_file(str(VIS)), infrared=handle_file(str(IR)), k=32, api_name="/stability")
-    time.sleep(1.0)
+    # Fuse once the run is computing (a fixed sleep raced it: at 128 px a K=32 run takes ~1.4 s)
+    deadline = time.monotonic() + 60
+    started = (Status.PROCESSING, Status.PROGRESS, Status.FINISHED)
+    while job.status().code not in started and time.monotonic() < deadline:
+        time.sleep(0.02)
     quick.predict(visible=handle_file(str(VIS)), infrared=handle_file(str(IR)), api_name="/fuse")
     assert not job.done(), "the Fuse waited for the whole stability run (or the run was too short to tell)"
     job.result()
