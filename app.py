@@ -277,7 +277,7 @@ class LabApp(cb.LabCallbacks):
                 src.change(self.clear_outputs, None, fuse_outputs[:-1], api_visibility="private", queue=False,
                            show_progress="hidden")
             # The editors start empty, so that /fuse has no image defaults for an API client to
-            # upload with every call (4 files, about 0.13 s a request); the panel gets the pair
+            # upload with every call (4 files, about 0.1 s a request: tools/lab_overheads.py); the panel gets the pair
             # when it opens, keeping a mask already painted.
             draw_panel.expand(_fill_editors, [visible, infrared, draw_vis, draw_ir], [draw_vis, draw_ir],
                               api_visibility="private", queue=False, preprocess=False, show_progress="hidden")

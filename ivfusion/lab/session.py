@@ -90,8 +90,8 @@ class Janitor:
         self._rss_after_trim = 0.0
 
     def start(self) -> "Janitor":
-        # A full gc.collect() walks every object of gradio, torch and the models (about 330k:
-        # 0.16 s holding the GIL, which stalls the forward pass of the request in flight).
+        # A full gc.collect() walks every object of gradio, torch and the models (0.14-0.2 s
+        # holding the GIL, tools/lab_overheads.py), which stalls the request in flight.
         # Freezing what exists at start-up makes the sweep's collections walk only newer objects.
         gc.collect()
         gc.freeze()
