@@ -1,6 +1,8 @@
 """Where tensors run: the one device resolver, shared by training and inference."""
 from __future__ import annotations
 
+import functools
+
 import torch
 
 
@@ -12,3 +14,12 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device 'cuda' was requested but this torch build sees no CUDA GPU; use 'cpu' or 'auto'")
     return device
+
+
+@functools.lru_cache(maxsize=None)
+def bf16_native() -> bool:
+    """True where this CPU runs bf16 convolutions natively (AVX512-BF16 or AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False

@@ -53,6 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .device import bf16_native
 from .modeling import ISFuse, check_inputs
 from .modeling.blocks import ConvBNAct, upsample_to
 from .modeling.cfi import GatedMix, PooledCrossAttention
@@ -67,15 +68,6 @@ def _mkldnn_ok(device: torch.device, dtype: torch.dtype) -> bool:
     if device.type != "cpu" or not torch.backends.mkldnn.is_available():
         return False
     return dtype == torch.float32 or (dtype == torch.bfloat16 and bf16_native())
-
-
-@functools.lru_cache(maxsize=None)
-def bf16_native() -> bool:
-    """True where this CPU runs bf16 convolutions natively (AVX512-BF16 or AMX)."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> tuple[Tensor, Tensor]:

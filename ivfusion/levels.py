@@ -8,6 +8,9 @@ the CLI, the Lab's panels, evaluate's tables and the docs all name a level by `k
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterable
+
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -51,3 +54,23 @@ def get_level(level: GateLevel | str | int) -> GateLevel:
     raise ValueError(
         f"unknown gate level {level!r}; accepted: {sorted(_BY_KEY)} or an index 0..{len(GATE_LEVELS) - 1}"
     )
+
+
+GATE_STATS = ("mean", "std", "p1_p99")
+"""Gate diagnostics per level, each over one gate map (native resolution): the mean activation,
+the spatial standard deviation, and the 99th minus the 1st percentile (the span that the map
+really uses, robust to a few extreme pixels). Flat gates have a small std and span."""
+GateStats = dict[str, dict[str, float]]  # {level key: {stat: value}}
+
+
+def gate_stats(gates: Iterable) -> GateStats:
+    """GATE_STATS of each level's gate map, `gates` coarsest first as the model returns them
+    (numpy arrays or tensors of any shape; a batch is pooled)."""
+    gates = list(gates)
+    out: GateStats = {}
+    for level in GATE_LEVELS:
+        g = gates[level.index]
+        g = np.asarray(g.detach().float().cpu() if hasattr(g, "detach") else g, dtype=np.float64)
+        p1, p99 = np.percentile(g, [1, 99])
+        out[level.key] = {"mean": float(g.mean()), "std": float(g.std()), "p1_p99": float(p99 - p1)}
+    return out

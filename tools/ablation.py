@@ -26,6 +26,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ivfusion.levels import GATE_LEVELS
+
+LEVEL_KEYS = [lv.key for lv in GATE_LEVELS]
+
 OUT = Path("runs/ablation")
 BASE = ["--data", "../shared/data/roadscene/train", "--val", "../shared/data/msrs/train", "--val-pairs", "6",
         "--init", "assets/weights/isfuse-ivfusion", "--crop", "64", "--batch-size", "4", "--threads", "1",
@@ -34,7 +38,6 @@ BASE = ["--data", "../shared/data/roadscene/train", "--val", "../shared/data/msr
 RUNS = {
     "faithful": ("authors' recipe: separate passes, paper masks, aggregated R, lr 1e-4", []),
     "pooled-bn": ("one pooled forward (BN statistics shared by the five variants)", ["--passes", "pooled"]),
-    "clean-stats-bn": ("one forward, BN statistics of the clean variant only (proposed)", ["--passes", "clean-stats"]),
     "disjoint-masks": ("squares placed apart, area capped (v1/v2's sampler)", ["--masks.style", "disjoint"]),
     "per-level-R": ("R on each level's gate, not on their mean", ["--regulariser", "per-level"]),
     "crop-32": ("crop 32 (batch 16, same pixels per step)", ["--crop", "32", "--batch-size", "16"]),
@@ -48,9 +51,7 @@ SCRATCH = ["--init", "untrained", "--lr", "1e-3", "--crop", "48", "--batch-size"
 RUNS.update({
     "scratch-separate": ("from scratch: separate passes (authors)", SCRATCH),
     "scratch-pooled": ("from scratch: pooled forward (v1/v2)", SCRATCH + ["--passes", "pooled"]),
-    "scratch-clean-stats": ("from scratch: clean-stats BN (proposed)", SCRATCH + ["--passes", "clean-stats"]),
 })
-LEVELS = ("coarse", "mid", "fine")
 
 
 def run(names: list[str], steps: int) -> None:
@@ -124,7 +125,7 @@ def recal(names: list[str]) -> None:
 
 
 def table() -> str:
-    cols = [f"val_gate_std_{l}" for l in LEVELS] + [f"val_gate_span_{l}" for l in LEVELS] + ["val_Qabf", "val_VIF"]
+    cols = [f"val_gate_std_{l}" for l in LEVEL_KEYS] + [f"val_gate_span_{l}" for l in LEVEL_KEYS] + ["val_Qabf", "val_VIF"]
     head = ["run", "change", "steps"] + [c.removeprefix("val_gate_").replace("_", " ") for c in cols[:6]] + ["Qabf", "VIF"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * 2 + " ---: |" * (len(head) - 2)]
     cache = OUT / "init.json"

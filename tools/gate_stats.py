@@ -17,7 +17,7 @@ import torch
 
 from ivfusion import metrics
 from ivfusion.data import find_pairs, load_pair
-from ivfusion.evaluate.results import gate_stats as level_stats
+from ivfusion.levels import gate_stats as level_stats
 from ivfusion.hub import load_model
 from ivfusion.levels import GATE_LEVELS
 

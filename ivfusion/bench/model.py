@@ -181,7 +181,8 @@ def _p90(xs: list[float]) -> float:
 
 def run_bench(args) -> dict:
     from ..device import resolve_device
-    from ..fast import BOUND, bf16_native, resolve_path
+    from ..device import bf16_native
+    from ..fast import BOUND, resolve_path
     from ..hub import describe
     from .deviation import max_deviation, pair_tensors
 

@@ -43,7 +43,8 @@ from . import pool
 from .cli import add_parser, build_parser, main, run
 from .model import INTERVENTION_KINDS, MODEL_METHOD, evaluate_model
 from .report import gates_table, interventions_table, markdown_table, plot_results
-from .results import GATE_STATS, EvaluationResults, InterventionReport, MethodResult, gate_stats
+from ..levels import GATE_STATS, gate_stats
+from .results import EvaluationResults, InterventionReport, MethodResult
 from .scoring import BASELINES, evaluate_baseline, evaluate_folders
 
 __all__ = [

@@ -10,7 +10,8 @@ from ..interventions import INTERVENTIONS
 from ..levels import GATE_LEVELS
 from ..metrics import METRIC_NAMES, to_grey
 from . import pool as _pool
-from .results import EvaluationResults, InterventionReport, MethodResult, PathLike, Scores, gate_stats, nan_mean
+from ..levels import gate_stats
+from .results import EvaluationResults, InterventionReport, MethodResult, PathLike, Scores, nan_mean
 from .scoring import collect, match_pairs, read_sources, score_arrays, size_text
 
 MODEL_METHOD = "ISFuse"

@@ -10,7 +10,8 @@ import numpy as np
 from ..interventions import INTERVENTIONS
 from ..levels import GATE_LEVELS
 from ..metrics import HIGHER_IS_BETTER, METRIC_NAMES
-from .results import GATE_STATS, EvaluationResults, InterventionReport, PathLike
+from ..levels import GATE_STATS
+from .results import EvaluationResults, InterventionReport, PathLike
 
 GATE_STAT_LABELS = {"mean": "mean", "std": "std", "p1_p99": "p1-p99"}
 

@@ -14,28 +14,12 @@ from typing import Dict, Iterable, List, Optional, Tuple, Union
 
 import numpy as np
 
-from ..levels import GATE_LEVELS, npz_key
+from ..levels import GATE_LEVELS, GATE_STATS, GateStats, gate_stats, npz_key
 from ..metrics import HIGHER_IS_BETTER, METRIC_NAMES
 
 PathLike = Union[str, os.PathLike]
 Scores = Dict[str, float]
-GateStats = Dict[str, Dict[str, float]]  # {level key: {stat: value}}
 
-GATE_STATS = ("mean", "std", "p1_p99")
-"""Gate diagnostics per level, each over one gate map (native resolution): the mean activation,
-the spatial standard deviation, and the 99th minus the 1st percentile (the span that the map
-really uses, robust to a few extreme pixels). Flat gates have a small std and span."""
-
-
-def gate_stats(gates: Iterable[np.ndarray]) -> GateStats:
-    """GATE_STATS of each level's gate map, `gates` coarsest first as the model returns them."""
-    gates = list(gates)
-    out: GateStats = {}
-    for level in GATE_LEVELS:
-        g = np.asarray(gates[level.index], dtype=np.float64)
-        p1, p99 = np.percentile(g, [1, 99])
-        out[level.key] = {"mean": float(g.mean()), "std": float(g.std()), "p1_p99": float(p99 - p1)}
-    return out
 
 
 def nan_mean(values: Iterable[float]) -> Tuple[float, int]:

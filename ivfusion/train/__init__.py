@@ -20,6 +20,7 @@ import json
 import os
 import sys
 
+from .loop import TrainingDiverged
 from .config import ConfigError, TrainConfig, add_arguments, config_from_args
 from .loop import main
 
@@ -42,6 +43,9 @@ def run(args) -> int:
     except (ConfigError, FileNotFoundError, WeightsError) as e:
         print(f"ivfusion train: {e}", file=sys.stderr)
         return 2
+    except TrainingDiverged as e:
+        print(f"ivfusion train: {e}", file=sys.stderr)
+        return 1
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(result, indent=2))
     return 0

@@ -1,8 +1,7 @@
 """TrainConfig: every training setting in one dataclass, and the command line built from it.
 
 Nested settings are flags with a dotted prefix: `--model.r 8`, `--masks.mask-size 16`,
-`--masks.style disjoint`. The flat flags of earlier versions (`--r`, `--eta`, `--mask-size`,
-`--min-holes`, `--max-holes`, `--disk-prob`, `--shared-encoder`, `--batched-passes`) still work.
+`--masks.style disjoint`.
 Precedence: defaults < the saved config of the run being resumed < --config file < flags.
 """
 from __future__ import annotations
@@ -10,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,7 +20,7 @@ from ..interventions import MaskConfig
 from ..losses import NECESSITY_VARIANTS, REGULARISERS
 
 LR_SCHEDULES = ("constant", "cosine")
-PASSES = ("separate", "pooled", "clean-stats")
+PASSES = ("separate", "pooled")
 
 
 class ConfigError(ValueError):
@@ -46,8 +46,7 @@ class TrainConfig:
     necessity: str = "reference"  # or "contribution", see losses.necessity_loss
     regulariser: str = "aggregated"  # R on the mean gate (authors) or "per-level"
     # "separate": five train-mode forwards, each BatchNorm normalising one variant (authors);
-    # "pooled": one forward of the five variants stacked (BN statistics shared; faster);
-    # "clean-stats": one stacked forward, BN statistics from the clean variant only
+    # "pooled": one forward of the five variants stacked (BN statistics shared; faster)
     passes: str = "separate"
     # optimisation
     lr: float = 1e-4
@@ -56,16 +55,22 @@ class TrainConfig:
     batch_size: int = 16  # global, split over the processes
     crop: int = 256  # pairs smaller than this are left out (with a notice)
     steps: int = 3400
-    workers: int = 2  # DataLoader worker processes (0: load in the main process)
+    # DataLoader worker processes; 0 loads in the main process, the fastest on a 2-core CPU
+    # (a batch of 16 crops and masks takes about 10 ms to make)
+    workers: int = 0
     # bookkeeping
     val_every: int = 200
     val_pairs: int = 10
     log_every: int = 10
     seed: int = 0
     device: str = "auto"
-    amp: bool = False  # bf16 autocast
+    # bf16 autocast; None: on where bf16 is native (CUDA, or a CPU with AVX512-BF16 or AMX,
+    # where a step at crop 128, batch 16 is about 3x faster: `ivfusion bench --train`), off elsewhere
+    amp: bool | None = None
     threads: int = 0  # torch CPU threads, 0 = torch's default
     resume: bool = False
+    # pair names (file stems) left out of training, to hold them out for evaluation
+    holdout: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         if isinstance(self.model, dict):
@@ -87,7 +92,7 @@ class TrainConfig:
         need(self.steps >= 1, f"--steps must be >= 1, got {self.steps}")
         for name in ("val_every", "val_pairs", "log_every"):
             need(getattr(self, name) >= 1, f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        need(self.lr > 0, f"--lr must be > 0, got {self.lr}")
+        need(math.isfinite(self.lr) and self.lr > 0, f"--lr must be a finite number > 0, got {self.lr}")
         need(self.warmup >= 0 and self.workers >= 0 and self.threads >= 0, "--warmup, --workers and --threads must be >= 0")
         need(self.lr_schedule in LR_SCHEDULES, f"--lr-schedule {self.lr_schedule!r} is unknown; accepted: {', '.join(LR_SCHEDULES)}")
         need(self.passes in PASSES, f"--passes {self.passes!r} is unknown; accepted: {', '.join(PASSES)}")
@@ -100,9 +105,6 @@ class TrainConfig:
 
 # ---- the command line, built from the type hints ----------------------------------------
 _NESTED = {"model": ISFuseConfig, "masks": MaskConfig}
-OLD_FLAGS = {"r": "model.r", "eta": "model.eta", "shared_encoder": "model.shared_encoder",
-             "mask_size": "masks.mask_size", "min_holes": "masks.min_holes",
-             "max_holes": "masks.max_holes", "disk_prob": "masks.disk_prob"}
 
 
 def _leaves(cls, prefix=""):
@@ -115,31 +117,26 @@ def _leaves(cls, prefix=""):
             yield prefix + f.name, hints[f.name]
 
 
-def _add(p, flag: str, dest: str, kind, help: str | None = None) -> None:
+def _add(p, flag: str, dest: str, kind) -> None:
     union = typing.get_origin(kind) in (typing.Union, types.UnionType)
     args = typing.get_args(kind) if union else ()
     optional = type(None) in args
     base = next(a for a in args if a is not type(None)) if union else kind
     if base is bool:
-        p.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help)
+        p.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None)
     elif typing.get_origin(base) is list:
-        p.add_argument(flag, dest=dest, nargs="+", default=None, help=help)
+        p.add_argument(flag, dest=dest, nargs="+", default=None)
     else:
         conv = base if base in (int, float) else str
         if optional and conv is not str:  # "none" leaves a number unset (e.g. disk_prob)
             conv = (lambda c: lambda v: None if v.lower() == "none" else c(v))(conv)
-        p.add_argument(flag, dest=dest, type=conv, default=None, help=help)
+        p.add_argument(flag, dest=dest, type=conv, default=None)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML or JSON file of TrainConfig fields (flags override it)")
     for name, kind in _leaves(TrainConfig):
         _add(p, "--" + name.replace("_", "-"), name, kind)
-    for old, new in OLD_FLAGS.items():
-        kind = dict(_leaves(TrainConfig))[new]
-        _add(p, "--" + old.replace("_", "-"), new, kind, help=f"old name of --{new.replace('_', '-')}")
-    p.add_argument("--batched-passes", dest="batched_passes", action=argparse.BooleanOptionalAction,
-                   default=None, help="old name: --batched-passes is --passes pooled")
 
 
 def _nest(flat: dict) -> dict:
@@ -176,17 +173,8 @@ def config_from_args(args) -> TrainConfig:
         path = Path(args.config)
         if not path.is_file():
             raise ConfigError(f"--config {path}: no such file")
-        text = path.read_text()
-        if path.suffix in (".yaml", ".yml"):
-            import yaml
-
-            loaded = yaml.safe_load(text) or {}
-        else:
-            loaded = json.loads(text)
-        _merge(values, _nest(loaded))
+        _merge(values, _nest(_read_config_file(path)))
     flags = {name: getattr(args, name) for name, _ in _leaves(TrainConfig) if getattr(args, name, None) is not None}
-    if getattr(args, "batched_passes", None) is not None:
-        flags["passes"] = "pooled" if args.batched_passes else "separate"
     _merge(values, _nest(flags))
     if isinstance(values.get("val"), str) and values["val"].lower() == "none":
         values["val"] = None
@@ -197,6 +185,28 @@ def config_from_args(args) -> TrainConfig:
         raise
     except (TypeError, ValueError) as e:  # range checks of ISFuseConfig / MaskConfig
         raise ConfigError(str(e)) from None
+
+
+def _read_config_file(path: Path) -> dict:
+    """A --config file's settings; anything but a YAML or JSON mapping is a ConfigError."""
+    kind = "YAML" if path.suffix in (".yaml", ".yml") else "JSON"
+    try:
+        text = path.read_text()
+        if kind == "YAML":
+            import yaml
+
+            loaded = yaml.safe_load(text)
+            loaded = {} if loaded is None else loaded
+        else:
+            loaded = json.loads(text)
+    except Exception as e:  # noqa: BLE001 - OSError, decoding, JSON's and yaml's own errors
+        raise ConfigError(f"--config {path}: not readable {kind} ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"--config {path}: expected a mapping of settings (name: value), got a {type(loaded).__name__}")
+    for key in _NESTED:
+        if key in loaded and not isinstance(loaded[key], dict):
+            raise ConfigError(f"--config {path}: '{key}' must be a mapping of its settings, got {loaded[key]!r}")
+    return loaded
 
 
 def _check_fields(values: dict) -> None:

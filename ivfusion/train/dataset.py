@@ -27,14 +27,19 @@ class PairDataset(torch.utils.data.Dataset):
             horizontal flip and a random rot90;
         comp (2, crop, crop): the complementary keep masks (M_vi, M_ir);
         rand (1, crop, crop): the random-masking keep mask, shared by both modalities.
-    Pairs with a side shorter than the crop are left out (`skipped` names them).
+    Pairs with a side shorter than the crop are left out (`skipped` names them), and so are
+    the pairs whose file stem is in `holdout` (`held_out` names them).
     """
 
-    def __init__(self, folders: list[str], crop: int, seed: int = 0, masks: MaskConfig = MaskConfig(style="paper")):
+    def __init__(self, folders: list[str], crop: int, seed: int = 0, masks: MaskConfig = MaskConfig(style="paper"),
+                 holdout: list[str] = ()):
         self.crop, self.seed, self.masks = crop, seed, masks
-        self.items, self.skipped = [], []
+        self.items, self.skipped, self.held_out = [], [], []
         for folder in folders:
             for stem, ir_path, vi_path in find_pairs(folder):
+                if stem in holdout:
+                    self.held_out.append(f"{Path(folder).name}/{stem}")
+                    continue
                 y, ir = load_pair(ir_path, vi_path)
                 name = f"{Path(folder).name}/{stem}"
                 if min(y.shape) < crop:

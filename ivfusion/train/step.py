@@ -1,9 +1,6 @@
 """One step of Algorithm 1: the five input variants, their forward passes and the loss."""
 from __future__ import annotations
 
-import contextlib
-import types
-
 import torch
 from torch import Tensor, nn
 
@@ -25,12 +22,8 @@ class FiveWay(nn.Module):
 
     passes "separate": five train-mode forwards, so each variant's BatchNorm statistics are its
     own (the authors' code); "pooled": one forward of the five stacked (BN statistics pooled
-    over clean, masked and all-zero inputs; about 1.3x faster on a GPU); "clean-stats": one
-    forward of the five stacked, every BatchNorm normalising all five with the statistics of
-    the clean part alone and keeping running statistics of the clean part alone. Then an
-    intervention changes the input and nothing else (not the normaliser), and inference
-    normalises a clean image as training did (docs/TRAINING.md: why the other two flatten or
-    shift the gates at inference).
+    over clean, masked and all-zero inputs, which flattens the gates at inference: see
+    docs/research/batchnorm.md; about 1.3x faster on a GPU).
     Returns the five fused outputs and the five (coarse, mid, fine) gate tuples, as float32.
     """
 
@@ -39,47 +32,14 @@ class FiveWay(nn.Module):
         self.model, self.passes = model, passes
 
     def forward(self, pairs: list[tuple[Tensor, Tensor]]):
-        if self.passes in ("pooled", "clean-stats"):
+        if self.passes == "pooled":
             n = pairs[0][0].shape[0]
-            stats = clean_batch_stats(self.model, n) if self.passes == "clean-stats" else contextlib.nullcontext()
-            with stats:
-                fused, gates = self.model(torch.cat([v for v, _ in pairs]), torch.cat([i for _, i in pairs]))
+            fused, gates = self.model(torch.cat([v for v, _ in pairs]), torch.cat([i for _, i in pairs]))
             outs = list(fused.float().split(n))
             levels = [g.float().split(n) for g in gates]
             return outs, [tuple(lvl[k] for lvl in levels) for k in range(len(pairs))]
         runs = [self.model(v, i) for v, i in pairs]
         return [f.float() for f, _ in runs], [tuple(g.float() for g in gs) for _, gs in runs]
-
-
-def _bn_on_first(self, x: Tensor) -> Tensor:
-    """BatchNorm2d.forward in training mode with the statistics of x[:self._ref_n] only."""
-    if not self.training:
-        return nn.BatchNorm2d.forward(self, x)
-    ref = x[: self._ref_n]
-    mean, var = ref.mean((0, 2, 3)), ref.var((0, 2, 3), unbiased=False)
-    with torch.no_grad():
-        count = ref.numel() // ref.shape[1]
-        self.running_mean.lerp_(mean.detach(), self.momentum)
-        self.running_var.lerp_(var.detach() * count / max(1, count - 1), self.momentum)
-        self.num_batches_tracked += 1
-    shape = (1, -1, 1, 1)
-    return (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps) * self.weight.view(shape) + self.bias.view(shape)
-
-
-@contextlib.contextmanager
-def clean_batch_stats(model: nn.Module, n: int):
-    """Within the block, every BatchNorm2d of `model` in training mode normalises its whole
-    input with the statistics of the first `n` samples (the clean variant) and updates its
-    running statistics from them alone."""
-    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    for m in bns:
-        m._ref_n = n
-        m.forward = types.MethodType(_bn_on_first, m)
-    try:
-        yield
-    finally:
-        for m in bns:
-            del m.forward, m._ref_n
 
 
 def compute_loss(outs: list[Tensor], gates: list[tuple[Tensor, ...]], vis: Tensor, ir: Tensor,
@@ -94,13 +54,13 @@ def compute_loss(outs: list[Tensor], gates: list[tuple[Tensor, ...]], vis: Tenso
 
 
 def train_step(net: nn.Module, optimizer: torch.optim.Optimizer, batch: dict[str, Tensor], cfg: TrainConfig,
-               device: torch.device) -> dict[str, float]:
-    """One optimisation step on a PairDataset batch through `net` (a FiveWay, possibly DDP-wrapped).
-    Returns the loss terms as floats."""
+               device: torch.device, amp: bool = False) -> dict[str, float]:
+    """One optimisation step on a PairDataset batch through `net` (a FiveWay, possibly DDP-wrapped),
+    the forwards under bf16 autocast when `amp`. Returns the loss terms as floats."""
     image = batch["image"].to(device, non_blocking=True)
     vis, ir = image[:, :1], image[:, 1:]
     pairs = variants(vis, ir, batch["comp"].to(device, non_blocking=True), batch["rand"].to(device, non_blocking=True))
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
         outs, gates = net(pairs)
     terms = compute_loss(outs, gates, vis, ir, cfg)
     optimizer.zero_grad(set_to_none=True)
