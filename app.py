@@ -69,12 +69,18 @@ CSS = """
 """
 
 
-def _editor_value(path: str | None):
+def _editor_value(source):
+    """The mask editor's value for an input image: the image as its background, no layers.
+    A path outside the Lab's folders gives an empty editor (uploads.source_path's gate)."""
+    try:
+        path = lab.source_path(source)
+    except ImageError:
+        return None
     return {"background": path, "layers": [], "composite": path} if path else None
 
 
 def _fill_editors(visible, infrared, draw_visible, draw_infrared):
-    return tuple(gr.skip() if drawn else _editor_value(lab.source_path(src))
+    return tuple(gr.skip() if drawn else _editor_value(src)
                  for src, drawn in ((visible, draw_visible), (infrared, draw_infrared)))
 
 
@@ -270,9 +276,9 @@ class LabApp(cb.LabCallbacks):
                            concurrency_id="upload", concurrency_limit=4, show_progress="hidden")
                 src.change(self.info, [visible, infrared], [pair_md], api_visibility="private", queue=False,
                            preprocess=False)
-                src.change(lambda s: _editor_value(lab.source_path(s)), [src], [editor], api_visibility="private",
+                src.change(_editor_value, [src], [editor], api_visibility="private",
                            queue=False, preprocess=False)
-                editor.clear(lambda s: _editor_value(lab.source_path(s)), [src], [editor], api_visibility="private",
+                editor.clear(_editor_value, [src], [editor], api_visibility="private",
                              queue=False, preprocess=False)
                 src.change(self.clear_outputs, None, fuse_outputs[:-1], api_visibility="private", queue=False,
                            show_progress="hidden")
@@ -342,7 +348,10 @@ def build_demo(bank: lab.ModelBank | None = None, max_size: int | None = None,
     demo.lab_app = lab_app  # for in-process benchmarks (ivfusion.bench.app)
     concurrency = concurrency or int(os.environ.get("IVFUSION_CONCURRENCY") or 1)
     max_size = max_size or int(os.environ.get("IVFUSION_QUEUE") or 16)
-    demo.queue(max_size=max_size, default_concurrency_limit=concurrency)
+    # api_open=False: a queued event cannot be called past the queue through /gradio_api/run/
+    # (Gradio opens those routes off Spaces), so the queue's size, the per-visitor limit and
+    # stability's one-at-a-time rule hold for every client; gradio_client goes through the queue.
+    demo.queue(max_size=max_size, default_concurrency_limit=concurrency, api_open=False)
     lab.session.limit_queue_per_session(demo)  # one visitor cannot fill the queue
     demo.janitor = lab.session.Janitor(demo).start()  # bounded session state, request files and RSS
     return demo

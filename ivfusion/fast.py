@@ -45,7 +45,6 @@ the measured deviation from the reference on real pairs.
 from __future__ import annotations
 
 import copy
-import functools
 import math
 import threading
 

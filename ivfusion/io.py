@@ -32,6 +32,56 @@ MAX_PIXELS = 50_000_000
 MAX_BYTES = 256 * 2**20
 # Pillow format names accepted (MPO: a JPEG with extra frames, as some cameras write).
 _FORMATS = ("PNG", "JPEG", "MPO", "BMP", "TIFF", "WEBP")
+# What reading a header may read: tags, EXIF, ICC and text chunks can be made to grow without
+# bound (a 51 MB TIFF with 6.4 million strip offsets cost 374 MiB a header read), and headers
+# are read before the queue. Real headers, ICC profiles and EXIF included, are far smaller.
+HEADER_MAX_READ = 4 * 2**20
+
+
+class _HeaderTooLarge(Exception):
+    pass
+
+
+class _BoundedReader:
+    """A binary file object that refuses to read more than `budget` bytes in all."""
+
+    def __init__(self, fp, budget: int):
+        self._fp, self._left = fp, budget
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0 or n > self._left:
+            raise _HeaderTooLarge
+        data = self._fp.read(n)
+        self._left -= len(data)
+        return data
+
+    def __getattr__(self, name):  # seek, tell, readline... of the file itself
+        return getattr(self._fp, name)
+
+
+def _webp_header(fp, label: str) -> ImageHeader | None:
+    """Size and channels from a WebP file's first chunk (Pillow's opener reads the whole file);
+    None when the file is not a WebP."""
+    head = fp.read(30)
+    if len(head) < 30 or head[:4] != b"RIFF" or head[8:12] != b"WEBP":
+        return None
+    kind = head[12:16]
+    if kind == b"VP8X":  # extended: canvas size, alpha flag
+        alpha = bool(head[20] & 0x10)
+        width = 1 + int.from_bytes(head[24:27], "little")
+        height = 1 + int.from_bytes(head[27:30], "little")
+    elif kind == b"VP8L" and head[20] == 0x2F:  # lossless: 14-bit sizes, alpha hint
+        bits = int.from_bytes(head[21:25], "little")
+        width, height, alpha = 1 + (bits & 0x3FFF), 1 + ((bits >> 14) & 0x3FFF), bool((bits >> 28) & 1)
+    elif kind == b"VP8 " and head[23:26] == b"\x9d\x01\x2a":  # lossy: no alpha
+        width = int.from_bytes(head[26:28], "little") & 0x3FFF
+        height = int.from_bytes(head[28:30], "little") & 0x3FFF
+        alpha = False
+    else:
+        raise ImageError(f"{label}: not a readable image (corrupt or unsupported WebP); accepted: {ACCEPTED}")
+    if width <= 0 or height <= 0:
+        raise ImageError(f"{label}: the WEBP header says {width}x{height} pixels; the image is empty")
+    return ImageHeader(width, height, 4 if alpha else 3, 8, "WEBP")
 
 
 class ImageError(ValueError):
@@ -130,16 +180,24 @@ def read_header(source: Source, *, name: str | None = None) -> ImageHeader:
     fp = _open_source(source, label)
     try:
         prefix = fp.read(16)
+        fp.seek(0)
+        webp = _webp_header(fp, label)
+        if webp is not None:
+            return webp
         Image.init()
         # Pillow's own opener loop without its decompression-bomb guard, which would refuse
         # large headers before naming their size; check_header applies our budgets instead.
         for fmt in _FORMATS:
             factory, accept = Image.OPEN.get(fmt, (None, None))
-            if factory is None or (accept and not accept(prefix)):
+            if fmt == "WEBP" or factory is None or (accept and not accept(prefix)):
                 continue
             fp.seek(0)
             try:
-                im = factory(fp, label)
+                im = factory(_BoundedReader(fp, HEADER_MAX_READ), label)
+            except _HeaderTooLarge:
+                raise ImageError(f"{label}: its {fmt} header (tags, metadata) is larger than "
+                                 f"{HEADER_MAX_READ // 2**20} MiB; refused unread. Re-save the image "
+                                 f"without metadata; accepted: {ACCEPTED}") from None
             except Exception:  # noqa: BLE001 - any parser error means "not this format"
                 continue
             channels, depth = _channels_and_depth(im)
@@ -149,7 +207,7 @@ def read_header(source: Source, *, name: str | None = None) -> ImageHeader:
             return ImageHeader(width, height, channels, depth, fmt)
         fp.seek(0)
         try:  # name a format that Pillow knows but this project does not accept (GIF, ICO ...)
-            other = Image.open(fp).format
+            other = Image.open(_BoundedReader(fp, HEADER_MAX_READ)).format
         except Exception:  # noqa: BLE001 - unknown to Pillow too
             other = None
         what = f"a {other} image, not accepted" if other else "not a readable image (corrupt or unsupported)"

@@ -28,3 +28,21 @@ def png_header_only(width: int, height: int, bit_depth: int = 8, colour_type: in
     return (b"\x89PNG\r\n\x1a\n"
             + _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0))
             + _chunk(b"IDAT", zlib.compress(b"\0" * 64)) + _chunk(b"IEND", b""))
+
+
+def tiff_strip_bomb(strips: int) -> bytes:
+    """A valid 1-pixel-wide grey TIFF of `strips` rows, one strip a row: its StripOffsets and
+    StripByteCounts tags hold `strips` entries each (6.4 million make a 51 MB file whose tags
+    cost a naive header reader 374 MiB)."""
+    ntags = 8
+    offsets_at = 8 + 2 + ntags * 12 + 4
+    counts_at = offsets_at + 4 * strips
+    pixels_at = counts_at + 4 * strips
+    tags = [(256, 4, 1, 1), (257, 4, 1, strips), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1),
+            (273, 4, strips, offsets_at), (278, 4, 1, 1), (279, 4, strips, counts_at)]
+    ifd = struct.pack("<H", ntags) + b"".join(
+        struct.pack("<HHII", tag, kind, count, value) if kind == 4 else struct.pack("<HHIHH", tag, kind, count, value, 0)
+        for tag, kind, count, value in tags) + struct.pack("<I", 0)
+    offsets = b"".join(struct.pack("<I", pixels_at + k) for k in range(strips)) if strips < 1000 else \
+        struct.pack("<I", pixels_at) * strips  # a large bomb may point every strip at one byte
+    return b"II*\0" + struct.pack("<I", 8) + ifd + offsets + struct.pack("<I", 1) * strips + b"\0" * strips

@@ -23,6 +23,18 @@ def shared_dir() -> Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def lab_trusts_the_test_files(tmp_path_factory, shared_dir):
+    """In-process Lab callbacks accept only files from the folders a server serves
+    (`ivfusion.lab.uploads.trusted_roots`); the tests hand them their own files directly, as
+    if uploaded, so pytest's temporary folders and the shared data are trusted here. The
+    trust-boundary tests put the files a client must not reach under other folders."""
+    from ivfusion.lab import uploads
+
+    uploads.trust_folder(tmp_path_factory.getbasetemp())
+    uploads.trust_folder(shared_dir / "data")
+
+
 @pytest.fixture(scope="session")
 def pairs(shared_dir):
     """A few real registered pairs as (name, visible RGB uint8, infrared grey uint8)."""

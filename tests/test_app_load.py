@@ -8,7 +8,7 @@
   through /gradio_api/run/predict) grows the server's peak RSS by at most 1 GB.
 * junk IVFUSION_WEIGHTS: the app starts and serves, on the bundled weights.
 
-The server helpers come from tools/fault_probe.py, which runs the same checks by hand.
+The server helpers are tests/appserver.py's; tools/fault_probe.py runs the same checks by hand.
 """
 import os
 
@@ -20,7 +20,9 @@ import time  # noqa: E402
 import pytest  # noqa: E402
 from gradio_client import Client, handle_file  # noqa: E402
 
-from tools import fault_probe as fp  # noqa: E402
+from tests import appserver as fp  # noqa: E402
+
+GIB = 1024.0  # MiB
 
 N_CLIENTS = 40
 QUEUE = 6
@@ -109,12 +111,12 @@ def test_49mp_16bit_png_through_every_image_handler_stays_under_1gb(server, tmp_
     jobs = [(i, dep, fp.payload(server.config, dep, image)) for _ in range(2) for i, dep in handlers]
     _settle(server, 2.0)
     server.reset_peak()
-    watch = fp.RssWatch(server, kill_mib=3 * fp.GB)
+    watch = fp.RssWatch(server, kill_mib=3 * GIB)
     results = fp.burst(server, jobs, timeout=120)
     watch.stop()
     growth = max(server.peak(), watch.max_rss) - watch.base
     assert server.alive() and not watch.killed
-    assert growth <= fp.GB, f"peak RSS grew by {growth:.0f} MiB"
+    assert growth <= GIB, f"peak RSS grew by {growth:.0f} MiB"
     for r in results:  # refused or served; a refusal names the problem
         assert r["ok"] or "7000x7000" in (r["error"] or "") or "queue is full" in (r["error"] or "").lower(), r
     assert not server.tracebacks(), server.tracebacks()

@@ -269,3 +269,33 @@ def test_atomic_write_leaves_the_old_file_or_the_new_one(tmp_path, monkeypatch):
     umask = os.umask(0)
     os.umask(umask)
     assert read_image(target).max() == 9 and target.stat().st_mode & 0o777 == 0o666 & ~umask  # as open() makes
+
+
+def test_a_header_that_would_read_megabytes_of_tags_is_refused_unread(tmp_path):
+    import resource
+
+    from tests.bad_files import tiff_strip_bomb
+
+    small = tmp_path / "small.tif"
+    small.write_bytes(tiff_strip_bomb(300))  # the same layout, small: a real image
+    assert io.read_header(small).height == 300 and io.read_image(small).shape == (300, 1)
+    bomb = tmp_path / "bomb.tif"
+    bomb.write_bytes(tiff_strip_bomb(2_000_000))  # 16 MB of tags
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(io.ImageError, match=r"header .* is larger than 4 MiB; refused unread"):
+        io.read_header(bomb)
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mib < 50, grown_mib
+
+
+@pytest.mark.parametrize("kind", ["lossy", "lossless", "lossless-alpha", "lossy-alpha"])
+def test_webp_headers_are_read_from_the_first_chunk(tmp_path, kind):
+    from PIL import Image
+
+    rgb = (np.random.default_rng(0).random((30, 40, 4)) * 255).astype(np.uint8)
+    img = Image.fromarray(rgb if "alpha" in kind else rgb[..., :3])
+    path = tmp_path / "x.webp"
+    img.save(path, lossless="lossless" in kind, quality=80)
+    head = io.read_header(path)
+    assert (head.width, head.height, head.format) == (40, 30, "WEBP")
+    assert head.channels == io.read_image(path).shape[2] == (4 if "alpha" in kind else 3)

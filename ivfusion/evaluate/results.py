@@ -14,7 +14,7 @@ from typing import Dict, Iterable, List, Optional, Tuple, Union
 
 import numpy as np
 
-from ..levels import GATE_LEVELS, GATE_STATS, GateStats, gate_stats, npz_key
+from ..levels import GATE_LEVELS, GATE_STATS, GateStats, npz_key
 from ..metrics import HIGHER_IS_BETTER, METRIC_NAMES
 
 PathLike = Union[str, os.PathLike]

@@ -26,7 +26,7 @@ from typing import Any
 
 import gradio as gr
 
-from .. import io, viz
+from .. import viz
 from ..hub import WeightsError
 from ..io import ImageError
 from ..levels import GATE_LEVELS
@@ -320,7 +320,7 @@ class LabCallbacks:
         """The hole size in pixels for the loaded visible image (read from its header only)."""
         try:
             pct = float(hole_percent)
-            head = io.read_header(uploads.source_path(visible))
+            head = uploads.header(visible, "visible image")
             w, h = head.width, head.height
             scale = min(1.0, self.bank.max_side / max(w, h)) if self.bank.max_side else 1.0
             w, h = round(w * scale), round(h * scale)

@@ -1,6 +1,13 @@
 """Uploads (paths, Gradio file payloads or arrays) to checked numpy images, with readable
 `ImageError`s; the pair description; hand-drawn masks from the image editor.
 
+The trust boundary: a client names files by path, with or without Gradio's `meta`, and the
+handlers take the payloads raw (`preprocess=False`), so Gradio's own upload-folder check does
+not apply. Every path therefore goes through `source_path`, which accepts only files inside
+`trusted_roots()` (Gradio's upload folder, the bundled examples, the Lab's own request files)
+and refuses every other path with one message that says nothing about the file system (not
+whether the file exists). Nothing is opened before that check.
+
 Memory rules for a public server (issue 11), which every function here keeps:
 
 * Every file goes through the one guarded decoder, `ivfusion.io.read_image`: the header is
@@ -16,6 +23,7 @@ Memory rules for a public server (issue 11), which every function here keeps:
 from __future__ import annotations
 
 import os
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -37,23 +45,66 @@ _BROWSER_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".avif")
 _DECODE_LOCK = threading.Lock()
 
 
-def source_path(source: Any) -> str | None:
-    """The file path of an upload: a path, or a Gradio file payload {"path": ...}."""
+class UntrustedPath(ImageError):
+    """A path outside the folders the Lab serves files from."""
+
+
+NOT_UPLOADED = "this file was not uploaded to the Lab; upload it again, or pick an example pair"
+_EXTRA_ROOTS: list[str] = []
+
+
+def trust_folder(folder: str | os.PathLike) -> None:
+    """Accept files inside `folder` too (an operator's choice, or a test's data folder)."""
+    _EXTRA_ROOTS.append(os.path.realpath(folder))
+
+
+def trusted_roots() -> tuple[str, ...]:
+    """The resolved folders whose files a client may name: Gradio's upload folder (where
+    /upload writes, and where Gradio caches what the page shows), the bundled examples, the
+    Lab's request files, and any `trust_folder`."""
+    try:
+        from gradio.utils import get_upload_folder
+
+        upload = get_upload_folder()
+    except ImportError:  # the Lab without Gradio (in-process use): Gradio's default place
+        upload = os.environ.get("GRADIO_TEMP_DIR") or os.path.join(tempfile.gettempdir(), "gradio")
+    from ..hub import EXAMPLES_DIR
+    from .session import FILES_ROOT
+
+    return tuple(os.path.realpath(p) for p in (upload, EXAMPLES_DIR, FILES_ROOT)) + tuple(_EXTRA_ROOTS)
+
+
+def _raw_path(source: Any) -> str | None:
     if source is None:
         return None
     if isinstance(source, (str, os.PathLike)):
         return str(source)
     if isinstance(source, dict):
         path = source.get("path")
-        return path if isinstance(path, (str, os.PathLike)) and path else None
+        return str(path) if isinstance(path, (str, os.PathLike)) and path else None
     path = getattr(source, "path", None)  # gradio FileData objects
-    return str(path) if path else None
+    return str(path) if isinstance(path, (str, os.PathLike)) and path else None
+
+
+def source_path(source: Any, name: str = "image") -> str | None:
+    """The resolved file path of an upload (a path, or a Gradio file payload {"path": ...}),
+    or None when there is none. Raises UntrustedPath, naming `name` only, for a path outside
+    `trusted_roots()`, whether or not such a file exists."""
+    path = _raw_path(source)
+    if path is None:
+        return None
+    if "\x00" in path:
+        raise UntrustedPath(f"{name}: {NOT_UPLOADED}")
+    real = os.path.realpath(path)  # symlinks and '..' resolved before the check
+    if not any(real == root or real.startswith(root.rstrip(os.sep) + os.sep) for root in trusted_roots()):
+        raise UntrustedPath(f"{name}: {NOT_UPLOADED}")
+    return real
 
 
 def _path_of(source: Any, name: str) -> str:
     if source is None:
         raise ImageError(f"{name}: missing. Upload one, or click one of the example pairs.")
-    path = source_path(source)
+    path = source_path(source, name)
     if not path:
         raise ImageError(f"{name}: no file was received. Upload it again.")
     return path
