@@ -47,14 +47,13 @@ PAPER = "https://arxiv.org/abs/2603.23272"
 LATEX = [{"left": "$$", "right": "$$", "display": True}, {"left": "$", "right": "$", "display": False}]
 HOW_IT_WORKS = (Path(lab.__file__).parent / "how_it_works.md").read_text().replace("{PAPER}", PAPER)
 API_FUSE_OUTPUTS = FUSE_OUTPUTS[:-1]  # what gradio_client gets from /fuse: the state stays on the server
+PAIR_OUTPUTS = ("pair_info", "hole_text", "draw_visible", "draw_infrared", *API_FUSE_OUTPUTS)
 
 INTRO = f"""
 # ISFuse Intervention Lab
-Fuse an **infrared** and a **visible** image with ISFuse ([Wang et al., CVPR 2026]({PAPER})), then
-*intervene*: hide parts of an input or drop a whole modality, and see what changes in the fused image
-and in the model's **invariance gates**, the maps that say where the model trusts cross-modal features.
-Below is a night scene already fused with complementary masking; pick an example or your own pair,
-choose interventions and press **Fuse**. *How it works* explains it all.
+Fuse an **infrared** and a **visible** image with ISFuse ([Wang et al., CVPR 2026]({PAPER})), then *intervene*:
+hide parts of an input or drop a modality, and watch the **invariance gates**, the maps of where the model
+uses cross-modal features (bright: open), move. Pick an example or upload a pair, then press **Fuse**.
 """
 
 CSS = """
@@ -102,10 +101,12 @@ class LabApp(cb.LabCallbacks):
         """An image was uploaded: check it, and replace it by a lossless PNG copy when the browser
         cannot show the file (TIFF; 16-bit depth is kept)."""
         if source is None:
-            return gr.update()
+            return gr.skip()
         lab.uploads.header(source, "image")  # a corrupt or oversized upload is reported now, from its header
         png = lab.display_copy(source, lab.request_dir())
-        return png if png else gr.update()
+        # gr.skip(), not gr.update(): an unchanged value written back would fire the image's
+        # change event again (one more request chain per upload)
+        return png if png else gr.skip()
 
     def info(self, visible, infrared):
         """The pair description under the inputs; a bad image is described there (the upload
@@ -122,12 +123,17 @@ class LabApp(cb.LabCallbacks):
             return gr.skip(), gr.skip()
         return pairs[evt.index][0], pairs[evt.index][1]
 
-    def clear_outputs(self):
-        """A new pair was loaded: the old results go (they belong to the previous pair)."""
+    def on_pair_change(self, visible, infrared, hole_percent):
+        """A new image in either input: in one request, the pair description, the hole size in
+        pixels, the old results cleared (they belong to the previous pair) and the mask
+        editors emptied (the draw panel fills them again when it opens). Outputs:
+        PAIR_OUTPUTS."""
         out = {n: None for n in FUSE_OUTPUTS[:-1]}
         out.update({n: "" for n in ("gate_captions", "difference_caption")})
         out["notices"] = "New pair loaded: press **Fuse**."
-        return ordered(FUSE_OUTPUTS[:-1], out)
+        out.update(pair_info=self.info(visible, infrared), hole_text=self.hole_text(visible, hole_percent),
+                   draw_visible=None, draw_infrared=None)
+        return ordered(PAIR_OUTPUTS, out)
 
     # -- layout
     def build(self) -> gr.Blocks:
@@ -142,24 +148,43 @@ class LabApp(cb.LabCallbacks):
             if self.startup_notes:
                 gr.Markdown("**Note:** " + " ".join(self.startup_notes), elem_classes="lab-note")
             with gr.Tab("Lab"):
+                # Three columns on a desktop: the inputs, the results (the fused images and the
+                # gate maps, on the first screen), the controls; on a phone they stack in that
+                # order, so the results come right after the inputs.
                 with gr.Row(equal_height=False):
                     with gr.Column(scale=3, min_width=300):
                         with gr.Row():
                             visible = gr.Image(v0, label="Visible image", type="filepath", image_mode=None,
                                                sources=["upload", "clipboard"], elem_id="visible-input", min_width=140,
-                                               height=220, **png)
+                                               height=190, **png)
                             infrared = gr.Image(i0, label="Infrared image", type="filepath", image_mode=None,
                                                 sources=["upload", "clipboard"], elem_id="infrared-input",
-                                                min_width=140, height=220, **png)
+                                                min_width=140, height=190, **png)
                         pair_md = gr.Markdown(self.info(v0, i0), elem_id="pair-info", elem_classes="lab-note")
                         gr.Markdown("**Example pairs** (visible | infrared): click one", elem_classes="lab-note")
                         gallery = gr.Gallery(
                             [(lab.examples.thumbnail(v, i, self.static_dir), label) for v, i, label in examples],
-                            label="Example pairs", show_label=False, columns=4, height="auto",
+                            label="Example pairs", show_label=False, columns=2, height="auto",
                             allow_preview=False, object_fit="contain", elem_id="examples")
-                    with gr.Column(scale=2, min_width=300):
-                        model = gr.Dropdown(self.bank.choices(), value=self.default_model, label="Model")
-                        model_md = gr.Markdown(self.model_info(self.default_model), elem_classes="lab-note")
+                    with gr.Column(scale=5, min_width=300, elem_id="results"):
+                        notices = gr.Markdown(first.get("notices"), elem_id="notices", elem_classes="lab-note")
+                        with gr.Row(equal_height=True):  # wraps on a phone
+                            fused_clean = gr.Image(first.get("fused_clean"), label="Fused, clean", interactive=False,
+                                                   elem_id="fused-clean", min_width=150, height=210, **png)
+                            fused_int = gr.Image(first.get("fused_intervened"), label="Fused, intervened",
+                                                 interactive=False, elem_id="fused-intervened", min_width=150,
+                                                 height=210, **png)
+                            diff = gr.Image(first.get("difference"), label="Change in the fused image",
+                                            elem_id="difference", **(heat | dict(min_width=150, height=210)))
+                        diff_md = gr.Markdown(first.get("difference_caption"), elem_id="difference-caption",
+                                              elem_classes="lab-note")
+                        gates_img = gr.Image(first.get("gates"), label="Invariance gates per level: clean | "
+                                             "intervened | change", show_label=True, elem_id="gates", **heat)
+                        gate_scale = gr.Radio(list(GATE_SCALE_CHOICES), value=DEFAULT_GATE_SCALE, elem_id="gate-scale",
+                                              label="Gate colour scale (redraws without running the model)")
+                        gate_md = gr.Markdown(first.get("gate_captions"), elem_classes="lab-note",
+                                              elem_id="gate-captions")
+                    with gr.Column(scale=3, min_width=300):
                         gr.Markdown("**Interventions** (they combine)")
                         with gr.Row():
                             complementary = gr.Checkbox(cb.DEFAULTS["complementary"], label="Complementary masking")
@@ -173,8 +198,11 @@ class LabApp(cb.LabCallbacks):
                         hole_md = gr.Markdown(self.hole_text(v0, cb.DEFAULTS["hole_percent"]), elem_id="hole-px",
                                               elem_classes="lab-note")
                         with gr.Row(equal_height=True):
-                            seed = gr.Number(0, precision=0, minimum=0, label="Seed", scale=1, min_width=90)
+                            seed = gr.Number(0, precision=0, minimum=0, maximum=lab.settings.MAX_SEED, label="Seed",
+                                             scale=1, min_width=90, elem_id="seed")
                             fuse_btn = gr.Button("Fuse", variant="primary", elem_id="fuse-btn", scale=3)
+                        model = gr.Dropdown(self.bank.choices(), value=self.default_model, label="Model")
+                        model_md = gr.Markdown(self.model_info(self.default_model), elem_classes="lab-note")
                 with gr.Accordion("Draw your own mask (optional): paint over an input to hide it",
                                   open=False) as draw_panel:
                     gr.Markdown("Painted pixels are hidden from the network (multiplied by 0), on top of the "
@@ -189,26 +217,6 @@ class LabApp(cb.LabCallbacks):
                         draw_ir = gr.ImageEditor(None, label="Mask over the infrared image",
                                                  type="filepath", sources=[], brush=brush, layers=False, transforms=[],
                                                  format="png", elem_id="draw-infrared")
-                notices = gr.Markdown(first.get("notices"), elem_id="notices", elem_classes="lab-note")
-                gr.Markdown("### Fused images: without intervention (clean), with it (intervened), and what changed")
-                with gr.Row(equal_height=True):  # wraps on a phone: the two fused images, the change below
-                    fused_clean = gr.Image(first.get("fused_clean"), label="Fused, clean", interactive=False,
-                                           elem_id="fused-clean", min_width=160, **png)
-                    fused_int = gr.Image(first.get("fused_intervened"), label="Fused, intervened", interactive=False,
-                                         elem_id="fused-intervened", min_width=160, **png)
-                    diff = gr.Image(first.get("difference"), label="Change", elem_id="difference",
-                                    **(heat | dict(min_width=300)))
-                diff_md = gr.Markdown(first.get("difference_caption"), elem_id="difference-caption",
-                                      elem_classes="lab-note")
-                gr.Markdown("### Invariance gates\nOne row per level, coarse to fine: the clean pass | the intervened "
-                            "pass (one colour scale) | the gate change (intervened - clean: red opened, blue closed). "
-                            "Yellow = gate open (cross-attended features used), dark = closed (plain sum); the red "
-                            "line on a colour bar is the target mean \u03b7.")
-                gate_scale = gr.Radio(list(GATE_SCALE_CHOICES), value=DEFAULT_GATE_SCALE, elem_id="gate-scale",
-                                      label="Gate colour scale (redraws without running the model)")
-                gate_md = gr.Markdown(first.get("gate_captions"), elem_classes="lab-note", elem_id="gate-captions")
-                gates_img = gr.Image(first.get("gates"), label="Gates per level: clean | intervened | change",
-                                     show_label=False, elem_id="gates", **heat)
                 gr.Markdown("### What the network saw\nThe inputs after the intervention, visible (Y) left and "
                             "infrared right (black = hidden).")
                 inputs_img = gr.Image(first.get("inputs"), label="Network inputs", show_label=False, interactive=False,
@@ -227,7 +235,9 @@ class LabApp(cb.LabCallbacks):
                                   elem_id="compare-section"):
                     others = [c for c in self.bank.choices() if c != self.default_model]
                     with gr.Row():
-                        other_model = gr.Dropdown(others, value=others[0] if others else None, label="Compare with",
+                        # the untrained network by default: it works offline, and it is the null model
+                        offline = lab.UNTRAINED_CHOICE if lab.UNTRAINED_CHOICE in others else (others or [None])[0]
+                        other_model = gr.Dropdown(others, value=offline, label="Compare with",
                                                   elem_id="compare-model", min_width=240)
                         compare_btn = gr.Button("Compare", elem_id="compare-btn", min_width=120)
                     compare_md = gr.Markdown(elem_id="compare-text", elem_classes="lab-note")
@@ -270,46 +280,47 @@ class LabApp(cb.LabCallbacks):
             fuse_outputs = [comps[n] for n in FUSE_OUTPUTS]
             render_outputs = [comps[n] for n in RENDER_OUTPUTS]
 
-            # wiring: uploads
-            for src, editor in ((visible, draw_vis), (infrared, draw_ir)):
+            # wiring: uploads. One request chain per new image (tests/test_browser.py counts them):
+            # one unqueued request for everything the page says about the pair, then the queued
+            # prefetch of its clean pass. No handler writes back into the component that
+            # triggered it, except on_input's PNG copy of a TIFF, which the browser cannot show.
+            comps.update(pair_info=pair_md, hole_text=hole_md, draw_visible=draw_vis, draw_infrared=draw_ir)
+            pair_outputs = [comps[n] for n in PAIR_OUTPUTS]
+            for src in (visible, infrared):
                 src.upload(self.on_input, [src], [src], api_visibility="private", preprocess=False,
                            concurrency_id="upload", concurrency_limit=4, show_progress="hidden")
-                src.change(self.info, [visible, infrared], [pair_md], api_visibility="private", queue=False,
-                           preprocess=False)
-                src.change(_editor_value, [src], [editor], api_visibility="private",
-                           queue=False, preprocess=False)
-                editor.clear(_editor_value, [src], [editor], api_visibility="private",
-                             queue=False, preprocess=False)
-                src.change(self.clear_outputs, None, fuse_outputs[:-1], api_visibility="private", queue=False,
-                           show_progress="hidden")
+                src.change(self.on_pair_change, [visible, infrared, hole_percent], pair_outputs,
+                           api_visibility="private", queue=False, preprocess=False, show_progress="hidden",
+                           trigger_mode="always_last").then(
+                    self.prefetch, [visible, infrared, model, state], [state], preprocess=False,
+                    concurrency_id="compute", show_progress="hidden", api_visibility="private")
+            for editor, src in ((draw_vis, visible), (draw_ir, infrared)):
+                editor.clear(_editor_value, [src], [editor], api_visibility="private", queue=False,
+                             preprocess=False)
             # The editors start empty, so that /fuse has no image defaults for an API client to
             # upload with every call (4 files, about 0.1 s a request: tools/lab_overheads.py); the panel gets the pair
             # when it opens, keeping a mask already painted.
             draw_panel.expand(_fill_editors, [visible, infrared, draw_vis, draw_ir], [draw_vis, draw_ir],
                               api_visibility="private", queue=False, preprocess=False, show_progress="hidden")
-            for trigger in (visible.change, hole_percent.change):
-                trigger(self.hole_text, [visible, hole_percent], [hole_md], api_visibility="private", queue=False,
-                        preprocess=False, show_progress="hidden")
+            hole_percent.change(self.hole_text, [visible, hole_percent], [hole_md], api_visibility="private",
+                                queue=False, preprocess=False, show_progress="hidden", trigger_mode="always_last")
             gallery.select(self.pick_example, None, [visible, infrared], api_visibility="private", queue=False,
                            show_progress="hidden")
             model.change(_named(self.choose_model, MODEL_OUTPUTS), [model, state], [model, model_md, state],
-                         api_visibility="private", concurrency_id="models")
-            for trigger in (visible.change, infrared.change, model.change):
-                trigger(self.prefetch, [visible, infrared, model, state], [state], preprocess=False,
-                        concurrency_id="compute", show_progress="hidden", trigger_mode="always_last",
-                        api_visibility="private")
+                         api_visibility="private", concurrency_id="models").then(
+                self.prefetch, [visible, infrared, model, state], [state], preprocess=False,
+                concurrency_id="compute", show_progress="hidden", api_visibility="private")
             # wiring: actions
             common = [visible, infrared, model, complementary, random_masking, dropout, hole_percent, holes, seed,
                       draw_vis, draw_ir]
-            busy = fuse_btn.click(lambda: gr.update(value="Fusing\u2026", interactive=False), None, [fuse_btn],
-                                  queue=False, api_visibility="private", show_progress="hidden")
-            fused = busy.then(
+            # The button is never disabled by a handler: a step that fails in the browser (a seed
+            # out of range) or on the server would leave it disabled. Gradio ignores clicks while
+            # the click's own event is pending (trigger_mode "once").
+            fused = fuse_btn.click(
                 gpu(_named(self.fuse, FUSE_OUTPUTS)), [*common, gate_scale, state], fuse_outputs, api_name="fuse",
                 preprocess=False, concurrency_id="compute",
                 api_description="Fuse a visible/infrared pair without and with interventions; returns images, "
                                 "per-level gate maps and captions, and notices (names and order: docs/API.md).")
-            fused.then(lambda: gr.update(value="Fuse", interactive=True), None, [fuse_btn], queue=False,
-                       api_visibility="private", show_progress="hidden")
             fused.success(self.metrics, [state], [table], api_name="metrics", concurrency_id="metrics",
                           show_progress="minimal")
             gate_scale.change(_named(self.rerender, RENDER_OUTPUTS), [gate_scale, state], render_outputs,

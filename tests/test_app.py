@@ -151,7 +151,7 @@ def test_other_callbacks(lab_app, tmp_path):
     cv2.imwrite(str(tif), read_image(IR).astype(np.uint16) * 257)
     png = lab_app.on_input({"path": str(tif)})
     assert png.endswith(".png") and read_image(png).dtype == np.uint16
-    assert lab_app.on_input({"path": str(IR)}) == gr.update()
+    assert lab_app.on_input({"path": str(IR)}) == gr.skip()  # shown as it is: nothing written back
     (tmp_path / "x.png").write_bytes(b"garbage")
     with pytest.raises(gr.Error, match="not a readable image"):
         lab_app.on_input({"path": str(tmp_path / "x.png")})
@@ -159,8 +159,9 @@ def test_other_callbacks(lab_app, tmp_path):
     assert "untrained" in lab_app.model_info(lab.UNTRAINED_CHOICE)
     assert "/" not in lab_app.model_info(lab.DEFAULT_CHOICE)  # no server paths
     assert "**6 px** on this 128x96 pair (as downscaled)" in lab_app.hole_text(str(VIS), 6.25)
-    cleared = dict(zip(app.FUSE_OUTPUTS, lab_app.clear_outputs()))
+    cleared = dict(zip(app.PAIR_OUTPUTS, lab_app.on_pair_change(str(VIS), str(IR), 6.25)))
     assert cleared["fused_clean"] is None and cleared["gates"] is None and "press" in cleared["notices"]
+    assert cleared["draw_visible"] is None and "**6 px**" in cleared["hole_text"] and "640x480" in cleared["pair_info"]
 
 
 def test_prefetch_callback_prepares_the_clean_pass_for_fuse(lab_app):

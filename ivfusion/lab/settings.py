@@ -19,6 +19,7 @@ _DROPOUT_KIND = {"none": None, "": None, None: None, "drop visible": "drop-visib
 DEFAULT_HOLE_PERCENT = 6.25
 HOLE_PERCENT_RANGE = (1.0, 25.0)
 DEFAULT_HOLES = 6
+MAX_SEED = 2**31 - 1  # numpy's seeds are wider; this is what the page's number field accepts
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ class Settings:
             raise ValueError(f"hole size must be from {lo:g}% to {hi:g}% of the image's short side, "
                              f"got {self.hole_percent!r}")
         object.__setattr__(self, "hole_percent", pct)
-        for name, lo, hi in (("holes", 1, 6), ("seed", 0, 2**31 - 1)):
+        for name, lo, hi in (("holes", 1, 6), ("seed", 0, MAX_SEED)):
             v = getattr(self, name)
             try:
                 ok = v is not None and float(v) == int(float(v)) and lo <= int(v) <= hi
