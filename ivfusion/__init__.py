@@ -16,6 +16,7 @@ _EXPORTS = {
     "ISFuseConfig": "ivfusion.config",
     "WeightsError": "ivfusion.hub",
     "load_model": "ivfusion.hub",
+    "INTERVENTIONS": "ivfusion.interventions",
     "MaskConfig": "ivfusion.interventions",
     "ImageError": "ivfusion.io",
     "read_image": "ivfusion.io",
@@ -24,12 +25,10 @@ _EXPORTS = {
     "Fuser": "ivfusion.predictor",
     "FusionResult": "ivfusion.predictor",
 }
-__all__ = ["INTERVENTIONS", *_EXPORTS]
+__all__ = list(_EXPORTS)
 
 
 def __getattr__(name):
-    if name == "INTERVENTIONS":
-        return importlib.import_module("ivfusion.interventions").KINDS
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'ivfusion' has no attribute {name!r}")

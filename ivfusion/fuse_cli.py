@@ -15,7 +15,7 @@ import numpy as np
 
 from . import io
 from .cli_flags import add_modality_flags, failure_reason, missing_modality_flags
-from .interventions import ALIASES, INTERVENTIONS, get_intervention
+from .interventions import INTERVENTIONS, get_intervention
 from .levels import GATE_LEVELS, npz_key
 
 
@@ -26,9 +26,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--weights", default=None,
                    help="weights spec: a folder, .safetensors, the authors' .pth, hf://owner/repo[/file], "
                         "or 'untrained' (default: the bundled weights, or $IVFUSION_WEIGHTS)")
-    p.add_argument("--intervention", default="none", choices=(*INTERVENTIONS, *ALIASES),
-                   help="; ".join(f"{n}: {iv.label}" for n, iv in INTERVENTIONS.items())
-                   + f" (deprecated: {', '.join(ALIASES)})")
+    p.add_argument("--intervention", default="none", choices=tuple(INTERVENTIONS),
+                   help="; ".join(f"{n}: {iv.label}" for n, iv in INTERVENTIONS.items()))
     p.add_argument("--seed", type=int, default=0, help="seed of the intervention's masks")
     p.add_argument("--save-gates", action="store_true",
                    help="also write <stem>_gates.npz: the gate maps at native size ("

@@ -7,7 +7,7 @@ An intervention replaces the input pair (visible, infrared) by a perturbed pair:
                          partial observation?
   modality dropout       (0, ir) or (vis, 0): what does each modality alone contribute?
 The registry `INTERVENTIONS` (name -> Intervention) is the one list of them; `get_intervention`
-resolves a name or a deprecated alias ("drop-vis", "drop-ir").
+resolves a name.
 Masks here are *keep* masks: 1 keeps a pixel, 0 hides it. Each mask is 1 to 6 holes of
 `mask_size` pixels and hides at most half of the image; for complementary masking the two
 masks together hide at most half (the supplementary's "total masked area"), and never the
@@ -33,11 +33,11 @@ class MaskConfig:
     """How masks are drawn (supplementary Sec. 3: 16-pixel holes, 1 to 6 per mask, at most half
     of the image hidden).
 
-    style: "paper", the authors' released sampler (their Train.py, what ISFuse was trained
+    style: "paper" (default), the authors' released sampler (their Train.py, what ISFuse was trained
         with): each hole is a mask_size square or, with probability disk_prob, a disk of
         radius mask_size/2, placed uniformly; complementary masking draws two independent
         masks and gives each pixel both hide back to one of them by a fair coin.
-        "disjoint" (default, the Lab's): squares unless disk_prob says otherwise, and the
+        "disjoint" (the Lab's, chosen there explicitly): squares unless disk_prob says otherwise, and the
         infrared holes are placed away from the visible ones.
     mask_size: side of a square hole, or diameter of a disk hole, in pixels.
     min_holes, max_holes: the number of holes is uniform in [min_holes, max_holes].
@@ -52,16 +52,20 @@ class MaskConfig:
     max_holes: int = 6
     disk_prob: float | None = None
     max_fraction: float = 0.5
-    style: str = "disjoint"
+    style: str = "paper"
 
     def __post_init__(self):
+        for name in ("mask_size", "min_holes", "max_holes"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise ValueError(f"{name} must be a whole number, got {v!r}")
         if self.mask_size < 1:
             raise ValueError(f"mask_size must be >= 1, got {self.mask_size}")
         if not 1 <= self.min_holes <= self.max_holes:
             raise ValueError(
                 f"need 1 <= min_holes <= max_holes, got min_holes={self.min_holes}, max_holes={self.max_holes}"
             )
-        if self.disk_prob is not None and not 0.0 <= self.disk_prob <= 1.0:
+        if self.disk_prob is not None and not 0.0 <= self.disk_prob <= 1.0:  # NaN fails too
             raise ValueError(f"disk_prob must be in [0, 1], got {self.disk_prob}")
         if not 0.0 < self.max_fraction <= 1.0:
             raise ValueError(f"max_fraction must be in (0, 1], got {self.max_fraction}")
@@ -223,22 +227,13 @@ INTERVENTIONS: dict[str, Intervention] = {
         Intervention("drop-infrared", "drop infrared", False, _drop_infrared),
     )
 }
-# deprecated spellings, still accepted everywhere a name is
-ALIASES = {"drop-vis": "drop-visible", "drop-ir": "drop-infrared"}
-
-# compatibility names, derived from the registry
-KINDS = tuple(INTERVENTIONS)
-MASKED_KINDS = tuple(name for name, iv in INTERVENTIONS.items() if iv.masking)
 
 
 def get_intervention(name: str) -> Intervention:
-    """The registry entry for `name` (a deprecated alias resolves to its new name)."""
-    iv = INTERVENTIONS.get(ALIASES.get(name, name))
+    """The registry entry for `name`."""
+    iv = INTERVENTIONS.get(name)
     if iv is None:
-        raise ValueError(
-            f"unknown intervention {name!r}; accepted: {', '.join(INTERVENTIONS)} "
-            f"(deprecated aliases: {', '.join(ALIASES)})"
-        )
+        raise ValueError(f"unknown intervention {name!r}; accepted: {', '.join(INTERVENTIONS)}")
     return iv
 
 
@@ -247,7 +242,7 @@ def sample_masks(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Keep masks (M_vi, M_ir) for one image, each (height, width) float32 in {0, 1}.
 
-    kind: an INTERVENTIONS name (or deprecated alias). rng: a numpy Generator or an int seed.
+    kind: an INTERVENTIONS name. rng: a numpy Generator or an int seed.
     """
     return get_intervention(kind).sample(height, width, as_rng(rng), config)
 

@@ -103,14 +103,11 @@ def test_single_pair_output_is_lossless_and_matches_the_library(folders, tmp_pat
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temporary file left
 
 
-def test_deprecated_flags_still_work_and_say_so(folders, tmp_path):
+def test_the_removed_flag_spellings_are_refused(folders, tmp_path):
     ir, vi = folders
-    out = tmp_path / "old.png"
-    res = ivfusion("fuse", "--ir", ir / "FLIR_04269.jpg", "--vis", vi / "FLIR_04269.jpg", "--out", out,
-                   "--weights", "untrained", "--max-side", "64", "--intervention", "drop-ir")
-    assert res.returncode == 0, res.stderr
-    assert "--ir is deprecated; use --infrared" in res.stderr and "--vis is deprecated; use --visible" in res.stderr
-    assert "intervention: drop-infrared" in res.stdout and out.is_file()
+    res = ivfusion("fuse", "--ir", ir / "FLIR_04269.jpg", "--vis", vi / "FLIR_04269.jpg", "--out", tmp_path / "o.png",
+                   "--weights", "untrained", "--intervention", "drop-ir")
+    assert res.returncode == 2 and "unrecognized arguments: --ir" in res.stderr or "invalid choice" in res.stderr
 
 
 def test_mismatched_sizes_tell_cli_users_about_resize_ir(folders, tmp_path):

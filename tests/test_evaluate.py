@@ -265,15 +265,6 @@ def test_add_parser_registers_subcommand():
     assert (args.infrared, args.visible) == ("i", "v")
 
 
-def test_deprecated_flags_still_work(folders, capsys):
-    root, _ = folders
-    rc = E.main(["--ir", str(root / "ir"), "--vis", str(root / "vi"), "--fused", str(root / "avg"),
-                 "--workers", "1", "--no-progress"])
-    cap = capsys.readouterr()
-    assert rc == 0 and "| avg | 3 |" in cap.out
-    assert "--ir is deprecated; use --infrared" in cap.err and "--vis is deprecated; use --visible" in cap.err
-
-
 # -- ISFuse itself (--weights): an untrained network keeps this fast and self-contained ----
 
 @pytest.fixture

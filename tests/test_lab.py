@@ -150,7 +150,7 @@ def test_settings_validate_and_name_themselves():
     s = lab.Settings(complementary=True, dropout="drop IR", hole_percent=12.5, holes=2.0, seed=3)
     assert s.kinds == ["complementary", "drop-infrared"] and s.holes == 2 and isinstance(s.holes, int)
     assert s.label() == "complementary masking + drop infrared" and s.label(drawn=True).endswith("drawn mask")
-    assert lab.Settings(dropout="drop-vis").dropout == "drop visible"
+    assert lab.Settings(dropout="drop-visible").dropout == "drop visible"
     assert lab.Settings().label() == "none"
     assert lab.Settings().hole_px(480, 640) == 30 and lab.Settings().hole_px(256, 256) == 16  # the paper's 16 px
     for bad in (dict(holes=7), dict(holes=0), dict(hole_percent=0.5), dict(hole_percent=float("nan")),

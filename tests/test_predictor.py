@@ -72,10 +72,10 @@ def test_inputs_and_masks_follow_the_intervention(fuser, pairs, kind):
         np.testing.assert_array_equal(r.inputs[name][~hidden], src[~hidden])
 
 
-def test_deprecated_alias_and_combined_interventions(fuser, pairs):
+def test_combined_interventions(fuser, pairs):
     _, vis, ir = pairs[2]
     fuser.set_pair(vis, ir)
-    assert fuser.intervene("drop-ir").intervention == "drop-infrared"
+    assert fuser.intervene("drop-infrared").intervention == "drop-infrared"
     both = fuser.intervene(["complementary", "drop-infrared"], seed=5)
     assert both.intervention == "complementary+drop-infrared"
     assert both.masks[1].max() == 0 and (both.masks[0] == 0).any()

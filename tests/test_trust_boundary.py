@@ -6,7 +6,6 @@ the queued events cannot be called past the queue.
 A real server (`python app.py`, tests/appserver.py) on 127.0.0.1; the secrets live in a fresh
 temporary folder, outside Gradio's upload folder and outside the folders the other tests trust.
 """
-import os
 import re
 import shutil
 import tempfile

@@ -123,11 +123,7 @@ def check_c(work: Path) -> tuple[bool, str]:
         shutil.copy(ir, root / "ir" / f"{stem}{ir.suffix}")
     for sub in ("ir", "vi"):
         cv2.imwrite(str(root / sub / "2_tiny.png"), np.full((1, 1), 128, np.uint8))
-    helptext = subprocess.run([PYTHON, "-m", "ivfusion", "fuse", "--help"], capture_output=True, text=True,
-                              cwd=ROOT, timeout=120).stdout
-    vis_flag = "--visible" if "--visible" in helptext else "--vis"
-    ir_flag = "--infrared" if "--infrared" in helptext else "--ir"
-    cmd = [PYTHON, "-m", "ivfusion", "fuse", ir_flag, str(root / "ir"), vis_flag, str(root / "vi"),
+    cmd = [PYTHON, "-m", "ivfusion", "fuse", "--infrared", str(root / "ir"), "--visible", str(root / "vi"),
            "--out", str(root / "out")]
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600,
                        env={**os.environ, "OMP_NUM_THREADS": "2"})

@@ -12,8 +12,7 @@ from ..interventions import MaskConfig, get_intervention, sample_masks
 DROPOUT_CHOICES = ("none", get_intervention("drop-visible").label, get_intervention("drop-infrared").label)
 # page words and old spellings -> INTERVENTIONS name (None: no dropout)
 _DROPOUT_KIND = {"none": None, "": None, None: None, "drop visible": "drop-visible", "drop infrared": "drop-infrared",
-                 "drop IR": "drop-infrared", "drop-visible": "drop-visible", "drop-infrared": "drop-infrared",
-                 "drop-vis": "drop-visible", "drop-ir": "drop-infrared"}
+                 "drop IR": "drop-infrared", "drop-visible": "drop-visible", "drop-infrared": "drop-infrared"}
 # The paper's 16-pixel holes on 256-pixel crops are 6.25% of the short side: holes scale with
 # the image, so that an intervention hides the same share of any picture.
 DEFAULT_HOLE_PERCENT = 6.25
@@ -86,7 +85,10 @@ class Settings:
         return max(1, round(min(height, width) * self.hole_percent / 100.0))
 
     def mask_config(self, height: int, width: int) -> MaskConfig:
-        return MaskConfig(mask_size=self.hole_px(height, width), min_holes=self.holes, max_holes=self.holes)
+        # disjoint: the Lab places the infrared holes away from the visible ones, so that each
+        # hidden spot is seen by the other modality (the paper's sampler lets them overlap)
+        return MaskConfig(mask_size=self.hole_px(height, width), min_holes=self.holes, max_holes=self.holes,
+                          style="disjoint")
 
     def label(self, drawn: bool = False) -> str:
         parts = [get_intervention(k).label for k in self.kinds] + (["drawn mask"] if drawn else [])

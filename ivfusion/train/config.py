@@ -38,7 +38,7 @@ class TrainConfig:
     out: str = "runs/isfuse"
     init: str | None = None  # weights spec to start from (fine-tuning); None = random init
     model: ISFuseConfig = field(default_factory=ISFuseConfig)  # the network, and eta
-    masks: MaskConfig = field(default_factory=lambda: MaskConfig(style="paper"))
+    masks: MaskConfig = field(default_factory=MaskConfig)
     # the objective (supplementary Algorithm 1): L = L_f + alpha L_inv + beta L_nec
     alpha: float = 0.1  # weight of L_inv
     beta: float = 0.05  # weight of L_nec

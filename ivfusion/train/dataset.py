@@ -31,7 +31,7 @@ class PairDataset(torch.utils.data.Dataset):
     the pairs whose file stem is in `holdout` (`held_out` names them).
     """
 
-    def __init__(self, folders: list[str], crop: int, seed: int = 0, masks: MaskConfig = MaskConfig(style="paper"),
+    def __init__(self, folders: list[str], crop: int, seed: int = 0, masks: MaskConfig = MaskConfig(),
                  holdout: list[str] = ()):
         self.crop, self.seed, self.masks = crop, seed, masks
         self.items, self.skipped, self.held_out = [], [], []
