@@ -5,6 +5,39 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import SHARED
+
+# Tests never reach the network: the Hub fails at once instead of retrying for ~20 s.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+# Modules whose tests start a server, a browser, subprocesses or train: marked slow (and
+# browser / server) here, in one place, so that `pytest -m "not slow"` stays a fast loop.
+SLOW_MODULES = {
+    "test_browser": ("browser", "server"), "test_app": ("server",), "test_app_load": ("server",),
+    "test_app_slot": ("server",), "test_trust_boundary": ("server",), "test_packaging": (), "test_train": (),
+    "test_hub": (), "test_evaluate": (),
+}
+
+
+# Single tests of other modules that take several seconds each on 2 cores (see --durations).
+SLOW_TESTS = {
+    "test_intervene_equals_a_full_forward_of_the_intervened_inputs",
+    "test_the_authors_released_checkpoint_matches_their_forward_on_real_pairs",
+    "test_run_stability_uses_the_settings_holes_and_seed_and_reports_per_run",
+    "test_reuse_skips_encoder_work",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.originalname in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)
+        marks = SLOW_MODULES.get(item.module.__name__.rsplit(".", 1)[-1])
+        if marks is not None:
+            for name in ("slow", *marks):
+                item.add_marker(getattr(pytest.mark, name))
+
 
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
@@ -12,8 +45,7 @@ def shared_dir() -> Path:
 
     Fails (does not skip) when the data folder is missing: the tests need real data.
     """
-    env = os.environ.get("IVFUSION_SHARED")
-    path = Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared"
+    path = SHARED
     if not (path / "data").is_dir():
         pytest.fail(
             f"shared data folder not found at {path / 'data'}; "

@@ -2,9 +2,16 @@
 from __future__ import annotations
 
 import contextlib
+import os
+from pathlib import Path
 
 import numpy as np
 import torch
+
+
+# The shared folder (paper notes, data, the authors' checkpoint): $IVFUSION_SHARED, else
+# <repo>/../shared. The one place the tests read it from.
+SHARED = Path(os.environ.get("IVFUSION_SHARED") or Path(__file__).resolve().parents[1].parent / "shared")
 
 
 @contextlib.contextmanager

@@ -4,7 +4,6 @@ keys straight from METHOD.md (independent of ivfusion.modeling)."""
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import torch
@@ -12,9 +11,9 @@ import torch.nn.functional as F
 
 
 def keys_file() -> Path:
-    env = os.environ.get("IVFUSION_SHARED")
-    root = Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared"
-    return root / "paper" / "official-checkpoint-keys.txt"
+    from tests.helpers import SHARED
+
+    return SHARED / "paper" / "official-checkpoint-keys.txt"
 
 
 def official_keys() -> list[tuple[str, str, tuple[int, ...]]]:

@@ -18,14 +18,14 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-import app  # noqa: E402
 from ivfusion import lab  # noqa: E402
 from ivfusion.predictor import Fuser  # noqa: E402
+from tests.helpers import SHARED  # noqa: E402
 from tests.test_app import IR, VIS, launch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "test-output"
-OFFICIAL = (ROOT.parent / "shared" / "weights" / "authors" / "best.pth").resolve()
+OFFICIAL = (SHARED / "weights" / "authors" / "best.pth").resolve()
 SIDE = 320
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
