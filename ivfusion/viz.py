@@ -33,10 +33,10 @@ DIVERGING_CMAP = "RdBu_r"  # signed changes: blue = down, white = 0, red = up
 EDGE_DARKEN = 0.45  # scene edges drawn over a heat map keep this share of the colour's brightness
 PANEL_MAX_SIDE = 640  # heat maps are drawn at most this large (long side)
 PANEL_MIN_SIDE = 400  # and at least this large, so that colour-bar labels stay readable
-# Gate colour scales: "stretched" (the Lab's default) spans the maps' own 1st-99th
-# percentiles, because trained gates sit within a few hundredths of eta, where a 0..1 scale
-# shows one flat colour; "fixed" is the gates' whole range 0..1, comparable across images and
-# models.
+# Gate colour scales: "fixed" (the Lab's default) is the gates' whole range 0..1, comparable
+# across images and models, and honest about how little a gate varies; "stretched" spans the
+# maps' own 1st-99th percentiles, to see the structure of a gate that varies by a few
+# hundredths (the bundled v2 weights' gates do), and its caption says how narrow that is.
 GATE_SCALES = ("fixed", "stretched")
 MIN_GATE_SPAN = 0.01  # a stretched scale never spans less: smaller differences are noise-like
 
@@ -351,9 +351,14 @@ def gate_image(gate: np.ndarray, base: np.ndarray | None, vmin: float, vmax: flo
                       ticks=(0.0, 0.5, 1.0) if fixed else None, marks=[(eta, f"\u03b7={eta:g}")])
 
 
-def change_range(change: np.ndarray, floor: float = 0.005) -> float:
+CHANGE_FLOOR = 0.05  # a gate change scale spans at least +-0.05: shifts of a few thousandths stay near white
+
+
+def change_range(change: np.ndarray, floor: float = CHANGE_FLOOR) -> float:
     """The half-width of a colour scale centred on 0 for a signed map: its 99th percentile of
-    |change| (so that a few extreme pixels do not wash the rest out), at least `floor`."""
+    |change| (so that a few extreme pixels do not wash the rest out), at least `floor`, so
+    that a shift of a few thousandths (rounding-level for a gate in 0..1) is not painted as
+    if the gate had opened everywhere."""
     a = np.abs(np.asarray(change, np.float32))
     step = max(1, int((a.size / 200_000) ** 0.5))  # a subsample estimates the percentile well enough
     return max(float(np.percentile(a[::step, ::step], 99)) if a.size else 0.0, floor)

@@ -94,12 +94,12 @@ def test_display_options_rerender_without_a_forward_pass(lab_app, monkeypatch):
     for name in ("run", "fuse"):
         real = getattr(type(fuser), name)
         monkeypatch.setattr(type(fuser), name, lambda self, *a, _real=real, **k: (calls.append(1), _real(self, *a, **k))[1])
-    fixed = lab_app.rerender("fixed 0 to 1", state)
-    assert sorted(fixed) == sorted(app.RENDER_OUTPUTS) and calls == []
-    assert "span 0 to 1" in fixed["gate_captions"] and "span 0 to 1" not in out["gate_captions"]
-    a, b = read_image(fixed["gates"]).astype(int), read_image(out["gates"]).astype(int)
+    stretched = lab_app.rerender("stretched per level", state)
+    assert sorted(stretched) == sorted(app.RENDER_OUTPUTS) and calls == []
+    assert "span 0 to 1" in out["gate_captions"] and "span 0 to 1" not in stretched["gate_captions"]
+    a, b = read_image(stretched["gates"]).astype(int), read_image(out["gates"]).astype(int)
     assert a.shape == b.shape and np.abs(a - b).mean() > 5
-    back = lab_app.rerender("stretched per level", state)
+    back = lab_app.rerender("fixed 0 to 1", state)
     assert np.abs(read_image(back["gates"]).astype(int) - b).mean() < 2  # JPEG noise only
     with pytest.raises(gr.Error, match="gate colour scale must be one of"):
         lab_app.rerender("rainbow", state)

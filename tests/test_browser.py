@@ -119,12 +119,12 @@ def test_colour_scale_redraws_without_the_model(server, chromium_path, monkeypat
         img = _loaded(page, "#gates")
         before_src, before = img.get_attribute("src"), _shot(img)
         counter = ForwardCounter(monkeypatch)
-        page.get_by_label("fixed 0 to 1").check()
+        page.get_by_label("stretched per level").check()
         page.wait_for_function("([i, s]) => i.src !== s && i.complete && i.naturalWidth > 0",
                                arg=[img.element_handle(), before_src], timeout=60_000)
         after = _shot(page.locator("#gates img").first)
         assert before.shape == after.shape and np.abs(before - after).mean() > 5
-        assert "span 0 to 1" in page.locator("#gate-captions").inner_text()
+        assert "stretched: the gates use only" in page.locator("#gate-captions").inner_text()
         assert counter.n == 0  # no forward pass
 
 

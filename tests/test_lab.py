@@ -302,10 +302,12 @@ def test_render_gives_fused_images_inputs_and_three_maps_per_level(fuser, pair):
         k = level.index
         assert f"{float(run.clean.gates[k].mean()):.3f}" in fig.caption and f"\u03b7 = {run.eta:g}" in fig.caption
         assert f"{float(run.intervened.gates[k].mean()):.3f}" in fig.caption
-    # the default scale is stretched per level, shared by the clean and intervened maps
-    fine = figs.levels[2]
+    # the default scale is the whole range; stretched is shared by the clean and intervened maps
+    # and its caption says how much of the range the gates use
+    assert "span 0 to 1" in figs.levels[2].caption
+    fine = lab.render_levels(run, "stretched per level")[2]
     lo, hi = viz.gate_range([run.clean.gates[2], run.intervened.gates[2]], "stretched")
-    assert f"{lo:.3f} to {hi:.3f}" in fine.caption
+    assert f"{lo:.3f} to {hi:.3f}, stretched: the gates use only" in fine.caption
     edges = viz.edge_mask(run.clean.fused_y, fine.clean.shape[:2])
     np.testing.assert_array_equal(fine.clean, viz.gate_image(run.clean.gates_full[2], None, lo, hi, run.eta, bar=False,
                                                              edges=edges))
@@ -320,7 +322,7 @@ def test_render_gives_fused_images_inputs_and_three_maps_per_level(fuser, pair):
 def test_gate_change_map_is_signed_and_centred_on_zero(visible_base=None):
     change = np.zeros((60, 80), np.float32)
     change[:, :30] = 0.08  # opened
-    change[:, 50:] = -0.02  # closed, less
+    change[:, 50:] = -0.03  # closed, less
     limit = viz.change_range(change)
     assert limit == pytest.approx(0.08)
     img = viz.gate_change_image(change, None, limit)
@@ -330,7 +332,11 @@ def test_gate_change_map_is_signed_and_centred_on_zero(visible_base=None):
     np.testing.assert_array_equal(body[h // 2, w // 2], lut[128])  # no change: the middle (white) colour
     np.testing.assert_array_equal(body[h // 2, 2], lut[255])  # +limit: the top of the bar (red)
     assert body[h // 2, -3, 2] > body[h // 2, -3, 0]  # closed: blue
-    assert viz.change_range(np.zeros((4, 4))) == pytest.approx(0.005)  # a floor: no noise blown up
+    # a floor: a shift of a few thousandths is not painted as if the gate had opened everywhere
+    assert viz.change_range(np.full((4, 4), 0.003)) == pytest.approx(viz.CHANGE_FLOOR) == 0.05
+    tiny = viz.gate_change_image(np.full((60, 80), 0.003, np.float32), None)[:h, :w].astype(int)
+    # 0.003 is 6% of the half-range: under a tenth of the way from the white middle to the red end
+    assert np.abs(tiny[h // 2, w // 2] - lut[128]).max() < 0.1 * np.abs(lut[255] - lut[128]).max()
 
 
 def test_metrics_table_matches_evaluate_pair_without_constant_columns(fuser, pair):

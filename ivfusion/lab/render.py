@@ -18,7 +18,7 @@ from .runs import LabRun
 LEVEL_MAP_SIDE = 448  # long side of each gate map: three side by side fill a desktop page
 # the gate colour scales as the page names them, in the order of viz.GATE_SCALES
 GATE_SCALE_CHOICES = ("fixed 0 to 1", "stretched per level")
-DEFAULT_GATE_SCALE = "stretched per level"
+DEFAULT_GATE_SCALE = "fixed 0 to 1"
 
 
 def gate_scale_name(choice: str | None) -> str:
@@ -56,7 +56,7 @@ class LabFigures:
     levels: list[LevelFigures]
 
 
-def render_levels(run: LabRun, gate_scale: str = "stretched") -> list[LevelFigures]:
+def render_levels(run: LabRun, gate_scale: str = "fixed") -> list[LevelFigures]:
     """The three levels' gate maps on `gate_scale` (a page choice or a viz.GATE_SCALES name);
     a stretched scale is shared by a level's clean and intervened maps."""
     scale = gate_scale_name(gate_scale)
@@ -73,7 +73,9 @@ def render_levels(run: LabRun, gate_scale: str = "stretched") -> list[LevelFigur
         limit = viz.change_range(change)
         change_img = viz.gate_change_image(change, None, limit, edges=edges)
         m_c, m_i = float(g_clean.mean()), float(g_inter.mean())
-        span = "0 to 1" if (lo, hi) == (0.0, 1.0) else f"{lo:.3f} to {hi:.3f}"
+        p1, p99 = (float(v) for v in np.percentile(np.concatenate([g_clean.ravel(), g_inter.ravel()]), [1, 99]))
+        span = ("0 to 1" if (lo, hi) == (0.0, 1.0) else
+                f"{lo:.3f} to {hi:.3f}, stretched: the gates use only {100 * (p99 - p1):.1f}% of their 0-1 range")
         caption = (f"**{level.label[:1].upper() + level.label[1:]} gates**: clean | intervened | change. "
                    f"Mean clean {m_c:.3f}, intervened {m_i:.3f} (target \u03b7 = {run.eta:g}); gate colours span "
                    f"{span}; change scale \u00b1{limit:.3f}.")
@@ -88,7 +90,7 @@ def gate_figure(levels: list[LevelFigures]) -> tuple[np.ndarray, str]:
     return viz.stacked([fig.image for fig in levels], gap=16), "  \n".join(fig.caption for fig in levels)
 
 
-def render(run: LabRun, gate_scale: str = "stretched") -> LabFigures:
+def render(run: LabRun, gate_scale: str = "fixed") -> LabFigures:
     """The figures of one request (fused images are the exact pixels; heat maps are drawn)."""
     diff, diff_caption = viz.difference_image(run.intervened.fused_y, run.clean.fused_y)
     in_vis = viz.to_uint8(run.intervened.inputs["visible_y"])

@@ -1,7 +1,9 @@
 """Training ISFuse: Algorithm 1 of the supplementary, with the authors' released recipe as default.
 
     ivfusion train --data DIR [DIR ...] --val DIR --out runs/isfuse [--steps N] [--config cfg.yaml]
-    torchrun --nproc_per_node=N -m ivfusion train ...      (DistributedDataParallel)
+    torchrun --nproc_per_node=N -m ivfusion train ...      (DistributedDataParallel; BatchNorm is
+                                                            not synchronised: each process normalises
+                                                            over its batch_size/N samples)
 
 Each step draws, per sample, an aligned crop, a complementary mask pair and a random mask (the
 authors' sampler by default), runs the five variants (original, complementary, random,
