@@ -247,3 +247,20 @@ def test_bench_command_end_to_end(tmp_path, shared_dir):
         steps = {"set_pair", "intervene: complementary", "intervene: random", "intervene: drop-visible",
                  "intervene: drop-infrared"}
         assert steps <= set(fz) and all(fz[n]["ratio"] > 0 and fz[n]["median_s"] > 0 for n in steps)
+
+
+def test_bench_train_times_each_precision_and_layout_and_names_the_cpu(tmp_path, shared_dir, capsys):
+    from ivfusion.cli import main
+    from ivfusion.device import bf16_native
+
+    out = tmp_path / "train.json"
+    rc = main(["bench", "--train", "--train-crop", "32", "--train-batch", "2", "--runs", "1", "--warmup", "0",
+               "--threads", "1", "--pairs", str(shared_dir / "data" / "msrs" / "train"), "--json", str(out)])
+    text = capsys.readouterr().out
+    assert rc == 0 and "crop 32, batch 2" in text and "bf16 native" in text
+    r = json.loads(out.read_text())["train"]
+    assert r["cpu"] and r["cpu"] != "unknown"
+    kinds = [(row["precision"], row["channels_last"]) for row in r["rows"]]
+    expected = [("fp32", False), ("fp32", True)] + ([("bf16 autocast", False), ("bf16 autocast", True)]
+                                                     if bf16_native() else [])
+    assert kinds == expected and all(row["median_s"] > 0 for row in r["rows"])

@@ -58,6 +58,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--app", action="store_true",
                    help="benchmark the Intervention Lab through gradio_client instead (ivfusion.bench.app)")
     p.add_argument("--app-pairs", type=int, default=4, help="held-out pairs for --app (default 4)")
+    p.add_argument("--train", action="store_true",
+                   help="time training steps instead: fp32 and bf16 autocast (where native), contiguous and "
+                        "channels-last, on --pairs (default msrs/train); --runs timed steps after --warmup")
+    p.add_argument("--train-crop", type=int, default=128, help="crop side for --train (default 128)")
+    p.add_argument("--train-batch", type=int, default=16, help="batch for --train (default 16, the paper's)")
     p.add_argument("--app-data", default=None, help="folder with ir/ and vi/ holding the --app pairs")
     p.set_defaults(func=run)
     return p
@@ -66,6 +71,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args) -> int:
     if args.app:
         return _run_app(args)
+    if args.train:
+        from .train import run_train_bench
+
+        report = run_train_bench(args)
+        if args.json_path:
+            Path(args.json_path).write_text(json.dumps({"train": report}, indent=2, default=str))
+        return 0
     from .model import format_report, run_bench
 
     report = run_bench(args)
