@@ -262,3 +262,42 @@ def test_the_authors_model_downloads_once_checked_cached_with_progress(tmp_path,
     # a second bank finds the cached copy: no network needed (the server is gone)
     again, _ = lab.ModelBank(env=env, device="cpu", max_side=SIDE).get(lab.OFFICIAL_CHOICE)
     assert again is not None
+
+
+def test_an_unreachable_checkpoint_url_stalls_no_one_else_and_is_not_retried_at_once(tmp_path):
+    """Issue 19, item 5: a black-hole URL (accepts, never answers). The download holds no lock
+    another model needs, and its failure is remembered instead of costing a timeout a click."""
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(8)  # never accepted or answered
+    try:
+        url = f"http://127.0.0.1:{hole.getsockname()[1]}/best.pth"
+        bank = lab.ModelBank(env={"IVFUSION_OFFICIAL_URL": url, "IVFUSION_CACHE": str(tmp_path)}, device="cpu",
+                             max_side=SIDE, fetch_timeout=3.0)
+        bank.get(lab.DEFAULT_CHOICE)
+        started = threading.Event()
+        failed = []
+
+        def authors():
+            started.set()
+            try:
+                bank.get(lab.OFFICIAL_CHOICE)
+            except WeightsError as e:
+                failed.append(str(e))
+
+        t = threading.Thread(target=authors)
+        t.start()
+        started.wait()
+        time.sleep(0.2)  # the download is now waiting on the black hole
+        assert t.is_alive(), "the download ended before the other visitor's request: nothing was tested"
+        bank.get(lab.DEFAULT_CHOICE)
+        bank.get(lab.UNTRAINED_CHOICE)  # a first load too, not behind the download
+        assert t.is_alive()  # both answered while the download was still waiting
+        t.join(30)
+        assert failed and "cannot be fetched" in failed[0]
+        t0 = time.monotonic()
+        with pytest.raises(WeightsError, match="cannot be fetched"):
+            bank.get(lab.OFFICIAL_CHOICE)
+        assert time.monotonic() - t0 < 1.0  # remembered: no second timeout
+    finally:
+        hole.close()

@@ -159,6 +159,7 @@ class LabCallbacks:
         s = self._settings(complementary, random_masking, dropout, hole_percent, holes, seed)
         render.gate_scale_name(gate_scale)  # a bad choice fails before any work
         state = state if isinstance(state, dict) else {}
+        self.bank.get(model)  # a first load (a download) happens outside the compute slot
         _say_if_waiting(progress)
         with COMPUTE.hold("fuse") as waited:
             t0 = time.perf_counter()
@@ -250,6 +251,8 @@ class LabCallbacks:
         render.gate_scale_name(gate_scale)
         state = state if isinstance(state, dict) else {}
         results = []
+        for name in (model, other_model):  # both load (or fail) before any work, outside the slot
+            self.bank.get(name)
         _say_if_waiting(progress)
         with COMPUTE.hold("compare"):
             drawn = (uploads.drawn_keep_mask(draw_visible), uploads.drawn_keep_mask(draw_infrared))
@@ -281,6 +284,7 @@ class LabCallbacks:
             return gr.skip()
         try:
             state = state if isinstance(state, dict) else {}
+            self.bank.get(model)
             with COMPUTE.hold("prefetch"):
                 self._pair(state, visible, infrared, model)[0].release_features()
         except Exception:  # noqa: BLE001 - a prefetch must never bother the user

@@ -26,6 +26,7 @@ import hashlib
 import logging
 import os
 import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -49,6 +50,7 @@ OFFICIAL_URL = ("https://github.com/wang-x-1997/Multi-Modal-Image-Fusion-via-Int
 OFFICIAL_SHA256 = "e8830268ad16eee19183360e26fee1480f7494e916b2c327899ae3faa9ff66bc"
 OFFICIAL_BYTES = 1_010_976
 _DOWNLOAD_LIMIT = 8 * 2**20  # refuse to read more than this from the URL
+FAILED_FETCH_TTL_S = 120.0  # a failed download is not tried again for this long (each try may cost a timeout)
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
 
@@ -160,7 +162,7 @@ class ModelBank:
     """
 
     def __init__(self, env: dict[str, str] | None = None, device: str = "auto",
-                 max_side: int | None = None, fast: bool = True):
+                 max_side: int | None = None, fast: bool = True, fetch_timeout: float = 15.0):
         env = dict(os.environ if env is None else env)
         self.env = env
         self.device = device
@@ -169,9 +171,11 @@ class ModelBank:
         self.trained_spec = env.get("IVFUSION_WEIGHTS") or None
         self.official_spec = env.get("IVFUSION_OFFICIAL_WEIGHTS") or None
         self.official_url = env.get("IVFUSION_OFFICIAL_URL") or OFFICIAL_URL
+        self.fetch_timeout = fetch_timeout
         self._fusers: dict[str, Fuser] = {}
         self._notes: dict[str, list[str]] = {}
-        self._errors: dict[str, str] = {}
+        self._errors: dict[str, tuple[str, float | None]] = {}  # message, monotonic time (None: for good)
+        self._loading: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
 
     def choices(self) -> list[str]:
@@ -199,7 +203,8 @@ class ModelBank:
             if fuser is None:
                 fuser = self._fuser(DEFAULT_WEIGHTS)
         elif choice == OFFICIAL_CHOICE:
-            spec = self.official_spec or fetch_official(self.official_url, cache_dir(self.env), progress)
+            spec = self.official_spec or fetch_official(self.official_url, cache_dir(self.env), progress,
+                                                        self.fetch_timeout)
             try:
                 fuser = self._fuser(spec)
             except WeightsError as e:
@@ -222,24 +227,38 @@ class ModelBank:
     def get(self, choice: str | None = None, progress: Progress | None = None) -> tuple[Fuser, list[str]]:
         """The Fuser for a model choice (None: the default) and notices about it. Raises
         WeightsError with a readable message when it cannot be loaded (the caller stays on its
-        current model). progress(done, total): bytes of a first download of the authors' model."""
+        current model). progress(done, total): bytes of a first download of the authors' model.
+
+        A load (a download of the authors' checkpoint included) holds only its own choice's
+        lock, so a visitor of another model never waits for it; a failed download is
+        remembered for FAILED_FETCH_TTL_S, so that an unreachable URL costs one timeout, not
+        one per click."""
         choice = self.check_choice(choice)
         with self._lock:
             if choice in self._fusers:
                 return self._fusers[choice], list(self._notes[choice])
-            if choice in self._errors:
-                raise WeightsError(self._errors[choice])
+            load_lock = self._loading.setdefault(choice, threading.Lock())
+        with load_lock:
+            with self._lock:
+                if choice in self._fusers:  # loaded by another request while this one waited
+                    return self._fusers[choice], list(self._notes[choice])
+                failed = self._errors.get(choice)
+                if failed and (failed[1] is None or time.monotonic() - failed[1] < FAILED_FETCH_TTL_S):
+                    raise WeightsError(failed[0])
             try:
                 fuser, notes = self._load(choice, progress)
             except WeightsError as e:
-                if choice == UNTRAINED_CHOICE or (choice == OFFICIAL_CHOICE and self.official_spec):
-                    self._errors[choice] = str(e)  # a bad local file stays bad; a download may be retried
+                permanent = choice == UNTRAINED_CHOICE or (choice == OFFICIAL_CHOICE and self.official_spec)
+                with self._lock:  # a bad local file stays bad; a failed download is retried later
+                    self._errors[choice] = (str(e), None if permanent else time.monotonic())
                 raise
             except Exception as e:  # noqa: BLE001 - e.g. the bundled weights themselves broken
                 log.exception("model %r could not be loaded", choice)
                 raise WeightsError(f"{choice} cannot be loaded ({type(e).__name__}: {e})") from None
-            self._fusers[choice] = fuser
-            self._notes[choice] = notes
+            with self._lock:
+                self._fusers[choice] = fuser
+                self._notes[choice] = notes
+                self._errors.pop(choice, None)
             return fuser, list(notes)
 
     def loaded(self) -> list[str]:
