@@ -185,6 +185,7 @@ def _check_values(path: Path, state: dict[str, torch.Tensor]) -> None:
 def _load_safetensors(path: Path) -> ISFuse:
     from safetensors import safe_open
 
+    check_unpacked_size(path)
     cfg_path = path.with_name("config.json")
     config = read_config(cfg_path) if cfg_path.is_file() else ISFuseConfig()
     model = ISFuse(config)
@@ -266,9 +267,34 @@ def map_official_keys(state_dict: dict, keep_unused: bool = False) -> dict:
     return out
 
 
+def check_unpacked_size(path: Path, limit: int = MAX_WEIGHTS_BYTES) -> None:
+    """Refuse a weights file that would unpack to more than `limit` bytes, from its directory
+    alone: a .pth is a zip whose entries torch allocates at their declared sizes, and a
+    deflated entry can declare gigabytes in a file of a few MB; a safetensors file declares
+    its JSON header's length in its first 8 bytes."""
+    import struct
+    import zipfile
+
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    if path.suffix == ".safetensors":
+        if len(head) == 8 and struct.unpack("<Q", head)[0] > min(limit, path.stat().st_size):
+            raise WeightsError(f"{path}: not a readable safetensors file (its header claims "
+                               f"{struct.unpack('<Q', head)[0]:,} bytes, more than the file holds; refused unread)")
+        return
+    if not zipfile.is_zipfile(path):
+        return  # a legacy (non-zip) torch file: torch.load reads it as it is, bounded by its size
+    with zipfile.ZipFile(path) as z:
+        total = sum(info.file_size for info in z.infolist())
+    if total > limit:
+        raise WeightsError(f"{path}: its entries unpack to {total / 2**20:,.0f} MB, far more than ISFuse weights "
+                           f"hold (at most {limit / 2**20:.0f} MB accepted); refused before unpacking")
+
+
 def load_official_checkpoint(path: str | os.PathLike, keep_unused: bool = False) -> ISFuse:
     """Load the authors' best.pth (a plain state dict) with torch.load(weights_only=True)."""
     path = Path(path)
+    check_unpacked_size(path)
     try:
         with warnings.catch_warnings():  # torch's pickle-protocol chatter about files refused anyway
             warnings.simplefilter("ignore")
