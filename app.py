@@ -357,8 +357,8 @@ def build_demo(bank: lab.ModelBank | None = None, max_size: int | None = None,
     lab_app = LabApp(bank, precompute=precompute)
     demo = lab_app.build()
     demo.lab_app = lab_app  # for in-process benchmarks (ivfusion.bench.app)
-    concurrency = concurrency or int(os.environ.get("IVFUSION_CONCURRENCY") or 1)
-    max_size = max_size or int(os.environ.get("IVFUSION_QUEUE") or 16)
+    concurrency = concurrency or lab.settings.env_number("IVFUSION_CONCURRENCY", 1, 1, 64)
+    max_size = max_size or lab.settings.env_number("IVFUSION_QUEUE", 16, 1, 1000)
     # api_open=False: a queued event cannot be called past the queue through /gradio_api/run/
     # (Gradio opens those routes off Spaces), so the queue's size, the per-visitor limit and
     # stability's one-at-a-time rule hold for every client; gradio_client goes through the queue.
@@ -373,13 +373,17 @@ LAUNCH_KWARGS = dict(theme=gr.themes.Soft(), css=CSS, max_file_size="50mb", show
 
 
 def main() -> None:
-    threads = os.environ.get("IVFUSION_THREADS")
-    if threads:
-        import torch
-
-        torch.set_num_threads(int(threads))
     logging.basicConfig(level=logging.INFO)
-    build_demo().launch(**LAUNCH_KWARGS)
+    try:
+        threads = lab.settings.env_number("IVFUSION_THREADS", 0, 0, 1024)
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        demo = build_demo()
+    except ValueError as e:  # a junk setting: one line, not a traceback
+        raise SystemExit(f"app.py: {e}") from None
+    demo.launch(**LAUNCH_KWARGS)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,33 @@ from .modeling.isfuse import MIN_SIDE
 from .reencode import Geometry, expand_zero_features, reencode, zero_input_size
 
 DEFAULT_MAX_SIDE = 2048
+# What a forward pass may hold per input pixel, at most (the reference path at 1024x1024 peaked
+# at +1.3-1.4 GiB: tools/forward_memory.py). A pair whose estimate exceeds the memory this
+# machine has free is refused before the forward, with the size that would fit.
+FORWARD_BYTES_PER_PIXEL = 1536
+
+
+def available_memory() -> int | None:
+    """Bytes of memory the system can still give (Linux MemAvailable); None where unknown."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_memory(height: int, width: int) -> None:
+    """Raise ImageError when a forward pass at height x width would need more memory than is free."""
+    free = available_memory()
+    need = height * width * FORWARD_BYTES_PER_PIXEL
+    if free is not None and need > free:
+        side = int((free / FORWARD_BYTES_PER_PIXEL * max(height, width) / min(height, width)) ** 0.5)
+        raise io.ImageError(f"the pair is {width}x{height} pixels: fusing it needs about {need / 2**30:.1f} GiB, more "
+                            f"than the {free / 2**30:.1f} GiB this machine has free; downscale it (a longer side of "
+                            f"about {side // 64 * 64} fits; the command line's --max-side, or Fuser(max_side=...))")
 
 
 @dataclass
@@ -218,6 +245,8 @@ class Fuser:
                                     "pixels; crop it to a less elongated shape")
             notices.append(note)
             ir_arr = io.resize_to(ir_arr, *vis_arr.shape[:2])
+        if self.device.type == "cpu":
+            check_memory(*vis_arr.shape[:2])
         ycrcb = io.visible_to_ycrcb(vis_arr)
         ir, ir_notes = io.infrared_to_grey(ir_arr)
         rgb = io.restore_colour(ycrcb[..., 0], ycrcb)
@@ -454,13 +483,20 @@ def check_seed(seed):
 
 
 def _user_mask(mask, h: int, w: int, name: str) -> np.ndarray:
+    """A hand-drawn keep mask checked and fitted to (h, w): (H, W) or (H, W, C) (the channels'
+    minimum), finite values, clipped to [0, 1]. ImageError names what is wrong."""
     if mask is None:
         return np.ones((h, w), np.float32)
-    mask = np.asarray(mask, np.float32)
-    if mask.ndim == 3:
+    try:
+        mask = np.asarray(mask, np.float32)
+    except (TypeError, ValueError):
+        raise io.ImageError(f"{name}: expected a numeric (H, W) keep mask in [0, 1]") from None
+    if mask.ndim == 3 and mask.shape[2] >= 1:
         mask = mask.min(-1)
-    if mask.ndim != 2:
-        raise io.ImageError(f"{name}: expected an (H, W) keep mask, got shape {mask.shape}")
+    if mask.ndim != 2 or 0 in mask.shape:
+        raise io.ImageError(f"{name}: expected an (H, W) keep mask with values in [0, 1], got shape {mask.shape}")
+    if not np.isfinite(mask).all():
+        raise io.ImageError(f"{name}: the keep mask holds NaN or infinite values; expected values in [0, 1]")
     if mask.shape != (h, w):
         mask = io.resize_to(mask, h, w)
     return np.clip(mask, 0.0, 1.0)

@@ -26,6 +26,8 @@ SLOW_TESTS = {
     "test_the_authors_released_checkpoint_matches_their_forward_on_real_pairs",
     "test_run_stability_uses_the_settings_holes_and_seed_and_reports_per_run",
     "test_reuse_skips_encoder_work",
+    "test_junk_settings_stop_the_app_with_one_line",
+    "test_an_unreachable_checkpoint_url_stalls_no_one_else_and_is_not_retried_at_once",
 }
 
 

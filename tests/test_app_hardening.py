@@ -301,3 +301,16 @@ def test_an_unreachable_checkpoint_url_stalls_no_one_else_and_is_not_retried_at_
         assert time.monotonic() - t0 < 1.0  # remembered: no second timeout
     finally:
         hole.close()
+
+
+@pytest.mark.parametrize("name, value", [("IVFUSION_MAX_SIDE", "abc"), ("IVFUSION_THREADS", "abc"),
+                                         ("IVFUSION_STABILITY_BUDGET_S", "abc"), ("IVFUSION_CONCURRENCY", "0"),
+                                         ("IVFUSION_QUEUE", "-3"), ("IVFUSION_STABILITY_BUDGET_S", "nan")])
+def test_junk_settings_stop_the_app_with_one_line(name, value):
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "app.py"], cwd=Path(app.__file__).parent, capture_output=True, text=True,
+                         env={**os.environ, name: value, "GRADIO_SERVER_PORT": "1"}, timeout=300)
+    assert res.returncode != 0 and "Traceback" not in res.stderr, res.stderr[-500:]
+    assert res.stderr.strip().splitlines()[-1].startswith(f"app.py: {name}={value!r}: expected"), res.stderr[-300:]

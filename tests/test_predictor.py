@@ -317,3 +317,29 @@ def test_bad_seeds_are_named(fuser, crops, seed):
     fuser.set_pair(*crops[1])
     with pytest.raises(ValueError, match=r"seed must be a non-negative integer .*got"):
         fuser.intervene("random", seed=seed)
+
+
+def test_a_pair_too_large_for_the_free_memory_is_refused_before_the_forward(untrained, monkeypatch):
+    """Issue 19, item 7: `ivfusion fuse --max-side 0` on an 8000x6000 pair passed 10 GB."""
+    import ivfusion.predictor as P
+    from ivfusion import ImageError
+
+    fuser = P.Fuser(untrained, device="cpu", max_side=None)
+    monkeypatch.setattr(P, "available_memory", lambda: 64 * 64 * P.FORWARD_BYTES_PER_PIXEL * 2)  # 2x a 64x64 pass
+    ok = fuser.fuse(np.zeros((64, 64, 3), np.uint8), np.zeros((64, 64), np.uint8))
+    assert ok.fused_rgb.shape == (64, 64, 3)
+    with pytest.raises(ImageError, match=r"128x96 pixels: fusing it needs about .* downscale it"):
+        fuser.fuse(np.zeros((96, 128, 3), np.uint8), np.zeros((96, 128), np.uint8))
+
+
+@pytest.mark.parametrize("mask, message", [
+    (np.full((8, 8), np.nan, np.float32), "NaN or infinite"), (np.zeros((0, 0), np.float32), "got shape"),
+    (np.zeros((8, 8, 0), np.float32), "got shape"), (np.zeros((2, 8, 8, 1), np.float32), "got shape")])
+def test_bad_keep_masks_are_named_not_silently_fused(untrained, mask, message):
+    from ivfusion import ImageError
+    from ivfusion.predictor import Fuser
+
+    fuser = Fuser(untrained, device="cpu")
+    fuser.set_pair(np.zeros((32, 32, 3), np.uint8), np.zeros((32, 32), np.uint8))
+    with pytest.raises(ImageError, match=message):
+        fuser.intervene("none", masks=(mask, None))

@@ -50,7 +50,7 @@ COMPARE_OUTPUTS = ("compare_fused", *(f"compare_{lv.key}" for lv in GATE_LEVELS)
 # A stability run stops after this many seconds (checked between interventions) and shows the
 # runs done: one visitor's analysis must not hold the machine for minutes (a 1024 px K=32 run
 # took 76 s on a 2-CPU machine). IVFUSION_STABILITY_BUDGET_S overrides it.
-STABILITY_BUDGET_S = float(os.environ.get("IVFUSION_STABILITY_BUDGET_S") or 30.0)
+STABILITY_BUDGET_S = 30.0
 EXPIRED = "Your last result has expired (results are kept for a limited time): press Fuse again."
 SLOW_WAIT_S = 0.5  # a wait for the compute slot longer than this is reported on the page
 DEFAULTS = dict(complementary=True, random_masking=False, dropout="none", hole_percent=settings.DEFAULT_HOLE_PERCENT,
@@ -91,9 +91,10 @@ class LabCallbacks:
     at start-up, so the first page already shows what the Lab is about."""
 
     def __init__(self, bank: models.ModelBank | None = None, precompute: bool = True,
-                 stability_budget_s: float = STABILITY_BUDGET_S):
+                 stability_budget_s: float | None = None):
         self.bank = bank or models.ModelBank()
-        self.stability_budget_s = float(stability_budget_s)
+        self.stability_budget_s = float(stability_budget_s if stability_budget_s is not None else settings.env_number(
+            "IVFUSION_STABILITY_BUDGET_S", STABILITY_BUDGET_S, 1, 3600, float))
         self.default_model, self.startup_notes = self.bank.default_choice()
         self.static_dir = Path(tempfile.mkdtemp(prefix="ivfusion-lab-static-"))
         pairs = {Path(v).stem: (v, i) for v, i, _ in examples.example_pairs()}

@@ -167,7 +167,10 @@ class ModelBank:
         self.env = env
         self.device = device
         self.fast = fast
-        self.max_side = max_side if max_side is not None else int(env.get("IVFUSION_MAX_SIDE") or APP_MAX_SIDE)
+        from .settings import env_number
+
+        self.max_side = max_side if max_side is not None else env_number("IVFUSION_MAX_SIDE", APP_MAX_SIDE, 64, 8192,
+                                                                          env=env)
         self.trained_spec = env.get("IVFUSION_WEIGHTS") or None
         self.official_spec = env.get("IVFUSION_OFFICIAL_WEIGHTS") or None
         self.official_url = env.get("IVFUSION_OFFICIAL_URL") or OFFICIAL_URL

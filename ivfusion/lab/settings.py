@@ -122,3 +122,24 @@ def intervention_masks(settings: Settings, height: int, width: int,
                 user = io.resize_to(user, height, width)
             m *= np.clip(user, 0.0, 1.0)
     return m_vi, m_ir
+
+
+def env_number(name: str, default: float, low: float, high: float, kind: type = int,
+               env: dict[str, str] | None = None) -> float:
+    """A numeric setting from the environment (`env`, default os.environ), checked: unset or
+    empty gives `default`; anything that is not a `kind` in [low, high] raises ValueError
+    naming the variable, the value and what is accepted (the app prints it as one line)."""
+    import os
+
+    raw = (os.environ if env is None else env).get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = kind(raw) if kind is int else float(raw)
+        ok = low <= value <= high  # NaN fails
+    except ValueError:
+        ok = False
+    if not ok:
+        what = "a whole number" if kind is int else "a number"
+        raise ValueError(f"{name}={raw!r}: expected {what} from {low:g} to {high:g} (unset: {default:g})")
+    return value
