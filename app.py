@@ -21,6 +21,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import functools  # noqa: E402
 import logging  # noqa: E402
+import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import gradio as gr  # noqa: E402
@@ -364,7 +365,10 @@ def build_demo(bank: lab.ModelBank | None = None, max_size: int | None = None,
     # stability's one-at-a-time rule hold for every client; gradio_client goes through the queue.
     demo.queue(max_size=max_size, default_concurrency_limit=concurrency, api_open=False)
     lab.session.limit_queue_per_session(demo)  # one visitor cannot fill the queue
-    demo.janitor = lab.session.Janitor(demo).start()  # bounded session state, request files and RSS
+    from gradio.utils import get_upload_folder
+
+    # bounded session state, request files, disk (the upload folder included) and RSS
+    demo.janitor = lab.session.Janitor(demo, upload_folder=get_upload_folder()).start()
     return demo
 
 
@@ -383,6 +387,15 @@ def main() -> None:
         demo = build_demo()
     except ValueError as e:  # a junk setting: one line, not a traceback
         raise SystemExit(f"app.py: {e}") from None
+    import atexit
+    import signal
+    import time
+
+    from gradio.utils import get_upload_folder
+
+    started = time.time() - 1
+    atexit.register(lab.session.cleanup_at_exit, get_upload_folder(), started)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # so that the atexit cleanup runs
     demo.launch(**LAUNCH_KWARGS)
 
 

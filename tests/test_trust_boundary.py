@@ -6,6 +6,7 @@ the queued events cannot be called past the queue.
 A real server (`python app.py`, tests/appserver.py) on 127.0.0.1; the secrets live in a fresh
 temporary folder, outside Gradio's upload folder and outside the folders the other tests trust.
 """
+import os
 import re
 import shutil
 import tempfile
@@ -152,3 +153,32 @@ def test_queued_events_cannot_be_called_past_the_queue(server, api_name):
     assert r.status_code == 404 and "queue" in r.text.lower(), (r.status_code, r.text[:200])
     r = httpx.post(f"{server.api}/api/{api_name}", json={"data": []}, timeout=60)
     assert r.status_code == 404, (r.status_code, r.text[:200])
+
+
+def test_sigterm_cleans_the_uploads_and_the_start_up_files(shared_dir):
+    """Issue 19, item 8: after SIGTERM 1.1 GB of uploads were left, and each start leaked one
+    static folder."""
+    import signal
+
+    srv = AppServer(env={"IVFUSION_MAX_SIDE": "128", "IVFUSION_WEIGHTS": ""})
+    try:
+        static = Path(tempfile.gettempdir()) / "ivfusion-lab" / f"static-{srv.pid}"
+        assert static.is_dir()
+        uploaded = Path(srv.upload(shared_dir / "data" / "msrs" / "train" / "vi" / "00003N.png")["path"])
+        assert uploaded.is_file()
+        srv.proc.send_signal(signal.SIGTERM)
+        assert srv.proc.wait(60) == 0
+        assert not uploaded.exists() and not static.exists()
+    finally:
+        srv.close()
+
+
+def test_the_disk_cap_removes_the_oldest_files_first(tmp_path):
+    from ivfusion.lab.session import cap_disk
+
+    for k in range(5):
+        f = tmp_path / f"f{k}.bin"
+        f.write_bytes(bytes(1000))
+        os.utime(f, (1000 + k, 1000 + k))
+    assert cap_disk([tmp_path], 2500) == 3000
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f3.bin", "f4.bin"]

@@ -17,8 +17,6 @@ from __future__ import annotations
 import collections
 import functools
 import logging
-import os
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -96,7 +94,7 @@ class LabCallbacks:
         self.stability_budget_s = float(stability_budget_s if stability_budget_s is not None else settings.env_number(
             "IVFUSION_STABILITY_BUDGET_S", STABILITY_BUDGET_S, 1, 3600, float))
         self.default_model, self.startup_notes = self.bank.default_choice()
-        self.static_dir = Path(tempfile.mkdtemp(prefix="ivfusion-lab-static-"))
+        self.static_dir = session.static_dir()
         pairs = {Path(v).stem: (v, i) for v, i, _ in examples.example_pairs()}
         self.default_pair = pairs.get(examples.DEFAULT_EXAMPLE) or next(iter(pairs.values()), (None, None))
         self.default_run: runs.LabRun | None = None

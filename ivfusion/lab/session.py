@@ -8,7 +8,9 @@ gradio_client), never shared between users; on top of Gradio's own time to live
 * `Janitor`: a background sweep that caps all sessions' state together (`SESSION_MAX_BYTES`,
   least recently used dropped first) and the number of sessions, removes request folders
   older than `FILES_TTL_S`, and hands freed memory back to the system.
-* `request_dir`: each request's files live in a fresh folder.
+* `request_dir`: each request's files live in a fresh folder; `static_dir` holds one
+  process's start-up files; `cap_disk` keeps Gradio's upload folder and the Lab's files
+  under DISK_MAX_BYTES (the Janitor calls it), and `cleanup_at_exit` removes them at exit.
 * `release_memory`: collects garbage and calls glibc's malloc_trim, so that the server's
   RSS comes back down after a burst of large requests.
 * `limit_queue_per_session`: each session may have at most `MAX_QUEUED_PER_SESSION`
@@ -39,6 +41,9 @@ MAX_SESSIONS = 1000  # sessions Gradio remembers (each holds a copy of the page'
 FILES_TTL_S = 120  # request folders older than this are removed (Gradio copied the files long before)
 MAX_QUEUED_PER_SESSION = 2  # requests one session may have waiting in the queue
 FILES_ROOT = Path(tempfile.gettempdir()) / "ivfusion-lab"
+# Gradio's upload folder and the Lab's own files together stay under this; the oldest files go
+# first (a raw /upload may write any bytes, up to the launch's max_file_size each).
+DISK_MAX_BYTES = 2 * 2**30
 
 
 def nbytes(value: Any, _seen: set | None = None, _depth: int = 0) -> int:
@@ -81,9 +86,11 @@ class Janitor:
     """
 
     def __init__(self, demo, state_max_bytes: int = SESSION_MAX_BYTES, max_sessions: int = MAX_SESSIONS,
-                 files_ttl_s: float = FILES_TTL_S, interval_s: float = 1.0, files_root: Path | None = None):
+                 files_ttl_s: float = FILES_TTL_S, interval_s: float = 1.0, files_root: Path | None = None,
+                 upload_folder: str | os.PathLike | None = None, disk_max_bytes: int = DISK_MAX_BYTES):
         self.demo, self.state_max_bytes, self.max_sessions = demo, int(state_max_bytes), int(max_sessions)
         self.files_ttl_s, self.interval_s, self.files_root = files_ttl_s, interval_s, Path(files_root or FILES_ROOT)
+        self.upload_folder, self.disk_max_bytes = upload_folder, int(disk_max_bytes)
         self.state_bytes = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -113,6 +120,8 @@ class Janitor:
         """One pass; returns what it did."""
         dropped = self._sweep_states()
         removed = self._sweep_files()
+        if self.upload_folder is not None:
+            cap_disk([self.upload_folder, self.files_root], self.disk_max_bytes)
         rss = rss_mib()
         trimmed = False
         if dropped or rss > self._rss_after_trim + 32:
@@ -167,6 +176,74 @@ def rss_mib() -> float:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
     except (OSError, ValueError, IndexError):
         return 0.0
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def static_dir(root: Path | None = None) -> Path:
+    """This process's folder for start-up files (thumbnails, the precomputed result): one per
+    process, `static-<pid>`, removed at exit (`cleanup_at_exit`); folders of processes that
+    are gone (killed before they could clean up) are removed here."""
+    root = Path(root or FILES_ROOT)
+    root.mkdir(parents=True, exist_ok=True)
+    for old in root.glob("static-*"):
+        pid = old.name.removeprefix("static-")
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    folder = root / f"static-{os.getpid()}"
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+def cleanup_at_exit(upload_folder: str | os.PathLike | None, started: float, root: Path | None = None) -> None:
+    """At exit (SIGTERM included, see app.main): remove this process's static folder, the
+    request folders, and what Gradio's upload folder gained since `started`."""
+    root = Path(root or FILES_ROOT)
+    shutil.rmtree(root / f"static-{os.getpid()}", ignore_errors=True)
+    for old in root.glob("*"):
+        if old.is_dir() and not old.name.startswith("static-"):
+            shutil.rmtree(old, ignore_errors=True)
+    if upload_folder and Path(upload_folder).is_dir():
+        for sub in Path(upload_folder).iterdir():
+            try:
+                if sub.stat().st_mtime >= started:
+                    shutil.rmtree(sub, ignore_errors=True) if sub.is_dir() else sub.unlink()
+            except OSError:
+                pass
+
+
+def cap_disk(folders, max_bytes: int = DISK_MAX_BYTES) -> int:
+    """Delete the oldest files under `folders` until their total size is at most max_bytes;
+    returns the bytes removed."""
+    files = []
+    for folder in folders:
+        if folder and Path(folder).is_dir():
+            for p in Path(folder).rglob("*"):
+                try:
+                    if p.is_file() and not p.is_symlink():
+                        st = p.stat()
+                        files.append((st.st_mtime, st.st_size, p))
+                except OSError:
+                    pass
+    total = sum(size for _, size, _ in files)
+    removed = 0
+    for _, size, p in sorted(files):
+        if total - removed <= max_bytes:
+            break
+        try:
+            p.unlink()
+            removed += size
+        except OSError:
+            pass
+    return removed
 
 
 def request_dir(root: Path | None = None, max_age_s: float = FILES_TTL_S) -> Path:
