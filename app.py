@@ -247,8 +247,9 @@ class LabApp(cb.LabCallbacks):
                     compare_imgs = [gr.Image(label=f"{lv.label}: first model above, second below (clean | intervened "
                                                    "| change)", show_label=False, elem_id=f"compare-{lv.key}", **heat)
                                     for lv in GATE_LEVELS]
-                gr.Markdown("### Stability analysis\nRuns K seeded interventions (the ones selected above; none "
-                            "selected: complementary and random masking alternately) and asks whether the gates open "
+                gr.Markdown("### Stability analysis\nRuns K seeded interventions (the masking ones selected above; "
+                            "none selected: complementary and random masking alternately; modality dropout is left "
+                            "out, since it hides a whole input in every run) and asks whether the gates open "
                             "where the model is stable: how much the fused image changes at each pixel, over the runs "
                             "in which that pixel was visible, against the mean gate; and, per level, how much the "
                             "cross-attended features change against that level's gate. The paper's claim predicts a "

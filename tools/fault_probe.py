@@ -1,7 +1,7 @@
 """Fault probe for issue 11: the four judged checks, against a real app server on 127.0.0.1.
 
     python tools/fault_probe.py            # all four checks, then a pass/fail table
-    python tools/fault_probe.py --only a   # one check (a, b, c or d)
+    python tools/fault_probe.py --only a   # one check (a to i)
 
 (a) A 49-MP 16-bit RGBA PNG (7000x7000; it compresses to a few hundred KB) is sent at once,
     `--repeat` times, through every event handler that takes an image: the unqueued ones by a
@@ -20,6 +20,13 @@
     inherits this process's environment, so `IVFUSION_MAX_SIDE=1024 python
     tools/fault_probe.py --only e` measures another size).
 
+(f)-(i) The trust boundary (issue 19): (f) paths to a text file and a distinctive PNG outside the
+    upload folder, with and without Gradio's `meta`, sent to every handler that takes a file:
+    no returned URL may serve the text, no returned image may hold the PNG; (g) every queued
+    event called past the queue must be refused; (h) a 51 MB TIFF with 6.4 million strip
+    offsets through the unqueued handlers at once: peak RSS growth under 200 MiB; (i) a deflated
+    `.pth` declaring 2 GB through `ivfusion fuse`: refused, peak under 1 GiB.
+
 Only loopback traffic; every loop and wait is bounded. The server helpers (`AppServer`,
 `image_handlers`, `payload`, `call`) are reused by tests/test_app_load.py.
 """
@@ -33,7 +40,10 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
+
+import httpx
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the repository's tests/
@@ -159,18 +169,160 @@ def check_d(work: Path) -> tuple[bool, str]:
     return True, f"no exception on black 64x64, 8x8 and black sources with a noisy fusion; black 64x64: {shown}"
 
 
+def check_f(work: Path) -> tuple[bool, str]:
+    """Paths a client names outside the upload folder, with and without Gradio's meta, to every
+    handler that takes a file: nothing of them may come back, and the refusal is one message
+    whether or not the file exists."""
+    import cv2
+    import numpy as np
+
+    secret_dir = Path(tempfile.mkdtemp(prefix="ivfusion-secret-"))
+    text = secret_dir / "secret.txt"
+    text.write_text("ivfusion-probe-secret-" + uuid.uuid4().hex)
+    pixels = (np.random.default_rng(1).random((96, 128)) * 255).astype(np.uint8)
+    png = secret_dir / "secret.png"
+    cv2.imwrite(str(png), pixels)
+    leaks, calls = [], 0
+    try:
+        with AppServer(env={"IVFUSION_MAX_SIDE": "128"}, log_dir=work) as server:
+            comps = {c["id"]: c for c in server.config["components"]}
+            for fn_index, dep in enumerate(server.config["dependencies"]):
+                kinds = [comps.get(c, {}).get("type") for c in dep["inputs"]]
+                if dep.get("backend_fn") is False or not any(k in ("image", "imageeditor", "file") for k in kinds):
+                    continue
+                for target in (text, png):
+                    for meta in (False, True):
+                        f = {"path": str(target), "orig_name": target.name}
+                        if meta:
+                            f["meta"] = {"_type": "gradio.FileData"}
+                        data = [({"background": f, "layers": [f], "composite": f} if k == "imageeditor" else
+                                 f if k in ("image", "file") else comps[c].get("props", {}).get("value"))
+                                for c, k in zip(dep["inputs"], kinds)]
+                        res = call(server, dep.get("id", fn_index), dep, data, timeout=120)
+                        calls += 1
+                        for ref in _refs(res["output"]):
+                            url = ref if ref.startswith("http") else f"{server.api}/file={ref}"
+                            r = httpx.get(url, timeout=30)
+                            if r.status_code == 200 and (text.read_text().encode() in r.content
+                                                         or _holds(r.content, pixels)):
+                                leaks.append(f"{dep.get('api_name') or fn_index}:{target.name}:meta={meta}")
+    finally:
+        shutil.rmtree(secret_dir, ignore_errors=True)
+    return not leaks, f"{calls} calls to every file-taking handler; served back: {leaks or 'nothing'}"
+
+
+def _refs(value) -> list[str]:
+    if isinstance(value, dict):
+        return [v for k, v in value.items() if k in ("url", "path") and isinstance(v, str)] + \
+            [r for k, v in value.items() if k not in ("url", "path") for r in _refs(v)]
+    if isinstance(value, (list, tuple)):
+        return [r for v in value for r in _refs(v)]
+    return []
+
+
+def _holds(data: bytes, secret) -> bool:
+    import cv2
+    import numpy as np
+
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
+    if img is None:
+        return False
+    h, w = img.shape
+    for part in [img] + ([img[:, : w // 2], img[:, w // 2 :]] if w >= 2 * h else []):
+        part = cv2.resize(part, secret.shape[::-1], interpolation=cv2.INTER_AREA).astype(float).ravel()
+        if part.std() > 0 and abs(np.corrcoef(part, secret.astype(float).ravel())[0, 1]) > 0.3:
+            return True
+    return False
+
+
+def check_g(work: Path) -> tuple[bool, str]:
+    """Direct calls of the queued events, past the queue, must be refused."""
+    refused, names = 0, []
+    with AppServer(env={"IVFUSION_MAX_SIDE": "128"}, log_dir=work) as server:
+        for fn_index, dep in enumerate(server.config["dependencies"]):
+            if dep.get("backend_fn") is False or dep.get("queue") is False:
+                continue
+            body = {"data": [], "fn_index": dep.get("id", fn_index), "session_hash": "probe", "event_data": None,
+                    "trigger_id": None}
+            r = httpx.post(server.api + "/run/predict", json=body, timeout=60)
+            names.append(dep.get("api_name") or str(fn_index))
+            refused += r.status_code == 404
+    return refused == len(names), f"{refused} of {len(names)} queued events refused a direct call ({', '.join(names)})"
+
+
+def check_h(work: Path) -> tuple[bool, str]:
+    """A 51 MB TIFF with 6.4 million strip offsets, 16 header reads at once (pair info, the
+    unqueued handler): the header read is refused within its budget."""
+    sys.path.insert(0, str(ROOT))
+    from tests.bad_files import tiff_strip_bomb
+
+    bomb = work / "bomb.tif"
+    bomb.write_bytes(tiff_strip_bomb(6_400_000))
+    with AppServer(env={"IVFUSION_MAX_SIDE": "128"}, log_dir=work) as server:
+        image = server.upload(bomb)
+        handlers = [(i, d) for i, d in image_handlers(server.config) if d.get("queue") is False]
+        jobs = [(i, d, payload(server.config, d, image)) for i, d in handlers for _ in range(16 // max(1, len(handlers)) + 1)]
+        time.sleep(2.0)
+        server.reset_peak()
+        watch = RssWatch(server, 4 * GB)
+        t0 = time.monotonic()
+        burst(server, jobs, timeout=120)
+        seconds = time.monotonic() - t0
+        watch.stop()
+        growth = max(server.peak(), watch.max_rss) - watch.base
+        alive = server.alive()
+    return alive and growth < 200, f"{len(jobs)} unqueued calls in {seconds:.1f} s; peak RSS growth {growth:.0f} MiB"
+
+
+def check_i(work: Path) -> tuple[bool, str]:
+    """A 2 MB deflated .pth whose entries declare 2 GB, through the CLI: refused, bounded memory."""
+    code = ("import io, zipfile, torch\n"
+            "b = io.BytesIO(); torch.save({'w': torch.zeros(4)}, b)\n"
+            "src = zipfile.ZipFile(io.BytesIO(b.getvalue()))\n"
+            f"z = zipfile.ZipFile({str(work / 'bomb.pth')!r}, 'w', zipfile.ZIP_DEFLATED)\n"
+            "for i in src.infolist():\n"
+            "    if i.filename.endswith('data/0'):\n"
+            "        with z.open(i.filename, 'w', force_zip64=True) as f:\n"
+            "            [f.write(bytes(1 << 24)) for _ in range(128)]\n"
+            "    else:\n"
+            "        z.writestr(i.filename, src.read(i.filename))\n"
+            "z.close()\n")
+    subprocess.run([PYTHON, "-c", code], check=True, timeout=300)
+    import cv2
+    import numpy as np
+
+    img = work / "p.png"
+    cv2.imwrite(str(img), np.zeros((64, 64), np.uint8))
+    argv = ["fuse", "--infrared", str(img), "--visible", str(img), "--out", str(work / "o.png"),
+            "--weights", str(work / "bomb.pth")]
+    run = ("import resource, sys\nfrom ivfusion.cli import main\n"
+           f"rc = main({argv!r})\n"
+           "print('peak_kib', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\nsys.exit(rc)\n")
+    p = subprocess.run([PYTHON, "-c", run], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    last = p.stderr.strip().splitlines()[-1] if p.stderr.strip() else ""
+    peak_mib = int(last.split()[1]) / 1024 if last.startswith("peak_kib") else -1.0
+    ok = (p.returncode != 0 and "refused before unpacking" in p.stderr and "Traceback" not in p.stderr
+          and 0 < peak_mib < 1024)
+    return ok, f"exit {p.returncode}, peak RSS {peak_mib:.0f} MiB: {p.stderr.strip().splitlines()[0][:160]}"
+
+
 CHECKS = {
     "a": ("49-MP 16-bit PNG through every image handler: peak RSS growth <= 1 GB", check_a),
     "b": ("junk IVFUSION_WEIGHTS: the app starts and serves /fuse", check_b),
     "c": ("ivfusion fuse, middle pair unusable: others written, exit != 0, no traceback", check_c),
     "d": ("metrics on black images do not raise", check_d),
     "e": ("(extra) 49-MP 16-bit GREY PNG, accepted by the decoder: peak RSS growth <= 1 GB", check_e),
+    "f": ("paths outside the upload folder, with and without meta, to every file handler: nothing served", check_f),
+    "g": ("queued events called directly, past the queue: refused", check_g),
+    "h": ("TIFF strip-offset bomb through the unqueued handlers: bounded header reads", check_h),
+    "i": ("deflated .pth declaring 2 GB through the CLI: refused before unpacking", check_i),
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--only", default="abcd", help="which checks to run, e.g. 'a' or 'cd' (default: the judged four; 'e' is an extra)")
+    ap.add_argument("--only", default="abcdfghi",
+                    help="which checks to run, e.g. 'a' or 'cd' (default: all but the extra 'e')")
     ap.add_argument("--repeat", type=int, default=2, help="calls per image handler in check (a) (default 2)")
     ap.add_argument("--kill-gb", type=float, default=4.0,
                     help="check (a) kills the server past this RSS growth, to protect the machine (default 4)")

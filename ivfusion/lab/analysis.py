@@ -23,12 +23,13 @@ NEVER_VISIBLE = np.array([200, 200, 200], np.uint8)  # pixels with no visible ru
 
 def interventions_of(settings: Settings) -> tuple[list, bool]:
     """The analysis' interventions for the page's settings, and whether they alternate: the
-    enabled masking interventions combined (with the dropout, if any) in every run; with no
-    masking on, runs alternate complementary and random masking, the interventions of L_inv."""
-    drop = [settings.dropout_kind] if settings.dropout_kind else []
+    enabled masking interventions combined in every run; with no masking on, runs alternate
+    complementary and random masking, the interventions of L_inv. Modality dropout is left
+    out: it hides a whole input in every run, so no pixel would ever be visible to measure
+    (every correlation would be undefined after K wasted runs)."""
     if settings.masking_kinds:
-        return [settings.masking_kinds + drop], False
-    return [["complementary", *drop], ["random", *drop]], True
+        return [list(settings.masking_kinds)], False
+    return [["complementary"], ["random"]], True
 
 
 def run_stability(fuser: Fuser, visible: np.ndarray, infrared: np.ndarray, settings: Settings = Settings(),
