@@ -62,8 +62,11 @@ CSS = """
 #fuse-btn {min-height: 3em; font-size: 1.1em}
 #examples .grid-wrap {min-height: 0 !important; height: auto !important}
 #examples .thumbnail-item {aspect-ratio: 2 / 1 !important}  /* a pair thumbnail is two 4:3 images wide */
+#how-it-works .katex-display {overflow-x: auto; overflow-y: hidden}  /* long equations scroll on a phone */
+#how-it-works td, #how-it-works th {word-break: normal; overflow-wrap: normal; hyphens: none}
 @media (max-width: 600px) {
   .gradio-container {padding: 4px !important}
+  #how-it-works table {display: block; overflow-x: auto}
   #metrics table {font-size: 0.85em}
 }
 """
@@ -273,7 +276,9 @@ class LabApp(cb.LabCallbacks):
                 feat_img = gr.Image(label="Feature change per level: coarse | mid | fine", show_label=False,
                                     elem_id="feature-change", **heat)
             with gr.Tab("How it works"):
-                gr.Markdown(HOW_IT_WORKS, latex_delimiters=LATEX)
+                gr.Image(str(Path(lab.__file__).parent / "architecture.png"), show_label=False, interactive=False,
+                         elem_id="architecture", buttons=["fullscreen"])  # drawn by tools/architecture_figure.py
+                gr.Markdown(HOW_IT_WORKS, latex_delimiters=LATEX, elem_id="how-it-works")
 
             comps = {"fused_clean": fused_clean, "fused_intervened": fused_int, "difference": diff,
                      "difference_caption": diff_md, "inputs": inputs_img,
