@@ -1,5 +1,5 @@
-"""The layout rules of docs/ARCHITECTURE.md, checked on the source: who may import what, and
-no module over 500 lines."""
+"""The layout rules of docs/ARCHITECTURE.md, checked on the source: who may import what.
+Module boundaries follow concepts, not a line count."""
 import ast
 from pathlib import Path
 
@@ -7,7 +7,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "ivfusion"
-MAX_LINES = 500
 
 
 def _modules() -> dict[str, Path]:
@@ -63,12 +62,6 @@ def test_training_imports_no_inference_code(name):
 def test_only_the_app_benchmark_imports_the_lab(name):
     if name != "ivfusion.bench.app":
         assert not _under(_imports(name, MODULES[name]), "ivfusion.lab"), name
-
-
-def test_no_module_of_the_project_is_over_500_lines():
-    files = [*PACKAGE.rglob("*.py"), ROOT / "app.py", *(ROOT / "tests").glob("*.py"), *(ROOT / "tools").glob("*.py")]
-    long = {str(p.relative_to(ROOT)): n for p in files if (n := len(p.read_text().splitlines())) > MAX_LINES}
-    assert not long, f"modules over {MAX_LINES} lines: {long}"
 
 
 def test_the_import_rules_are_not_vacuous():
