@@ -159,6 +159,7 @@ def test_other_callbacks(lab_app, tmp_path):
     assert "untrained" in lab_app.model_info(lab.UNTRAINED_CHOICE)
     assert "/" not in lab_app.model_info(lab.DEFAULT_CHOICE)  # no server paths
     assert "**6 px** on this 128x96 pair (as downscaled)" in lab_app.hole_text(str(VIS), 6.25)
+    assert lab_app.hole_text(str(VIS), 30) == "Hole size must be from 1% to 25% of the short side."  # no false px
     cleared = dict(zip(app.PAIR_OUTPUTS, lab_app.on_pair_change(str(VIS), str(IR), 6.25)))
     assert cleared["fused_clean"] is None and cleared["gates"] is None and "press" in cleared["notices"]
     assert cleared["draw_visible"] is None and "**6 px**" in cleared["hole_text"] and "640x480" in cleared["pair_info"]

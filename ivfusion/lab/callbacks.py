@@ -321,8 +321,14 @@ class LabCallbacks:
 
     def hole_text(self, visible, hole_percent) -> str:
         """The hole size in pixels for the loaded visible image (read from its header only)."""
+        lo, hi = settings.HOLE_PERCENT_RANGE
         try:
             pct = float(hole_percent)
+        except (TypeError, ValueError):
+            pct = float("nan")
+        if not lo <= pct <= hi:  # what Fuse would refuse is not described as if it would run
+            return f"Hole size must be from {lo:g}% to {hi:g}% of the short side."
+        try:
             head = uploads.header(visible, "visible image")
             w, h = head.width, head.height
             scale = min(1.0, self.bank.max_side / max(w, h)) if self.bank.max_side else 1.0
