@@ -489,3 +489,23 @@ def test_bundled_weights_load():
     assert choice == lab.DEFAULT_CHOICE and notes == []
     fuser, _ = bank.get(choice)
     assert not getattr(fuser.model, "is_untrained", False) and str(DEFAULT_WEIGHTS) in fuser.weights_source
+
+
+def test_the_default_model_is_the_authors_on_a_space_and_falls_back_offline(tmp_path):
+    """Issue 16, models: on a Space (SPACE_ID set) the released checkpoint is the default; when it
+    cannot be fetched, the bundled weights, with a notice; IVFUSION_DEFAULT_MODEL chooses."""
+    from tests.official import synthetic_official_state_dict
+    import torch
+
+    pth = tmp_path / "best.pth"
+    torch.save(synthetic_official_state_dict(), pth)
+    bank = lab.ModelBank(env={"SPACE_ID": "x/y", "IVFUSION_OFFICIAL_WEIGHTS": str(pth)}, device="cpu", max_side=SIDE)
+    assert bank.default_choice() == (lab.OFFICIAL_CHOICE, [])
+    dead = lab.ModelBank(env={"SPACE_ID": "x/y", "IVFUSION_OFFICIAL_URL": "http://127.0.0.1:9/best.pth",
+                              "IVFUSION_CACHE": str(tmp_path / "cache")}, device="cpu", max_side=SIDE)
+    choice, notes = dead.default_choice()
+    assert choice == lab.DEFAULT_CHOICE and "could not be had" in notes[0]
+    local = lab.ModelBank(env={"IVFUSION_OFFICIAL_WEIGHTS": str(pth)}, device="cpu", max_side=SIDE)
+    assert local.default_choice()[0] == lab.DEFAULT_CHOICE  # off a Space: no network needed
+    with pytest.raises(ValueError, match="IVFUSION_DEFAULT_MODEL='x'"):
+        lab.ModelBank(env={"IVFUSION_DEFAULT_MODEL": "x"}, device="cpu").default_choice()

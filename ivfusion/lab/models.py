@@ -270,8 +270,28 @@ class ModelBank:
             return list(self._fusers)
 
     def default_choice(self) -> tuple[str, list[str]]:
-        """Load the default model now (at startup) and return the choice to preselect: the
-        trained default, or the untrained network with a notice when no trained weights load."""
+        """Load the default model now (at startup) and return the choice to preselect.
+
+        IVFUSION_DEFAULT_MODEL picks it: "authors" (the released checkpoint, downloaded and
+        SHA-256 checked; the default on a Hugging Face Space, which can reach it, so that
+        visitors see the released ISFuse's gates) or "bundled" (the default elsewhere: it
+        needs no network). When the authors' checkpoint cannot be had, the bundled weights
+        are used with a notice; when no trained weights load, the untrained network."""
+        wanted = (self.env.get("IVFUSION_DEFAULT_MODEL") or ("authors" if self.env.get("SPACE_ID") else "bundled"))
+        if wanted not in ("authors", "bundled"):
+            raise ValueError(f"IVFUSION_DEFAULT_MODEL={wanted!r}: expected 'authors' or 'bundled'")
+        if wanted == "authors":
+            try:
+                _, notes = self.get(OFFICIAL_CHOICE)
+                return OFFICIAL_CHOICE, notes
+            except WeightsError as e:
+                fallback = [f"The authors' checkpoint could not be had ({e}); showing the bundled weights."]
+                choice, notes = self.default_choice_bundled()
+                return choice, fallback + notes
+        return self.default_choice_bundled()
+
+    def default_choice_bundled(self) -> tuple[str, list[str]]:
+        """The bundled weights (or IVFUSION_WEIGHTS), else the untrained network with a notice."""
         try:
             _, notes = self.get(DEFAULT_CHOICE)
             return DEFAULT_CHOICE, notes
