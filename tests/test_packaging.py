@@ -100,7 +100,7 @@ def test_installed_copy_fuses_with_the_bundled_weights_from_another_folder(insta
 def test_installed_command_fuses_a_real_pair(installed, tmp_path, shared_dir):
     d = shared_dir / "data" / "roadscene" / "test"
     out = _run_installed(installed, tmp_path, "import sys; from ivfusion.cli import main; sys.exit(main())",
-                         "fuse", "--ir", str(d / "ir" / "FLIR_00211.jpg"), "--vis", str(d / "vi" / "FLIR_00211.jpg"),
+                         "fuse", "--infrared", str(d / "ir" / "FLIR_00211.jpg"), "--visible", str(d / "vi" / "FLIR_00211.jpg"),
                          "--out", str(tmp_path / "fused.png"), "--device", "cpu")
     assert out.returncode == 0, out.stderr
     assert str(installed.resolve()) in out.stdout  # "weights: <site>/ivfusion/assets/..."
