@@ -152,9 +152,9 @@ class LabApp(cb.LabCallbacks):
             if self.startup_notes:
                 gr.Markdown("**Note:** " + " ".join(self.startup_notes), elem_classes="lab-note")
             with gr.Tab("Lab"):
-                # Three columns on a desktop: the inputs, the results (the fused images and the
-                # gate maps, on the first screen), the controls; on a phone they stack in that
-                # order, so the results come right after the inputs.
+                # Three columns on a desktop: the inputs and the model, the results (the fused
+                # images and the gate maps, on the first screen), the controls and the examples;
+                # on a phone they stack in that order, so the results come right after the inputs.
                 with gr.Row(equal_height=False):
                     with gr.Column(scale=3, min_width=300):
                         with gr.Row():
@@ -165,11 +165,8 @@ class LabApp(cb.LabCallbacks):
                                                 sources=["upload", "clipboard"], elem_id="infrared-input",
                                                 min_width=140, height=190, **png)
                         pair_md = gr.Markdown(self.info(v0, i0), elem_id="pair-info", elem_classes="lab-note")
-                        gr.Markdown("**Example pairs** (visible | infrared): click one", elem_classes="lab-note")
-                        gallery = gr.Gallery(
-                            [(lab.examples.thumbnail(v, i, self.static_dir), label) for v, i, label in examples],
-                            label="Example pairs", show_label=False, columns=2, height="auto",
-                            allow_preview=False, object_fit="contain", elem_id="examples")
+                        model = gr.Dropdown(self.bank.choices(), value=self.default_model, label="Model")
+                        model_md = gr.Markdown(self.model_info(self.default_model), elem_classes="lab-note")
                     with gr.Column(scale=5, min_width=300, elem_id="results"):
                         notices = gr.Markdown(first.get("notices"), elem_id="notices", elem_classes="lab-note")
                         with gr.Row(equal_height=True):  # wraps on a phone
@@ -205,8 +202,11 @@ class LabApp(cb.LabCallbacks):
                             seed = gr.Number(0, precision=0, minimum=0, maximum=lab.settings.MAX_SEED, label="Seed",
                                              scale=1, min_width=90, elem_id="seed")
                             fuse_btn = gr.Button("Fuse", variant="primary", elem_id="fuse-btn", scale=3)
-                        model = gr.Dropdown(self.bank.choices(), value=self.default_model, label="Model")
-                        model_md = gr.Markdown(self.model_info(self.default_model), elem_classes="lab-note")
+                        gr.Markdown("**Example pairs** (visible | infrared): click one", elem_classes="lab-note")
+                        gallery = gr.Gallery(
+                            [(lab.examples.thumbnail(v, i, self.static_dir), label) for v, i, label in examples],
+                            label="Example pairs", show_label=False, columns=2, height="auto",
+                            allow_preview=False, object_fit="contain", elem_id="examples")
                 with gr.Accordion("Draw your own mask (optional): paint over an input to hide it",
                                   open=False) as draw_panel:
                     gr.Markdown("Painted pixels are hidden from the network (multiplied by 0), on top of the "
