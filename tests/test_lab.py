@@ -509,3 +509,18 @@ def test_the_default_model_is_the_authors_on_a_space_and_falls_back_offline(tmp_
     assert local.default_choice()[0] == lab.DEFAULT_CHOICE  # off a Space: no network needed
     with pytest.raises(ValueError, match="IVFUSION_DEFAULT_MODEL='x'"):
         lab.ModelBank(env={"IVFUSION_DEFAULT_MODEL": "x"}, device="cpu").default_choice()
+
+
+def test_the_instability_map_is_scaled_to_its_99th_percentile_not_its_peak(fuser, pair):
+    """Issue 16, defect 5: on a max scale the holes' edges left the rest of the map black."""
+    import dataclasses
+
+    res = lab.run_stability(fuser, *pair, lab.Settings(complementary=True), k=4)
+    inst = np.full_like(res.instability, 0.02)  # 5 grey levels almost everywhere
+    inst[:2, :2] = 1.0  # a few pixels at the full 255
+    figs = lab.stability_figures(dataclasses.replace(res, instability=inst))
+    img = figs["instability"].astype(int)
+    h, w = viz.display_size(*inst.shape)
+    lut = viz.colormap_lut(viz.CHANGE_CMAP).astype(int)
+    centre = img[h // 2, w // 2]
+    assert np.abs(centre - lut[0]).sum() > 60  # the bulk is not drawn as black (on a max scale: 5/255 of it)

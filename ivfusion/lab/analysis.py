@@ -91,7 +91,10 @@ def stability_figures(res: StabilityResult, gate_scale: str = "stretched per lev
     "mean_gate" (the clean pass's level-averaged gate), "features" (per level, the
     cross-attended features' RMS change: coarse | mid | fine) and "summary"."""
     inst = np.where(np.isfinite(res.instability), res.instability, np.nan) * 255.0
-    top = viz.grey_level_scale(np.nan_to_num(inst))
+    # the scale's top is the 99th percentile, not the maximum: the holes' edges change most, and
+    # on a max scale they left the rest of the map black (the top 1% saturate)
+    finite = inst[np.isfinite(inst)]
+    top = viz.grey_level_scale(np.array([np.percentile(finite, 99)]) if finite.size else np.zeros(1))
     inst_img = _with_never_visible(viz.heat_image(np.nan_to_num(inst), vmin=0.0, vmax=top, cmap=viz.CHANGE_CMAP), inst)
     lo, hi = viz.gate_range([res.gate], gate_scale_name(gate_scale))
     gate_img = viz.gate_image(res.gate, res.visible_rgb, lo, hi, eta)
