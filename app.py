@@ -157,25 +157,31 @@ class LabApp(cb.LabCallbacks):
                 # on a phone they stack in that order, so the results come right after the inputs.
                 with gr.Row(equal_height=False):
                     with gr.Column(scale=3, min_width=300):
+                        # labels as text above the images: a label inside a 150 px image box is covered
+                        # by its buttons (the `label`s still name the API's parameters)
+                        gr.Markdown("**Visible image** | **Infrared image**", elem_classes="lab-note")
                         with gr.Row():
-                            visible = gr.Image(v0, label="Visible image", type="filepath", image_mode=None,
-                                               sources=["upload", "clipboard"], elem_id="visible-input", min_width=140,
-                                               height=190, **png)
-                            infrared = gr.Image(i0, label="Infrared image", type="filepath", image_mode=None,
-                                                sources=["upload", "clipboard"], elem_id="infrared-input",
-                                                min_width=140, height=190, **png)
+                            visible = gr.Image(v0, label="Visible image", show_label=False, type="filepath",
+                                               image_mode=None, sources=["upload", "clipboard"], elem_id="visible-input",
+                                               min_width=140, height=190, **png)
+                            infrared = gr.Image(i0, label="Infrared image", show_label=False, type="filepath",
+                                                image_mode=None, sources=["upload", "clipboard"],
+                                                elem_id="infrared-input", min_width=140, height=190, **png)
                         pair_md = gr.Markdown(self.info(v0, i0), elem_id="pair-info", elem_classes="lab-note")
                         model = gr.Dropdown(self.bank.choices(), value=self.default_model, label="Model")
                         model_md = gr.Markdown(self.model_info(self.default_model), elem_classes="lab-note")
                     with gr.Column(scale=5, min_width=300, elem_id="results"):
                         notices = gr.Markdown(first.get("notices"), elem_id="notices", elem_classes="lab-note")
+                        gr.Markdown("**Fused image**: clean (no intervention) | intervened | the change",
+                                    elem_classes="lab-note")
                         with gr.Row(equal_height=True):  # wraps on a phone
-                            fused_clean = gr.Image(first.get("fused_clean"), label="Fused, clean", interactive=False,
-                                                   elem_id="fused-clean", min_width=150, height=210, **png)
+                            fused_clean = gr.Image(first.get("fused_clean"), label="Fused, clean", show_label=False,
+                                                   interactive=False, elem_id="fused-clean", min_width=150, height=210,
+                                                   **png)
                             fused_int = gr.Image(first.get("fused_intervened"), label="Fused, intervened",
-                                                 interactive=False, elem_id="fused-intervened", min_width=150,
-                                                 height=210, **png)
-                            diff = gr.Image(first.get("difference"), label="Change in the fused image",
+                                                 show_label=False, interactive=False, elem_id="fused-intervened",
+                                                 min_width=150, height=210, **png)
+                            diff = gr.Image(first.get("difference"), label="Change in the fused image", show_label=False,
                                             elem_id="difference", **(heat | dict(min_width=150, height=210)))
                         diff_md = gr.Markdown(first.get("difference_caption"), elem_id="difference-caption",
                                               elem_classes="lab-note")
