@@ -29,7 +29,7 @@ import gradio as gr  # noqa: E402
 from ivfusion import lab  # noqa: E402
 from ivfusion.io import ImageError  # noqa: E402
 from ivfusion.lab import callbacks as cb  # noqa: E402
-from ivfusion.lab.callbacks import (COMPARE_OUTPUTS, FUSE_OUTPUTS, MODEL_OUTPUTS,  # noqa: E402
+from ivfusion.lab.callbacks import (COMPARE_OUTPUTS, FUSE_OUTPUTS, MODEL_OUTPUTS, PAIR_OUTPUTS,  # noqa: E402
                                     RENDER_OUTPUTS, STABILITY_OUTPUTS, ordered, user_errors)
 from ivfusion.lab.render import DEFAULT_GATE_SCALE, GATE_SCALE_CHOICES  # noqa: E402
 from ivfusion.levels import GATE_LEVELS  # noqa: E402
@@ -48,7 +48,6 @@ PAPER = "https://arxiv.org/abs/2603.23272"
 LATEX = [{"left": "$$", "right": "$$", "display": True}, {"left": "$", "right": "$", "display": False}]
 HOW_IT_WORKS = (Path(lab.__file__).parent / "how_it_works.md").read_text().replace("{PAPER}", PAPER)
 API_FUSE_OUTPUTS = FUSE_OUTPUTS[:-1]  # what gradio_client gets from /fuse: the state stays on the server
-PAIR_OUTPUTS = ("pair_info", "hole_text", "draw_visible", "draw_infrared", *API_FUSE_OUTPUTS)
 
 INTRO = f"""
 # ISFuse Intervention Lab

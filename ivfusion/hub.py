@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import os
 import re
+import struct
 import warnings
+import zipfile
 from importlib import resources
 from pathlib import Path
 
@@ -272,9 +274,6 @@ def check_unpacked_size(path: Path, limit: int = MAX_WEIGHTS_BYTES) -> None:
     alone: a .pth is a zip whose entries torch allocates at their declared sizes, and a
     deflated entry can declare gigabytes in a file of a few MB; a safetensors file declares
     its JSON header's length in its first 8 bytes."""
-    import struct
-    import zipfile
-
     with open(path, "rb") as fh:
         head = fh.read(8)
     if path.suffix == ".safetensors":

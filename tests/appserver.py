@@ -285,3 +285,30 @@ def big_png(path: Path, side: int = 7000, channels: int = 4) -> Path:
     cv2.imwrite(str(path), img, [cv2.IMWRITE_PNG_COMPRESSION, 9])
     del img
     return path
+
+
+def output_refs(value) -> list[str]:
+    """Every URL or path string in an event's output (files Gradio would serve)."""
+    if isinstance(value, dict):
+        return [v for k, v in value.items() if k in ("url", "path") and isinstance(v, str)] + \
+            [r for k, v in value.items() if k not in ("url", "path") for r in output_refs(v)]
+    if isinstance(value, (list, tuple)):
+        return [r for v in value for r in output_refs(v)]
+    return []
+
+
+def holds_pixels(data: bytes, secret) -> bool:
+    """True when an encoded image holds `secret`'s pixels (a grey uint8 noise image): alone, or
+    as one panel of a side-by-side (|r| > 0.3 after resizing to the secret's size)."""
+    import cv2
+    import numpy as np
+
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
+    if img is None:
+        return False
+    h, w = img.shape
+    for part in [img] + ([img[:, : w // 2], img[:, w // 2 :]] if w >= 2 * h else []):
+        part = cv2.resize(part, secret.shape[::-1], interpolation=cv2.INTER_AREA).astype(float).ravel()
+        if part.std() > 0 and abs(np.corrcoef(part, secret.astype(float).ravel())[0, 1]) > 0.3:
+            return True
+    return False

@@ -46,3 +46,24 @@ def tiff_strip_bomb(strips: int) -> bytes:
     offsets = b"".join(struct.pack("<I", pixels_at + k) for k in range(strips)) if strips < 1000 else \
         struct.pack("<I", pixels_at) * strips  # a large bomb may point every strip at one byte
     return b"II*\0" + struct.pack("<I", 8) + ifd + offsets + struct.pack("<I", 1) * strips + b"\0" * strips
+
+
+def pth_bomb(path, declared_bytes: int) -> None:
+    """A deflated torch .pth whose tensor entry declares `declared_bytes` of zeros (it
+    compresses about 1000:1), written in 16 MiB chunks."""
+    import io
+    import zipfile
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save({"w": torch.zeros(4)}, buf)
+    src = zipfile.ZipFile(io.BytesIO(buf.getvalue()))
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        for info in src.infolist():
+            if info.filename.endswith("data/0"):
+                with z.open(info.filename, "w", force_zip64=True) as f:
+                    for _ in range(-(-declared_bytes // 2**24)):
+                        f.write(bytes(2**24))
+            else:
+                z.writestr(info.filename, src.read(info.filename))

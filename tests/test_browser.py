@@ -340,7 +340,7 @@ def test_an_upload_sends_a_small_bounded_number_of_requests(server, chromium_pat
     pairs = [(data / "msrs/train/vi/00003N.png", data / "msrs/train/ir/00003N.png"),
              (data / "roadscene/test/vi/FLIR_00211.jpg", data / "roadscene/test/ir/FLIR_00211.jpg"),
              (data / "msrs/train/vi/00003N.png", small_ir)]
-    with lab_page(url := server[0], chromium_path, 1400, 1000) as page:
+    with lab_page(server[0], chromium_path, 1400, 1000) as page:
         _loaded(page, "#fused-clean")
         for vis, ir_path in pairs:
             def upload(vis=vis, ir_path=ir_path):
@@ -352,7 +352,6 @@ def test_an_upload_sends_a_small_bounded_number_of_requests(server, chromium_pat
             assert sum("/upload" in p for p in posts) == 2, posts  # both files did go up
             assert len(posts) <= 20, (vis.name, ir_path.name, len(posts), posts)
         assert "resized to the visible size" in page.locator("#pair-info").inner_text()
-    assert url
 
 
 def test_the_first_screen_shows_the_fused_images_and_the_gates(server, chromium_path):

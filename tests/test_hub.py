@@ -235,25 +235,11 @@ def test_junk_environment_weights_raise_weights_error(tmp_path, monkeypatch):
 
 def test_a_deflated_pth_that_would_unpack_to_hundreds_of_mb_is_refused_from_its_directory(tmp_path):
     """Issue 19, item 6: a 1.9 MB deflated .pth peaked at 2.1 GB before it was refused."""
-    import io
-    import zipfile
-
-    import torch
-
     from ivfusion.hub import MAX_WEIGHTS_BYTES, WeightsError, load_model
+    from tests.bad_files import pth_bomb
 
-    buf = io.BytesIO()
-    torch.save({"w": torch.zeros(4)}, buf)
-    src = zipfile.ZipFile(io.BytesIO(buf.getvalue()))
     bomb = tmp_path / "bomb.pth"
-    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as z:
-        for info in src.infolist():
-            if info.filename.endswith("data/0"):
-                with z.open(info.filename, "w", force_zip64=True) as f:
-                    for _ in range(MAX_WEIGHTS_BYTES // 2**24 + 1):
-                        f.write(bytes(2**24))
-            else:
-                z.writestr(info.filename, src.read(info.filename))
+    pth_bomb(bomb, MAX_WEIGHTS_BYTES + 2**24)
     assert bomb.stat().st_size < 2**20
     with pytest.raises(WeightsError, match="unpack to .* refused before unpacking"):
         load_model(bomb)

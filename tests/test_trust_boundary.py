@@ -17,7 +17,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.appserver import AppServer, call, components, dependency
+from tests.appserver import AppServer, call, components, dependency, holds_pixels, output_refs
 
 SECRET_TEXT = "ivfusion-secret-" + "7f3a9c" * 8
 FILE_TYPES = ("image", "imageeditor", "file", "gallery")
@@ -64,21 +64,6 @@ def _data(config: dict, dep: dict, payload: dict) -> list:
     return data
 
 
-def _files_in(value) -> list[str]:
-    """Every URL or path string in an output."""
-    found = []
-    if isinstance(value, dict):
-        for k, v in value.items():
-            if k in ("url", "path") and isinstance(v, str):
-                found.append(v)
-            else:
-                found += _files_in(v)
-    elif isinstance(value, (list, tuple)):
-        for v in value:
-            found += _files_in(v)
-    return found
-
-
 def _fetch(server: AppServer, ref: str) -> bytes | None:
     url = ref if ref.startswith("http") else f"{server.api}/file={ref}"
     try:
@@ -86,21 +71,6 @@ def _fetch(server: AppServer, ref: str) -> bytes | None:
     except httpx.HTTPError:
         return None
     return r.content if r.status_code == 200 else None
-
-
-def _reproduces(data: bytes, secret: np.ndarray) -> bool:
-    """True when an image holds the secret's pixels: alone, or as one panel of a side-by-side."""
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
-    if img is None:
-        return False
-    h, w = img.shape
-    panels = [img] + ([img[:, : w // 2], img[:, w // 2 :]] if w >= 2 * h else [])
-    for p in panels:
-        p = cv2.resize(p, secret.shape[::-1], interpolation=cv2.INTER_AREA).astype(np.float64).ravel()
-        s = secret.astype(np.float64).ravel()
-        if p.std() > 0 and abs(np.corrcoef(p, s)[0, 1]) > 0.3:
-            return True
-    return False
 
 
 def test_no_handler_serves_or_decodes_a_file_it_was_not_given(server, secrets):
@@ -115,11 +85,11 @@ def test_no_handler_serves_or_decodes_a_file_it_was_not_given(server, secrets):
         for target in ("text", "png"):
             for meta in (False, True):
                 res = call(server, fn_index, dep, _data(config, dep, _file(secrets[target], meta)), timeout=120)
-                for ref in _files_in(res["output"]):
+                for ref in output_refs(res["output"]):
                     body = _fetch(server, ref)
                     if body is None:
                         continue
-                    if SECRET_TEXT.encode() in body or _reproduces(body, secrets["pixels"]):
+                    if SECRET_TEXT.encode() in body or holds_pixels(body, secrets["pixels"]):
                         served.append((dep.get("api_name") or fn_index, target, meta, ref))
     assert not served, served
     assert server.alive()

@@ -48,7 +48,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the repository's tests/
 from tests.appserver import (PYTHON, ROOT, AppServer, RssWatch, big_png, burst, call,  # noqa: E402
-                             dependency, image_handlers, payload)
+                             dependency, holds_pixels, image_handlers, output_refs, payload)
 
 SHARED = Path(os.environ.get("IVFUSION_SHARED") or ROOT.parent / "shared")
 GB = 1024.0  # MiB
@@ -200,39 +200,15 @@ def check_f(work: Path) -> tuple[bool, str]:
                                 for c, k in zip(dep["inputs"], kinds)]
                         res = call(server, dep.get("id", fn_index), dep, data, timeout=120)
                         calls += 1
-                        for ref in _refs(res["output"]):
+                        for ref in output_refs(res["output"]):
                             url = ref if ref.startswith("http") else f"{server.api}/file={ref}"
                             r = httpx.get(url, timeout=30)
                             if r.status_code == 200 and (text.read_text().encode() in r.content
-                                                         or _holds(r.content, pixels)):
+                                                         or holds_pixels(r.content, pixels)):
                                 leaks.append(f"{dep.get('api_name') or fn_index}:{target.name}:meta={meta}")
     finally:
         shutil.rmtree(secret_dir, ignore_errors=True)
     return not leaks, f"{calls} calls to every file-taking handler; served back: {leaks or 'nothing'}"
-
-
-def _refs(value) -> list[str]:
-    if isinstance(value, dict):
-        return [v for k, v in value.items() if k in ("url", "path") and isinstance(v, str)] + \
-            [r for k, v in value.items() if k not in ("url", "path") for r in _refs(v)]
-    if isinstance(value, (list, tuple)):
-        return [r for v in value for r in _refs(v)]
-    return []
-
-
-def _holds(data: bytes, secret) -> bool:
-    import cv2
-    import numpy as np
-
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
-    if img is None:
-        return False
-    h, w = img.shape
-    for part in [img] + ([img[:, : w // 2], img[:, w // 2 :]] if w >= 2 * h else []):
-        part = cv2.resize(part, secret.shape[::-1], interpolation=cv2.INTER_AREA).astype(float).ravel()
-        if part.std() > 0 and abs(np.corrcoef(part, secret.astype(float).ravel())[0, 1]) > 0.3:
-            return True
-    return False
 
 
 def check_g(work: Path) -> tuple[bool, str]:
@@ -276,18 +252,9 @@ def check_h(work: Path) -> tuple[bool, str]:
 
 def check_i(work: Path) -> tuple[bool, str]:
     """A 2 MB deflated .pth whose entries declare 2 GB, through the CLI: refused, bounded memory."""
-    code = ("import io, zipfile, torch\n"
-            "b = io.BytesIO(); torch.save({'w': torch.zeros(4)}, b)\n"
-            "src = zipfile.ZipFile(io.BytesIO(b.getvalue()))\n"
-            f"z = zipfile.ZipFile({str(work / 'bomb.pth')!r}, 'w', zipfile.ZIP_DEFLATED)\n"
-            "for i in src.infolist():\n"
-            "    if i.filename.endswith('data/0'):\n"
-            "        with z.open(i.filename, 'w', force_zip64=True) as f:\n"
-            "            [f.write(bytes(1 << 24)) for _ in range(128)]\n"
-            "    else:\n"
-            "        z.writestr(i.filename, src.read(i.filename))\n"
-            "z.close()\n")
-    subprocess.run([PYTHON, "-c", code], check=True, timeout=300)
+    from tests.bad_files import pth_bomb
+
+    pth_bomb(work / "bomb.pth", 2**31)
     import cv2
     import numpy as np
 

@@ -199,7 +199,7 @@ def run_bench(args) -> dict:
     report = {
         "weights": describe(model),
         "device": str(device),
-        "cpu": _cpu_name() if device.type == "cpu" else torch.cuda.get_device_name(device),
+        "cpu": cpu_name() if device.type == "cpu" else torch.cuda.get_device_name(device),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "bf16_native": bf16_native(),
         "threads": torch.get_num_threads(),
@@ -265,7 +265,7 @@ def run_bench(args) -> dict:
     return report
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):

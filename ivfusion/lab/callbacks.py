@@ -40,6 +40,9 @@ RENDER_OUTPUTS = ("gates", "gate_captions")
 FUSE_OUTPUTS = ("fused_clean", "fused_intervened", "difference", "difference_caption", "inputs",
                 *RENDER_OUTPUTS, "notices", "state")
 STABILITY_OUTPUTS = ("instability", "mean_gate", "features", "summary")
+# a new image in either input: the pair's description, the hole size, the old results cleared
+# and the mask editors emptied, in one unqueued request (app.LabApp.on_pair_change)
+PAIR_OUTPUTS = ("pair_info", "hole_text", "draw_visible", "draw_infrared", *FUSE_OUTPUTS[:-1])
 # a model was chosen: its description, the menu (back to the session's last usable model when
 # this one cannot be loaded) and the session state
 MODEL_OUTPUTS = ("model", "model_info", "state")

@@ -34,6 +34,7 @@ from typing import Callable
 
 from ..hub import DEFAULT_WEIGHTS, UNTRAINED, WeightsError, load_model
 from ..predictor import Fuser
+from .settings import env_number
 
 log = logging.getLogger(__name__)
 
@@ -167,8 +168,6 @@ class ModelBank:
         self.env = env
         self.device = device
         self.fast = fast
-        from .settings import env_number
-
         self.max_side = max_side if max_side is not None else env_number("IVFUSION_MAX_SIDE", APP_MAX_SIDE, 64, 8192,
                                                                           env=env)
         self.trained_spec = env.get("IVFUSION_WEIGHTS") or None
@@ -286,11 +285,11 @@ class ModelBank:
                 return OFFICIAL_CHOICE, notes
             except WeightsError as e:
                 fallback = [f"The authors' checkpoint could not be had ({e}); showing the bundled weights."]
-                choice, notes = self.default_choice_bundled()
+                choice, notes = self._bundled_choice()
                 return choice, fallback + notes
-        return self.default_choice_bundled()
+        return self._bundled_choice()
 
-    def default_choice_bundled(self) -> tuple[str, list[str]]:
+    def _bundled_choice(self) -> tuple[str, list[str]]:
         """The bundled weights (or IVFUSION_WEIGHTS), else the untrained network with a notice."""
         try:
             _, notes = self.get(DEFAULT_CHOICE)

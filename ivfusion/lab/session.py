@@ -44,6 +44,7 @@ FILES_ROOT = Path(tempfile.gettempdir()) / "ivfusion-lab"
 # Gradio's upload folder and the Lab's own files together stay under this; the oldest files go
 # first (a raw /upload may write any bytes, up to the launch's max_file_size each).
 DISK_MAX_BYTES = 2 * 2**30
+DISK_CHECK_S = 30.0  # how often the Janitor measures the disk (a walk of the upload folder)
 
 
 def nbytes(value: Any, _seen: set | None = None, _depth: int = 0) -> int:
@@ -91,6 +92,7 @@ class Janitor:
         self.demo, self.state_max_bytes, self.max_sessions = demo, int(state_max_bytes), int(max_sessions)
         self.files_ttl_s, self.interval_s, self.files_root = files_ttl_s, interval_s, Path(files_root or FILES_ROOT)
         self.upload_folder, self.disk_max_bytes = upload_folder, int(disk_max_bytes)
+        self._next_disk_check = 0.0
         self.state_bytes = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -120,8 +122,10 @@ class Janitor:
         """One pass; returns what it did."""
         dropped = self._sweep_states()
         removed = self._sweep_files()
-        if self.upload_folder is not None:
+        if self.upload_folder is not None and time.monotonic() >= self._next_disk_check:
+            # a walk of the whole upload folder: every DISK_CHECK_S, not every sweep
             cap_disk([self.upload_folder, self.files_root], self.disk_max_bytes)
+            self._next_disk_check = time.monotonic() + DISK_CHECK_S
         rss = rss_mib()
         trimmed = False
         if dropped or rss > self._rss_after_trim + 32:
@@ -156,17 +160,7 @@ class Janitor:
         return dropped
 
     def _sweep_files(self) -> int:
-        if not self.files_root.is_dir():
-            return 0
-        now, removed = time.time(), 0
-        for old in self.files_root.iterdir():
-            try:
-                if old.is_dir() and now - old.stat().st_mtime > self.files_ttl_s:
-                    shutil.rmtree(old, ignore_errors=True)
-                    removed += 1
-            except OSError:
-                pass
-        return removed
+        return remove_request_folders(self.files_root, self.files_ttl_s)
 
 
 def rss_mib() -> float:
@@ -208,9 +202,7 @@ def cleanup_at_exit(upload_folder: str | os.PathLike | None, started: float, roo
     request folders, and what Gradio's upload folder gained since `started`."""
     root = Path(root or FILES_ROOT)
     shutil.rmtree(root / f"static-{os.getpid()}", ignore_errors=True)
-    for old in root.glob("*"):
-        if old.is_dir() and not old.name.startswith("static-"):
-            shutil.rmtree(old, ignore_errors=True)
+    remove_request_folders(root, 0.0)
     if upload_folder and Path(upload_folder).is_dir():
         for sub in Path(upload_folder).iterdir():
             try:
@@ -246,18 +238,29 @@ def cap_disk(folders, max_bytes: int = DISK_MAX_BYTES) -> int:
     return removed
 
 
+def remove_request_folders(root: Path, max_age_s: float) -> int:
+    """Remove the request folders under `root` older than max_age_s (the processes' static
+    folders are not request folders: `static_dir` and `cleanup_at_exit` own them); returns
+    how many."""
+    if not root.is_dir():
+        return 0
+    now, removed = time.time(), 0
+    for old in root.iterdir():
+        try:
+            if old.is_dir() and not old.name.startswith("static-") and now - old.stat().st_mtime >= max_age_s:
+                shutil.rmtree(old, ignore_errors=True)
+                removed += 1
+        except OSError:
+            pass
+    return removed
+
+
 def request_dir(root: Path | None = None, max_age_s: float = FILES_TTL_S) -> Path:
     """A fresh temporary folder for one request's files; folders older than max_age_s from
     earlier requests are removed."""
     root = Path(root or FILES_ROOT)
     root.mkdir(parents=True, exist_ok=True)
-    now = time.time()
-    for old in root.iterdir():
-        try:
-            if old.is_dir() and now - old.stat().st_mtime > max_age_s:
-                shutil.rmtree(old, ignore_errors=True)
-        except OSError:
-            pass
+    remove_request_folders(root, max_age_s)
     folder = root / uuid.uuid4().hex
     folder.mkdir()
     return folder

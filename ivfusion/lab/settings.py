@@ -1,6 +1,7 @@
 """The Lab's intervention controls (`Settings`) and the keep masks they make."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -129,8 +130,6 @@ def env_number(name: str, default: float, low: float, high: float, kind: type = 
     """A numeric setting from the environment (`env`, default os.environ), checked: unset or
     empty gives `default`; anything that is not a `kind` in [low, high] raises ValueError
     naming the variable, the value and what is accepted (the app prints it as one line)."""
-    import os
-
     raw = (os.environ if env is None else env).get(name)
     if raw is None or raw.strip() == "":
         return default
