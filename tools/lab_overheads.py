@@ -127,9 +127,10 @@ def _page(chromium: str) -> None:
                 page.wait_for_selector("#fuse-btn", timeout=60_000)
                 page.wait_for_timeout(2000)
                 top = page.evaluate("document.querySelector('#fused-clean').getBoundingClientRect().top")
+                gates = page.evaluate("document.querySelector('#gates').getBoundingClientRect().top")
                 tall = page.evaluate("document.documentElement.scrollHeight")
-                print(f"4. first page at {width}x{height}: the fused images start at y={top:.0f} px; "
-                      f"the page is {tall} px tall")
+                print(f"4. first page at {width}x{height}: the fused images start at y={top:.0f} px, the gate maps "
+                      f"at y={gates:.0f} px; the page is {tall} px tall")
             browser.close()
     finally:
         server.terminate()

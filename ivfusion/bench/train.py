@@ -16,7 +16,7 @@ from ..modeling import ISFuse
 from ..train import TrainConfig
 from ..train.dataset import PairDataset
 from ..train.step import FiveWay, train_step
-from .model import _cpu_name
+from .model import cpu_name
 
 
 def time_train_steps(data: list[str], crop: int, batch: int, amp: bool, steps: int, warmup: int,
@@ -56,9 +56,14 @@ def run_train_bench(args) -> dict:
                                      device, channels_last)
             rows.append({"precision": "bf16 autocast" if amp else "fp32", "channels_last": channels_last,
                          "median_s": statistics.median(times), "min_s": min(times), "steps": len(times)})
-    name = _cpu_name() if device.type == "cpu" else torch.cuda.get_device_name(device)
+    dataset = PairDataset(data, args.train_crop, 0)
+    t0 = time.perf_counter()
+    for step in range(5):
+        torch.utils.data.default_collate([dataset[(step, i % len(dataset))] for i in range(args.train_batch)])
+    batch_ms = (time.perf_counter() - t0) / 5 * 1e3
+    name = cpu_name() if device.type == "cpu" else torch.cuda.get_device_name(device)
     report = {"device": str(device), "cpu": name, "threads": args.threads, "crop": args.train_crop,
-              "batch": args.train_batch, "bf16_native": bf16_native(), "rows": rows}
+              "batch": args.train_batch, "bf16_native": bf16_native(), "batch_ms": batch_ms, "rows": rows}
     lines = [f"training step (five separate passes + Adam), crop {args.train_crop}, batch {args.train_batch}, "
              f"{device} ({name}), {args.threads} threads, bf16 native: {bf16_native()}",
              f"{'precision':<15}{'layout':<15}{'median s/step':>14}{'min':>8}{'ratio':>8}"]
@@ -66,5 +71,6 @@ def run_train_bench(args) -> dict:
     for r in rows:
         layout = "channels_last" if r["channels_last"] else "contiguous"
         lines.append(f"{r['precision']:<15}{layout:<15}{r['median_s']:>14.2f}{r['min_s']:>8.2f}{base / r['median_s']:>7.2f}x")
+    lines.append(f"making one batch (crops and masks, in the main process): {batch_ms:.1f} ms")
     print("\n".join(lines))
     return report
