@@ -10,7 +10,7 @@ Environment: IVFUSION_WEIGHTS (default model: a path or hf://owner/repo; the bun
 the fallback), IVFUSION_OFFICIAL_WEIGHTS (offers the authors' checkpoint), IVFUSION_MAX_SIDE
 (downscale limit, default 640), IVFUSION_THREADS (torch threads), IVFUSION_CONCURRENCY
 (requests computed at once, default 1), IVFUSION_QUEUE (queue size, default 16),
-IVFUSION_STABILITY_BUDGET_S (a stability run's time budget in seconds, default 30),
+IVFUSION_STABILITY_BUDGET_S (a stability run's time budget in seconds per 8 interventions, default 30),
 GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (Gradio's own).
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ from ivfusion import lab  # noqa: E402
 from ivfusion.io import ImageError  # noqa: E402
 from ivfusion.lab import callbacks as cb  # noqa: E402
 from ivfusion.lab.callbacks import (COMPARE_OUTPUTS, FUSE_OUTPUTS, MODEL_OUTPUTS, PAIR_OUTPUTS,  # noqa: E402
-                                    RENDER_OUTPUTS, STABILITY_OUTPUTS, ordered, user_errors)
+                                    RENDER_OUTPUTS, STABILITY_BUDGET_PER, STABILITY_OUTPUTS, ordered, user_errors)
 from ivfusion.lab.render import DEFAULT_GATE_SCALE, GATE_SCALE_CHOICES  # noqa: E402
 from ivfusion.levels import GATE_LEVELS  # noqa: E402
 
@@ -259,11 +259,11 @@ class LabApp(cb.LabCallbacks):
                             "none selected: complementary and random masking alternately; modality dropout is left "
                             "out, since it hides a whole input in every run) and asks whether the gates open "
                             "where the model is stable: how much the fused image changes at each pixel, over the runs "
-                            "in which that pixel was visible, against the mean gate; and, per level, how much the "
-                            "cross-attended features change against that level's gate. The paper's claim predicts a "
-                            f"negative r. The Lab reports whatever this pair shows. A run stops after "
-                            f"{self.stability_budget_s:g} s and shows the runs done; others' Fuse goes first between "
-                            "runs.")
+                            "in which that pixel was visible, against the mean gate; and, per level, the relative change of "
+                            "the cross-attended features against that level's gate. The paper's claim predicts a "
+                            f"negative r. The Lab reports whatever this pair shows. A run may take "
+                            f"{self.stability_budget_s:g} s per {STABILITY_BUDGET_PER} interventions, then stops and "
+                            "shows the runs done; others' Fuse goes first between runs.")
                 with gr.Row(equal_height=False):
                     with gr.Column(scale=1, min_width=240):
                         k_slider = gr.Slider(4, 32, value=8, step=1, label="K interventions", elem_id="k-slider")
@@ -275,9 +275,10 @@ class LabApp(cb.LabCallbacks):
                     gmean_img = gr.Image(label="Mean gate (clean pass)", elem_id="mean-gate", scale=2,
                                          **(heat | dict(min_width=300)))
                 stab_md = gr.Markdown(elem_id="stability-text", elem_classes="lab-note")
-                gr.Markdown("**Feature change per level**, coarse | mid | fine: how much the cross-attended features "
-                            "(what each gate reads) change under the interventions, over the runs in which each pixel's "
-                            "footprint was visible.", elem_classes="lab-note")
+                gr.Markdown("**Feature change per level**, coarse | mid | fine: the relative change of the cross-attended "
+                            "features (what each gate reads) under the interventions, over the runs in which each "
+                            "pixel's footprint was visible, as a share of the clean features' size there.",
+                            elem_classes="lab-note")
                 feat_img = gr.Image(label="Feature change per level: coarse | mid | fine", show_label=False,
                                     elem_id="feature-change", **heat)
             with gr.Tab("How it works"):

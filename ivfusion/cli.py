@@ -14,6 +14,7 @@ COMMANDS = {
     "train": "ivfusion.train",
     "evaluate": "ivfusion.evaluate",
     "bench": "ivfusion.bench",
+    "study": "ivfusion.study",
 }
 
 

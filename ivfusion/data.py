@@ -27,12 +27,17 @@ def _examples(names, n: int = 3) -> str:
     return ", ".join(names[:n]) + (f", ... ({len(names)} in all)" if len(names) > n else "")
 
 
+# A dataset folder's (infrared, visible) sub-folders: this project's layout first, then the
+# spellings other fusion benchmarks ship with.
+DATASET_LAYOUTS = (("ir", "vi"), ("infrared", "visible"), ("Infrared", "Visible"), ("IR", "VI"), ("ir", "vis"))
+
+
 def find_pairs(root: str | os.PathLike | None = None, *, infrared: str | os.PathLike | None = None,
                visible: str | os.PathLike | None = None, allow_empty: bool = False) -> Pairs:
     """The registered pairs of a dataset folder: files with the same name (suffix aside) in
     both the infrared and the visible folder.
 
-    Give either `root` (a folder holding the field's `ir/` and `vi/`) or both `infrared` and
+    Give either `root` (a folder holding `ir/` and `vi/`, or another of DATASET_LAYOUTS) or both `infrared` and
     `visible` folders. Raises FileNotFoundError for a missing folder and ValueError when no
     pair is found (unless allow_empty), saying whether a folder holds no images or the file
     names differ between the two sides, with examples of each.
@@ -41,9 +46,11 @@ def find_pairs(root: str | os.PathLike | None = None, *, infrared: str | os.Path
         if infrared is not None or visible is not None:
             raise ValueError("give either a dataset folder (with ir/ and vi/) or the infrared and visible folders, not both")
         root = Path(root)
-        if not (root / "ir").is_dir() or not (root / "vi").is_dir():
-            raise FileNotFoundError(f"{root}: expected sub-folders ir/ and vi/ holding the pairs")
-        infrared, visible = root / "ir", root / "vi"
+        found = [(root / a, root / b) for a, b in DATASET_LAYOUTS if (root / a).is_dir() and (root / b).is_dir()]
+        if not found:
+            names = ", ".join(f"{a}/ and {b}/" for a, b in DATASET_LAYOUTS)
+            raise FileNotFoundError(f"{root}: expected sub-folders holding the pairs ({names})")
+        infrared, visible = found[0]
     elif infrared is None or visible is None:
         raise ValueError("find_pairs needs a dataset folder, or both an infrared and a visible folder")
     infrared, visible = Path(infrared), Path(visible)

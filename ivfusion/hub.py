@@ -1,8 +1,10 @@
 """Loading and saving weights: bundled defaults, local files, the authors' checkpoint, the Hub.
 
 `load_model(spec)` accepts:
-  None                   the bundled default weights (DEFAULT_WEIGHTS, package data), or the
-                         spec in the IVFUSION_WEIGHTS environment variable when it is set;
+  None                   the bundled default weights, or the spec in the IVFUSION_WEIGHTS
+                         environment variable when it is set;
+  "bundled"              the weights shipped with the package (DEFAULT_WEIGHTS), whatever
+                         IVFUSION_WEIGHTS says;
   a folder               holding model.safetensors and config.json (`save_pretrained` layout);
   a .safetensors file    its config from the sibling config.json (default config if absent);
   a .pth / .pt file      the authors' released checkpoint (best.pth), keys mapped to ours;
@@ -25,6 +27,7 @@ from .config import ISFuseConfig
 from .modeling import ISFuse
 
 UNTRAINED = "untrained"
+BUNDLED = "bundled"
 
 
 def bundled_path(name: str = "") -> Path:
@@ -52,7 +55,7 @@ class WeightsError(RuntimeError):
 
 
 ACCEPTED_SPECS = ("a folder with model.safetensors and config.json, a .safetensors file, the authors' .pth, "
-                  "hf://owner/repo[/file], or 'untrained'")
+                  "hf://owner/repo[/file], 'bundled' or 'untrained'")
 # ISFuse within ISFuseConfig's bounds is at most a few MB (13 MB at dim 128); a far larger file
 # is not ISFuse weights, and reading it would only cost memory.
 MAX_WEIGHTS_BYTES = 256 * 2**20
@@ -68,12 +71,14 @@ def load_model(spec: str | os.PathLike | None = None, *, device: str | torch.dev
     """
     if spec is None:
         spec = os.environ.get("IVFUSION_WEIGHTS") or DEFAULT_WEIGHTS
-        if Path(spec) == DEFAULT_WEIGHTS and not (DEFAULT_WEIGHTS / "model.safetensors").is_file():
-            raise WeightsError(
-                f"the bundled default weights are missing ({DEFAULT_WEIGHTS / 'model.safetensors'}); "
-                "pass a weights spec (a .safetensors file, a folder, the authors' best.pth, or "
-                "hf://owner/repo), or 'untrained' for an untrained network"
-            )
+    if str(spec) == BUNDLED:
+        spec = DEFAULT_WEIGHTS
+    if Path(spec) == DEFAULT_WEIGHTS and not (DEFAULT_WEIGHTS / "model.safetensors").is_file():
+        raise WeightsError(
+            f"the bundled default weights are missing ({DEFAULT_WEIGHTS / 'model.safetensors'}); "
+            "pass a weights spec (a .safetensors file, a folder, the authors' best.pth, or "
+            "hf://owner/repo), or 'untrained' for an untrained network"
+        )
     spec_str = str(spec)
     if not spec_str.strip():
         raise WeightsError(f"the weights spec is empty; accepted: {ACCEPTED_SPECS}")

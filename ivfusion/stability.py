@@ -9,12 +9,15 @@ two things per pixel:
   the runs in which that pixel was visible to the network (kept in both inputs), normalised by
   how often it was; a pixel never visible is NaN and left out. Without this, the map of change
   would mostly be a map of where the holes fell;
-* feature change, per gate level: the RMS change of the CFI's cross-attended features (the
-  features the gate reads) from the clean pass, per pixel of that level, over the runs in which
-  the pixel's whole footprint was visible.
+* relative feature change, per gate level: the RMS change of the CFI's cross-attended features
+  (the features the gate reads) from the clean pass, per pixel of that level, over the runs in
+  which the pixel's whole footprint was visible, divided by the RMS of the clean features at
+  that pixel. Relative, because feature magnitude varies across the image: an absolute change
+  map would partly be a map of where the features are large.
 
 Each is correlated (Pearson r over the pixels where both maps are defined) with a gate map of
-the clean pass: the level-averaged gate for the output, that level's gate for the features.
+the clean pass: the output instability with the level-averaged gate and with each level's gate
+(upsampled), the feature change with that level's gate.
 Neighbouring pixels are not independent, so the p-value comes from Dutilleul's modified t-test
 (Dutilleul 1993, after Clifford, Richardson and Hemon 1989): the t-test of r with an effective
 number of pixels computed from both maps' spatial autocorrelation. Measured on real images
@@ -65,12 +68,17 @@ class Correlation:
 
 @dataclass
 class LevelStability:
-    """The feature-level view at one gate level; maps are (h, w) at that level's size.
+    """One gate level's view; maps are (h, w) at that level's size.
 
-    change: float32 >= 0, RMS over channels and over the runs in which the pixel was visible
-        of (cross_run - cross_clean), in feature units; NaN where never visible.
+    change: float32 >= 0, the relative feature change: RMS over channels and over the runs in
+        which the pixel was visible of (cross_run - cross_clean), divided by the RMS over
+        channels of cross_clean (floored at 1e-3 of its mean, so that near-zero features do
+        not divide by zero); NaN where never visible.
     gate: float32 in [0, 1], the clean pass's gate at this level.
     visible_count: int32, in how many runs the pixel's footprint was visible in both inputs.
+    correlation: r of `change` against `gate`.
+    output_correlation: r of the output instability against this level's gate, upsampled to
+        the pair's size.
     """
 
     level: GateLevel
@@ -78,6 +86,7 @@ class LevelStability:
     gate: np.ndarray
     visible_count: np.ndarray
     correlation: Correlation
+    output_correlation: Correlation
 
 
 @dataclass
@@ -209,10 +218,13 @@ class StabilityAnalysis:
         levels = []
         if self.features:
             for lv, level in enumerate(GATE_LEVELS):
-                change = _rms(feat_sq[lv], feat_n[lv])
+                size = clean_cross[lv].double().pow(2).mean(0).sqrt()
+                change = _rms(feat_sq[lv], feat_n[lv]) / size.clamp_min(1e-3 * float(size.mean())).float().numpy()
                 g = clean.gates[level.index].astype(np.float32)
                 corr = self.correlate(change, g, f"the {level.label} cross-attended features change")
-                levels.append(LevelStability(level, change, g, feat_n[lv].numpy().astype(np.int32), corr))
+                out_corr = self.correlate(instability, clean.gates_full[level.index].astype(np.float32),
+                                          "the fused output changes")
+                levels.append(LevelStability(level, change, g, feat_n[lv].numpy().astype(np.int32), corr, out_corr))
         return StabilityResult(instability, out_n.numpy().astype(np.int32), gate, correlation, levels, names,
                                self.k, done, cancelled, self.seed, pair.visible_rgb, time.perf_counter() - t0, notices)
 

@@ -44,7 +44,7 @@ def test_find_pairs_names_an_empty_or_missing_folder(tmp_path, pair_folder):
     shutil.copytree(pair_folder / "vi", tmp_path / "vi")
     with pytest.raises(ValueError, match=r"infrared folder .*ir holds no images \(accepted suffixes"):
         find_pairs(tmp_path)
-    with pytest.raises(FileNotFoundError, match="expected sub-folders ir/ and vi/"):
+    with pytest.raises(FileNotFoundError, match=r"expected sub-folders holding the pairs \(ir/ and vi/"):
         find_pairs(tmp_path / "vi")
     with pytest.raises(FileNotFoundError, match="visible folder not found"):
         find_pairs(infrared=tmp_path / "ir", visible=tmp_path / "nope")

@@ -247,3 +247,12 @@ def test_a_deflated_pth_that_would_unpack_to_hundreds_of_mb_is_refused_from_its_
     header_bomb.write_bytes((2**40).to_bytes(8, "little") + b"{}")
     with pytest.raises(WeightsError, match="header claims"):
         load_model(header_bomb)
+
+
+def test_bundled_names_the_shipped_weights_whatever_ivfusion_weights_says(monkeypatch):
+    from ivfusion.hub import DEFAULT_WEIGHTS
+
+    monkeypatch.setenv("IVFUSION_WEIGHTS", "untrained")
+    assert getattr(load_model(None), "is_untrained", False)  # no spec: the environment's choice
+    bundled = load_model("bundled")
+    assert bundled.weights_source == str(DEFAULT_WEIGHTS) and not getattr(bundled, "is_untrained", False)

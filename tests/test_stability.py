@@ -163,7 +163,12 @@ def test_p_value_sanity_on_real_images(shared_dir):
 
 def test_result_on_a_real_pair_reads_plainly(fuser, pair):
     res = StabilityAnalysis(fuser, k=2, seed=3).run(*pair)
-    for corr in [res.correlation, *(lv.correlation for lv in res.levels)]:
+    for corr in [res.correlation, *(lv.correlation for lv in res.levels), *(lv.output_correlation for lv in res.levels)]:
         assert np.isfinite(corr.r) and 0 < corr.p_value <= 1 and 3 <= corr.n_eff <= corr.n_pixels
         assert corr.reading.startswith(f"r = {corr.r:+.2f}") and corr.reading.count(".") >= 1
     assert res.gate.shape == res.instability.shape and 0 <= res.gate.min() and res.gate.max() <= 1
+    # each level's output r is the instability against that level's own gate, upsampled
+    for lv in res.levels:
+        g = fuser.clean.gates_full[lv.level.index]
+        valid = np.isfinite(res.instability)
+        assert lv.output_correlation.r == pytest.approx(np.corrcoef(res.instability[valid], g[valid])[0, 1], abs=1e-6)

@@ -1,6 +1,6 @@
 """Per-level invariance-gate statistics of one or more weights specs on a folder of pairs.
 
-    python tools/gate_stats.py --weights default --weights ../shared/weights/authors/best.pth \
+    python tools/gate_stats.py --weights bundled --weights ../shared/weights/authors/best.pth \
         --pairs ../shared/data/roadscene/test [--skip N] [--limit N]
 
 For each gate level (coarse 1/4, mid 1/2, fine 1/1) and each pair: the gate map's spatial mean,

@@ -1,7 +1,7 @@
 """The tables of issue 20: fusion metrics and gate statistics per level for several weights, on
 roadscene/test and on the MSRS pairs the v3 run held out.
 
-    python tools/v3_tables.py --weights default --weights runs/v3/last \
+    python tools/v3_tables.py --weights bundled --weights runs/v3/last \
         [--weights ../shared/weights/authors/best.pth] [--limit N]
 
 The held-out pairs are read from the run's committed config (docs/research/v3-cpu/

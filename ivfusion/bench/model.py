@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from ..data import load_pair
+from ..device import cpu_name
 from .macs import count_macs
 from .paths import parse_size, shared_dir
 
@@ -263,16 +264,6 @@ def run_bench(args) -> dict:
             report["metrics_time_s"] = {"error": f"{type(e).__name__}: {e}"}
     report["process_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return report
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def format_report(r: dict) -> str:

@@ -16,7 +16,7 @@ from ..modeling import ISFuse
 from ..train import TrainConfig
 from ..train.dataset import PairDataset
 from ..train.step import FiveWay, train_step
-from .model import cpu_name
+from ..device import cpu_name
 
 
 def time_train_steps(data: list[str], crop: int, batch: int, amp: bool, steps: int, warmup: int,

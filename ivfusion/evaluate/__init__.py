@@ -4,7 +4,7 @@
                       [--weights SPEC ...] [--interventions] [--baseline mean|max]
                       [--csv F] [--json F] [--plot F] [--workers N]
 
-(``--ir``/``--vis`` are deprecated aliases of ``--infrared``/``--visible``.) Pairs come from
+Pairs come from
 :func:`ivfusion.data.find_pairs` (file names without suffix found in both folders); each
 method's output is the image with the same name in its ``--fused`` folder (any image
 suffix). Every image is read for the metrics as the reference values were made

@@ -35,7 +35,7 @@ def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--weights", metavar="SPEC", action="append", default=[],
                    help=f"also run ISFuse with these weights (method '{MODEL_METHOD}'): a "
                         "folder, .safetensors, the authors' best.pth, hf://owner/repo, 'untrained' or "
-                        "'default'; repeat to compare several (named by their spec)")
+                        "'bundled'; repeat to compare several (named by their spec)")
     p.add_argument("--baseline", action="append", default=[], choices=sorted(BASELINES),
                    help="also score a pixel-wise baseline: mean = round((IR+VI)/2), max = "
                         "max(IR, VI); repeatable")
@@ -99,7 +99,7 @@ def _evaluate(args, progress: bool) -> EvaluationResults:
                                       workers=args.workers, progress=progress))
     for spec in args.weights:
         name = MODEL_METHOD if len(args.weights) == 1 else f"{MODEL_METHOD} [{spec}]"
-        parts.append(evaluate_model(args.infrared, args.visible, None if spec == "default" else spec,
+        parts.append(evaluate_model(args.infrared, args.visible, spec,
                                     interventions=args.interventions, seed=args.seed,
                                     device=args.device, workers=args.workers,
                                     progress=progress, name=name))

@@ -89,7 +89,7 @@ def stability_figures(res: StabilityResult, gate_scale: str = "stretched per lev
     """The pictures and the Markdown summary of a stability run: "instability" (the fused
     output's RMS change over the runs in which each pixel was visible, in grey levels),
     "mean_gate" (the clean pass's level-averaged gate), "features" (per level, the
-    cross-attended features' RMS change: coarse | mid | fine) and "summary"."""
+    cross-attended features' relative change: coarse | mid | fine) and "summary"."""
     inst = np.where(np.isfinite(res.instability), res.instability, np.nan) * 255.0
     # the scale's top is the 99th percentile, not the maximum: the holes' edges change most, and
     # on a max scale they left the rest of the map black (the top 1% saturate)

@@ -48,10 +48,14 @@ PAIR_OUTPUTS = ("pair_info", "hole_text", "draw_visible", "draw_infrared", *FUSE
 MODEL_OUTPUTS = ("model", "model_info", "state")
 # /compare: one pair and intervention through two models
 COMPARE_OUTPUTS = ("compare_fused", *(f"compare_{lv.key}" for lv in GATE_LEVELS), "compare_summary", "state")
-# A stability run stops after this many seconds (checked between interventions) and shows the
-# runs done: one visitor's analysis must not hold the machine for minutes (a 1024 px K=32 run
-# took 76 s on a 2-CPU machine). IVFUSION_STABILITY_BUDGET_S overrides it.
+# A stability run's time budget, in seconds per 8 interventions (checked between them): it stops
+# there and shows the runs done, so that one visitor's analysis cannot hold the machine for
+# minutes. Per 8, so that the largest K finishes too: a 640x480 K=32 run took 19-21 runs' worth of
+# a flat 30 s (a 1024 px K=32 run took 76 s on a 2-CPU machine). Others' Fuse goes first between
+# interventions, so a longer run delays no one by more than one intervention.
+# IVFUSION_STABILITY_BUDGET_S overrides it.
 STABILITY_BUDGET_S = 30.0
+STABILITY_BUDGET_PER = 8
 EXPIRED = "Your last result has expired (results are kept for a limited time): press Fuse again."
 SLOW_WAIT_S = 0.5  # a wait for the compute slot longer than this is reported on the page
 DEFAULTS = dict(complementary=True, random_masking=False, dropout="none", hole_percent=settings.DEFAULT_HOLE_PERCENT,
@@ -357,7 +361,7 @@ class LabCallbacks:
         view (coarse | mid | fine) and a Markdown summary with each r, its p-value and a plain
         reading. Progress is reported per intervention; the session's Cancel stops it between
         interventions and the maps then cover the runs done. The run stops at the time budget
-        (`STABILITY_BUDGET_S`) the same way, and the summary says so. It holds the compute slot
+        (`STABILITY_BUDGET_S` per `STABILITY_BUDGET_PER` interventions) the same way, and the summary says so. It holds the compute slot
         one intervention at a time, so other users' Fuse waits for at most one intervention."""
         k = _whole_k(k)
         s = self._settings(complementary, random_masking, dropout, hole_percent, holes, seed)
@@ -369,11 +373,12 @@ class LabCallbacks:
         if isinstance(state, dict):
             state["cancel"] = cancel
         progress(0.0, desc=f"0 of {k} interventions")
+        budget_s = self.stability_budget_s * max(1.0, k / STABILITY_BUDGET_PER)
         res = analysis.run_stability(
-            fuser, vis, ir, s, k, drawn, cancel=cancel, budget_s=self.stability_budget_s, slot=COMPUTE,
+            fuser, vis, ir, s, k, drawn, cancel=cancel, budget_s=budget_s, slot=COMPUTE,
             progress=lambda done, total: progress(done / total, desc=f"{done} of {total} interventions"))
         if res.stopped_by == "time budget":
-            gr.Info(f"Stability analysis stopped by its {self.stability_budget_s:g} s time budget after {res.done} "
+            gr.Info(f"Stability analysis stopped by its {budget_s:g} s time budget after {res.done} "
                     f"of {res.k} interventions; the maps cover the runs done.")
         elif res.cancelled:
             gr.Info(f"Stability analysis cancelled after {res.done} of {res.k} interventions.")

@@ -1,0 +1,92 @@
+"""``ivfusion study``: does the invariance gate open where features stay stable under intervention,
+across whole datasets?
+
+    ivfusion study PAIRS... --weights SPEC... [--k 16] [--limit N] [--seed 0] [--out study]
+                   [--max-side 320] [--q 0.05] [--no-plots] [--no-progress]
+
+PAIRS: dataset folders holding ir/ and vi/ (`ivfusion.data.find_pairs`). SPEC: any weights spec
+(a folder, a .safetensors file, the authors' .pth, hf://...), 'bundled' for the shipped weights,
+or 'untrained', the null model. For every pair, weights and intervention type (complementary,
+random), K seeded interventions measure per gate level two correlations with the clean gate
+(`measure`): with the fused output's instability, and with the relative change of the
+cross-attended features, each with its modified-t p-value. Across pairs (`stats`): the mean r
+with a bootstrap 95% interval, and the shares of pairs significant in the claim's direction
+(r < 0) and the opposite one after Benjamini-Hochberg control over pairs and levels.
+
+Each pair's record is cached under OUT/cache, keyed by the settings, the weights' parameters and
+the pair's bytes, so a killed study resumes where it stopped and a rerun only summarises.
+Writes OUT/report.md (the printed table), summary.csv, tests.csv, study.json, r_distribution.png
+and extremes_<weights>.jpg (the strongest and the weakest pair's maps).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..interventions import MaskConfig
+from .measure import MEASURES, STUDY_INTERVENTIONS, StudySettings, measure_pair
+from .run import StudyResult, load_datasets, run_study
+from .stats import benjamini_hochberg, bootstrap_mean_ci, decide, summarise
+
+__all__ = ["MEASURES", "STUDY_INTERVENTIONS", "StudySettings", "StudyResult", "benjamini_hochberg",
+           "bootstrap_mean_ci", "decide", "load_datasets", "measure_pair", "run_study", "summarise"]
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("study", help="test the paper's claim (gates open where features are stable) over datasets",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("pairs", nargs="+", metavar="PAIRS", help="dataset folders, each holding ir/ and vi/")
+    p.add_argument("--weights", action="append", required=True, metavar="SPEC",
+                   help="weights spec, repeatable: a folder, .safetensors, the authors' .pth, hf://..., 'bundled' or "
+                        "'untrained' (the null model)")
+    p.add_argument("--k", type=int, default=StudySettings.k, help="interventions per type and pair (default 16)")
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N pairs of each folder, by name")
+    p.add_argument("--seed", type=int, default=StudySettings.seed, help="fixes every mask and the bootstrap (default 0)")
+    p.add_argument("--max-side", type=int, default=StudySettings.max_side,
+                   help="pairs are downscaled to this longer side (default 320)")
+    p.add_argument("--q", type=float, default=0.05, help="false discovery rate of the Benjamini-Hochberg control (default 0.05)")
+    p.add_argument("--out", type=Path, default=Path("study"), help="output folder (default ./study); its cache/ resumes a study")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    p.add_argument("--no-plots", action="store_true", help="skip the figures")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..hub import WeightsError
+    from . import report
+
+    if args.limit is not None and args.limit < 1:
+        print(f"ivfusion study: error: --limit must be at least 1, got {args.limit}", file=sys.stderr)
+        return 2
+    if not 0.0 < args.q < 1.0:
+        print(f"ivfusion study: error: --q must be between 0 and 1, got {args.q}", file=sys.stderr)
+        return 2
+    try:
+        settings = StudySettings(k=args.k, seed=args.seed, max_side=args.max_side, mask_config=MaskConfig())
+        datasets = load_datasets(args.pairs, args.limit)
+        result = run_study(datasets, list(dict.fromkeys(args.weights)), settings, args.out / "cache", q=args.q,
+                           progress=not args.no_progress, device=args.device)
+    except (ValueError, FileNotFoundError, WeightsError) as e:
+        print(f"ivfusion study: error: {e}", file=sys.stderr)
+        return 2
+    written = report.write_outputs(result, args.out)
+    if not args.no_plots and result.tests:
+        from ..predictor import Fuser
+        from ..hub import load_model
+
+        written.append(report.distribution_figure(result, args.out / "r_distribution.png"))
+        for w in result.weights:
+            fuser = Fuser(load_model(w.spec), device=args.device, max_side=settings.max_side)
+            path = report.extremes_figure(result, fuser, w.label, args.out / f"extremes_{report.safe_name(w.label)}.jpg")
+            if path:
+                written.append(path)
+    print(report.preamble(result) + "\n")
+    print(report.table(result))
+    for f in result.failures:
+        print(f"failed: {f['dataset']}/{f['pair']} with {f['weights']}: {f['reason']}")
+    print(result.timing_line())
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 1 if result.failures and not result.tests else 0
