@@ -58,6 +58,7 @@ uses cross-modal features (bright: open), move. Pick an example or upload a pair
 
 CSS = """
 .lab-note {font-size: 0.95em}
+.phone-only {display: none}
 #fuse-btn {min-height: 3em; font-size: 1.1em}
 #examples .grid-wrap {min-height: 0 !important; height: auto !important}
 #examples .thumbnail-item {aspect-ratio: 2 / 1 !important}  /* a pair thumbnail is two 4:3 images wide */
@@ -65,6 +66,13 @@ CSS = """
 #how-it-works td, #how-it-works th {word-break: normal; overflow-wrap: normal; hyphens: none}
 @media (max-width: 600px) {
   .gradio-container {padding: 4px !important}
+  /* the gate figure at a size whose labels can be read, panned sideways inside its own box (a
+     1547 px figure squeezed to the screen's 326 px made its tick labels about 4 px high) */
+  #gates .image-container {overflow-x: auto !important; overflow-y: hidden}
+  #gates .image-container > button, #gates .image-frame {width: 900px !important; max-width: none !important}
+  #gates .image-frame img {width: 900px !important; max-width: none !important; height: auto !important}
+  #gates label.float {display: none}
+  .phone-only {display: block !important}
   #how-it-works table {display: block; overflow-x: auto}
   #metrics table {font-size: 0.85em}
 }
@@ -184,6 +192,9 @@ class LabApp(cb.LabCallbacks):
                                             elem_id="difference", **(heat | dict(min_width=150, height=210)))
                         diff_md = gr.Markdown(first.get("difference_caption"), elem_id="difference-caption",
                                               elem_classes="lab-note")
+                        gr.Markdown("**Invariance gates**, one level per row (coarse, mid, fine): clean | intervened "
+                                    "| change. Swipe the figure sideways to see all three.",
+                                    elem_classes=["lab-note", "phone-only"])
                         gates_img = gr.Image(first.get("gates"), label="Invariance gates per level: clean | "
                                              "intervened | change", show_label=True, elem_id="gates", **heat)
                         gate_scale = gr.Radio(list(GATE_SCALE_CHOICES), value=DEFAULT_GATE_SCALE, elem_id="gate-scale",
