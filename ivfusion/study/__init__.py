@@ -1,8 +1,8 @@
 """``ivfusion study``: does the invariance gate open where features stay stable under intervention,
 across whole datasets?
 
-    ivfusion study PAIRS... --weights SPEC... [--k 16] [--limit N] [--seed 0] [--out study]
-                   [--max-side 320] [--q 0.05] [--no-plots] [--no-progress]
+    ivfusion study PAIRS... --weights SPEC [--weights SPEC ...] [--k 16] [--limit N] [--seed 0]
+                   [--out study] [--max-side 320] [--q 0.05] [--no-plots] [--no-progress]
 
 PAIRS: dataset folders holding ir/ and vi/ (`ivfusion.data.find_pairs`). SPEC: any weights spec
 (a folder, a .safetensors file, the authors' .pth, hf://...), 'bundled' for the shipped weights,
