@@ -31,7 +31,9 @@ __all__ = ["TrainConfig", "ConfigError", "main", "add_parser", "config_from_args
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("train", help="train ISFuse (Algorithm 1); torchrun-ready",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                              epilog="Each flag is a field of TrainConfig (ivfusion/train/config.py, where each "
+                                     "is explained); docs/TRAINING.md has the recipe.")
     add_arguments(p)
     p.set_defaults(func=run)
 

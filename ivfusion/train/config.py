@@ -108,35 +108,40 @@ _NESTED = {"model": ISFuseConfig, "masks": MaskConfig}
 
 
 def _leaves(cls, prefix=""):
-    """(dotted name, type) for every setting, nested dataclasses flattened."""
+    """(dotted name, type, default) for every setting, nested dataclasses flattened."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if f.name in _NESTED and cls is TrainConfig:
             yield from _leaves(_NESTED[f.name], f.name + ".")
         else:
-            yield prefix + f.name, hints[f.name]
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            yield prefix + f.name, hints[f.name], default
 
 
-def _add(p, flag: str, dest: str, kind) -> None:
+def _add(p, flag: str, dest: str, kind, default) -> None:
     union = typing.get_origin(kind) in (typing.Union, types.UnionType)
     args = typing.get_args(kind) if union else ()
     optional = type(None) in args
     base = next(a for a in args if a is not type(None)) if union else kind
+    # the default shown, not set: unset flags must stay None, so that a resumed run's saved
+    # config and a --config file can fill them (config_from_args)
+    shown = " ".join(map(str, default)) if isinstance(default, list) else default
+    text = f"default: {shown if shown not in (None, '') else 'none'}"
     if base is bool:
-        p.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None)
+        p.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=text)
     elif typing.get_origin(base) is list:
-        p.add_argument(flag, dest=dest, nargs="+", default=None)
+        p.add_argument(flag, dest=dest, nargs="+", default=None, help=text)
     else:
         conv = base if base in (int, float) else str
         if optional and conv is not str:  # "none" leaves a number unset (e.g. disk_prob)
             conv = (lambda c: lambda v: None if v.lower() == "none" else c(v))(conv)
-        p.add_argument(flag, dest=dest, type=conv, default=None)
+        p.add_argument(flag, dest=dest, type=conv, default=None, help=text)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML or JSON file of TrainConfig fields (flags override it)")
-    for name, kind in _leaves(TrainConfig):
-        _add(p, "--" + name.replace("_", "-"), name, kind)
+    for name, kind, default in _leaves(TrainConfig):
+        _add(p, "--" + name.replace("_", "-"), name, kind, default)
 
 
 def _nest(flat: dict) -> dict:
@@ -174,7 +179,7 @@ def config_from_args(args) -> TrainConfig:
         if not path.is_file():
             raise ConfigError(f"--config {path}: no such file")
         _merge(values, _nest(_read_config_file(path)))
-    flags = {name: getattr(args, name) for name, _ in _leaves(TrainConfig) if getattr(args, name, None) is not None}
+    flags = {name: getattr(args, name) for name, _, _ in _leaves(TrainConfig) if getattr(args, name, None) is not None}
     _merge(values, _nest(flags))
     if isinstance(values.get("val"), str) and values["val"].lower() == "none":
         values["val"] = None
