@@ -110,6 +110,29 @@ def test_one_session_cannot_fill_the_queue(server, pair):
     assert refused and all("queue is full" in o.lower() for o in refused), outcomes
 
 
+def test_the_page_is_told_why_its_request_was_refused(server, pair):
+    """A browser's refusal carries the Lab's own text: Gradio's page shows the detail of a 400
+    but replaces every 503's with "This application is currently busy". gradio_client (which
+    sends x-gradio-user: api) still gets its 503 queue-full."""
+    import httpx
+
+    vis, _ = pair
+    fn_index, dep = fp.dependency(server.config, "fuse")
+    data = fp.payload(server.config, dep, server.upload(vis))
+    replies = []
+    for headers in ({}, {"x-gradio-user": "api"}):
+        session = f"refusal{len(replies)}"
+        body = {"data": data, "fn_index": fn_index, "session_hash": session, "event_data": None, "trigger_id": None}
+        # joined back to back, as a page does on quick clicks: one computing, two waiting, then refused
+        replies.append([httpx.post(server.api + "/queue/join", json=body, headers=headers, timeout=60)
+                        for _ in range(5)])
+    page, api = ([r.status_code for r in rs] for rs in replies)
+    assert 400 in page and 503 not in page, page
+    refused = next(r for r in replies[0] if r.status_code == 400)
+    assert "requests waiting" in refused.json()["detail"] and "per visitor" in refused.json()["detail"]
+    assert 503 in api and 400 not in api, api
+
+
 def test_49mp_16bit_png_through_every_image_handler_stays_under_1gb(server, tmp_path):
     png = fp.big_png(tmp_path / "big.png")
     handlers = fp.image_handlers(server.config)

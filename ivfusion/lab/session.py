@@ -310,7 +310,12 @@ def release_memory() -> None:
 def limit_queue_per_session(demo, max_waiting: int = MAX_QUEUED_PER_SESSION) -> None:
     """Refuse a session's request while it already has `max_waiting` requests waiting in the
     queue (not counting the one being computed), with a message saying so. Call after
-    `demo.queue(...)`. Uses Gradio's queue internals (gradio 5-6), checked by the load test."""
+    `demo.queue(...)`. Uses Gradio's queue internals (gradio 5-6), checked by the load test.
+
+    The refusal is a 503 "queue full" for gradio_client (it sends `x-gradio-user: api` and
+    turns a 503 into its QueueError), and a 400 carrying the message for a browser: Gradio's
+    page replaces the text of every 503 with its generic "This application is currently busy",
+    but shows the detail of other errors, so only a 400 lets the visitor read why."""
     queue = demo._queue
     push = queue.push
 
@@ -320,8 +325,9 @@ def limit_queue_per_session(demo, max_waiting: int = MAX_QUEUED_PER_SESSION) -> 
             waiting = sum(ev.session_hash == sh for q in queue.event_queue_per_concurrency_id.values()
                           for ev in q.queue)
             if waiting >= max_waiting:
+                api = getattr(request, "headers", {}).get("x-gradio-user") == "api"
                 return (False, f"You already have {waiting} requests waiting; wait for them to finish (at most "
-                               f"{max_waiting} waiting requests per visitor).", "queue_full")
+                               f"{max_waiting} waiting requests per visitor).", "queue_full" if api else "error")
         return await push(body, request, username)
 
     queue.push = limited_push
