@@ -67,11 +67,10 @@ CSS = """
 @media (max-width: 600px) {
   .gradio-container {padding: 4px !important}
   /* the gate figure at a size whose labels can be read, panned sideways inside its own box (a
-     1547 px figure squeezed to the screen's 326 px made its tick labels about 4 px high) */
+     1547 px figure squeezed to the screen's 326 px made its titles and tick labels about 4 px high) */
   #gates .image-container {overflow-x: auto !important; overflow-y: hidden}
   #gates .image-container > button, #gates .image-frame {width: 900px !important; max-width: none !important}
   #gates .image-frame img {width: 900px !important; max-width: none !important; height: auto !important}
-  #gates label.float {display: none}
   .phone-only {display: block !important}
   #how-it-works table {display: block; overflow-x: auto}
   #metrics table {font-size: 0.85em}
@@ -196,7 +195,7 @@ class LabApp(cb.LabCallbacks):
                                     "| change. Swipe the figure sideways to see all three.",
                                     elem_classes=["lab-note", "phone-only"])
                         gates_img = gr.Image(first.get("gates"), label="Invariance gates per level: clean | "
-                                             "intervened | change", show_label=True, elem_id="gates", **heat)
+                                             "intervened | change", show_label=False, elem_id="gates", **heat)
                         gate_scale = gr.Radio(list(GATE_SCALE_CHOICES), value=DEFAULT_GATE_SCALE, elem_id="gate-scale",
                                               label="Gate colour scale (redraws without running the model)")
                         gate_md = gr.Markdown(first.get("gate_captions"), elem_classes="lab-note",

@@ -268,6 +268,17 @@ def stacked(images: Sequence[np.ndarray], gap: int = 12) -> np.ndarray:
     return np.concatenate(parts, axis=0)
 
 
+def with_title(img: np.ndarray, text: str, size: int = 28) -> np.ndarray:
+    """`img` (grey or RGB) under a white strip holding `text`, left-aligned, `size` px high: the
+    label travels with the picture (a page caption is lost when a phone pans or zooms it)."""
+    from PIL import Image, ImageDraw
+
+    img = to_rgb(img)
+    strip = Image.new("RGB", (img.shape[1], round(size * 1.5)), tuple(int(v) for v in _BG))
+    ImageDraw.Draw(strip).text((2, strip.height // 2), text, fill=_INK, font=_font(size, True), anchor="lm")
+    return np.concatenate([np.asarray(strip), img], axis=0)
+
+
 def pad_top(img: np.ndarray, pixels: int) -> np.ndarray:
     """`img` with a white strip on top (room for a viewer's buttons over the picture)."""
     img = to_rgb(img)
