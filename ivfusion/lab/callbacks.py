@@ -361,8 +361,9 @@ class LabCallbacks:
         view (coarse | mid | fine) and a Markdown summary with each r, its p-value and a plain
         reading. Progress is reported per intervention; the session's Cancel stops it between
         interventions and the maps then cover the runs done. The run stops at the time budget
-        (`STABILITY_BUDGET_S` per `STABILITY_BUDGET_PER` interventions) the same way, and the summary says so. It holds the compute slot
-        one intervention at a time, so other users' Fuse waits for at most one intervention."""
+        (`STABILITY_BUDGET_S` per `STABILITY_BUDGET_PER` interventions) the same way, and the
+        summary says so. It holds the compute slot one intervention at a time, so other users'
+        Fuse waits for at most one intervention."""
         k = _whole_k(k)
         s = self._settings(complementary, random_masking, dropout, hole_percent, holes, seed)
         fuser, _ = self.bank.get(model)

@@ -2,9 +2,9 @@
 
 Per gate level the page shows three maps side by side: the clean pass's gate, the intervened
 pass's gate (both on one colour scale) and the gate change, intervened - clean, on a
-diverging scale centred on 0. Each map is titled inside
-the picture (level and map), so the labels stay with it when a phone pans or zooms; the numbers
-(means, ranges) are returned as caption text for the page.
+diverging scale centred on 0. Each map is titled inside the picture (level and map), so the
+labels stay with it when a phone pans or zooms; the numbers (means, ranges) are returned as
+caption text for the page.
 """
 from __future__ import annotations
 
@@ -77,10 +77,10 @@ def render_levels(run: LabRun, gate_scale: str = "fixed") -> list[LevelFigures]:
         p1, p99 = (float(v) for v in np.percentile(np.concatenate([g_clean.ravel(), g_inter.ravel()]), [1, 99]))
         span = ("0 to 1" if (lo, hi) == (0.0, 1.0) else
                 f"{lo:.3f} to {hi:.3f}, stretched: the gates use only {100 * (p99 - p1):.1f}% of their 0-1 range")
-        caption = (f"**{level.label[:1].upper() + level.label[1:]} gates**: clean | intervened | change. "
+        name = level.label[:1].upper() + level.label[1:]
+        caption = (f"**{name} gates**: clean | intervened | change. "
                    f"Mean clean {m_c:.3f}, intervened {m_i:.3f} (target \u03b7 = {run.eta:g}); gate colours span "
                    f"{span}; change scale \u00b1{limit:.3f}.")
-        name = level.label[:1].upper() + level.label[1:]
         image = viz.side_by_side([viz.with_title(clean_img, f"{name}: clean"),
                                   viz.with_title(inter_img, "intervened"), viz.with_title(change_img, "change")], gap=12)
         out.append(LevelFigures(clean_img, inter_img, change_img, image, caption))

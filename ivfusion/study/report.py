@@ -4,10 +4,10 @@ weakest pairs."""
 from __future__ import annotations
 
 import csv
-import io as _io
 import json
 import math
 import re
+from io import StringIO
 from pathlib import Path
 
 import numpy as np
@@ -62,7 +62,7 @@ def write_outputs(result: StudyResult, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, rows in (("summary.csv", result.rows), ("tests.csv", result.tests)):
-        buf = _io.StringIO()
+        buf = StringIO()
         writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["empty"], lineterminator="\n")
         writer.writeheader()
         writer.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in rows)
