@@ -352,25 +352,32 @@ def test_sessions_do_not_share_state(server):
 
 
 def test_a_stability_run_does_not_starve_another_clients_fuse(server):
+    """Judged by the compute slot's own record, not by wall-clock durations (a ratio of two
+    durations failed in CI on a loaded machine): while the Fuse waited for the slot, at most one
+    stability step may have entered it, and the run must have gone on after the Fuse."""
     from gradio_client import Client, handle_file
 
     from gradio_client.utils import Status
 
+    from ivfusion.lab.slot import COMPUTE
+
     slow, quick = Client(server, verbose=False), Client(server, verbose=False)
     job = slow.submit(visible=handle_file(str(VIS)), infrared=handle_file(str(IR)), k=32, api_name="/stability")
-    # Fuse once the run is computing (a fixed sleep raced it: at 128 px a K=32 run takes ~1.4 s)
     deadline = time.monotonic() + 60
     started = (Status.PROCESSING, Status.PROGRESS, Status.FINISHED)
     while job.status().code not in started and time.monotonic() < deadline:
         time.sleep(0.02)
-    t0 = time.monotonic()
+    t0 = time.perf_counter()  # the slot's clock
     quick.predict(visible=handle_file(str(VIS)), infrared=handle_file(str(IR)), api_name="/fuse")
-    fuse_s = time.monotonic() - t0
     job.result()
-    stability_s = time.monotonic() - t0
-    # two durations of one run compared, not a wall-clock bound: a Fuse that waited for the whole
-    # run would take about as long as the run; one that waited for one intervention, a fraction
-    assert fuse_s < 0.5 * stability_s, f"the Fuse took {fuse_s:.2f} s of the stability run's {stability_s:.2f} s"
+    holds = [h for h in COMPUTE.history if h[3] >= t0]
+    (_, asked, entered, left), = [h for h in holds if h[0] == "fuse"]
+    steps = [h for h in holds if h[0] == "stability"]
+    run_end = max(h[3] for h in steps)
+    assert asked < run_end, "the run had ended before the Fuse asked for the slot: nothing was tested"
+    assert left < run_end, "the Fuse waited for the whole stability run"
+    ahead = [h for h in steps if asked < h[2] < entered]
+    assert len(ahead) <= 1, f"{len(ahead)} stability steps went ahead of a waiting Fuse"
 
 
 def test_an_expired_result_says_press_fuse_again(served):

@@ -26,7 +26,8 @@ class ComputeSlot:
 
     `hold(name)` is a context manager; `waiting` is the number of requests queued for it and
     `holder` the name of the current holder (None when free): the page says when a request
-    waits. `history` keeps (name, entered, left) of the last `keep` holds, perf_counter seconds.
+    waits. `history` keeps (name, asked, entered, left) of the last `keep` holds, perf_counter
+    seconds: with `asked`, the holds that went first while a request waited can be counted.
     """
 
     def __init__(self, keep: int = 256):
@@ -34,7 +35,7 @@ class ComputeSlot:
         self._tickets = itertools.count()
         self._queue: collections.deque[int] = collections.deque()
         self.holder: str | None = None
-        self.history: collections.deque[tuple[str, float, float]] = collections.deque(maxlen=keep)
+        self.history: collections.deque[tuple[str, float, float, float]] = collections.deque(maxlen=keep)
 
     @property
     def waiting(self) -> int:
@@ -55,14 +56,14 @@ class ComputeSlot:
                 raise
             self._queue.popleft()
             self.holder = name
-            self._entered = time.perf_counter()
+            self._asked, self._entered = t0, time.perf_counter()
         return self._entered - t0
 
     def release(self) -> None:
         with self._cond:
             if self.holder is None:
                 raise RuntimeError("the compute slot is not held")
-            self.history.append((self.holder, self._entered, time.perf_counter()))
+            self.history.append((self.holder, self._asked, self._entered, time.perf_counter()))
             self.holder = None
             self._cond.notify_all()
 
