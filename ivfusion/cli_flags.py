@@ -1,10 +1,34 @@
-"""Command-line conventions shared by the tools (`ivfusion fuse`, `ivfusion evaluate`).
+"""Command-line conventions shared by the subcommands.
 
-The flags spell the modalities `--infrared` and `--visible`.
+Every subcommand declares its flags with argparse in its own `add_parser`; a flag's help ends
+with "(default X)". A user error is one line in argparse's own form, "ivfusion CMD: error:
+MESSAGE", with exit code 2 (`user_error`). The flags spell the modalities `--infrared` and `--visible`, and a device
+is one of `device.DEVICE_NAMES`, checked when the command line is parsed.
 """
 from __future__ import annotations
 
 import argparse
+import sys
+
+
+def user_error(command: str, message) -> int:
+    """Print a user error in argparse's form on stderr; returns the exit code, 2."""
+    print(f"ivfusion {command}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def add_device_flag(p: argparse.ArgumentParser, default: str, what: str = "device to run on") -> None:
+    """--device NAME, checked against DEVICE_NAMES by argparse (a usage error, exit code 2)."""
+    from .device import DEVICE_NAMES, check_device_name
+
+    def name(value: str) -> str:
+        try:
+            return check_device_name(value)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    p.add_argument("--device", default=default, type=name, metavar="NAME",
+                   help=f"{what}: {DEVICE_NAMES} (default {default})")
 
 
 def add_modality_flags(p: argparse.ArgumentParser, what: str) -> None:

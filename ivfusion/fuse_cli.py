@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from . import io
-from .cli_flags import add_modality_flags, failure_reason, missing_modality_flags
+from .cli_flags import add_device_flag, add_modality_flags, user_error, failure_reason, missing_modality_flags
 from .interventions import INTERVENTIONS, get_intervention
 from .levels import GATE_LEVELS, npz_key
 
@@ -32,7 +32,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--save-gates", action="store_true",
                    help="also write <stem>_gates.npz: the gate maps at native size ("
                         + ", ".join(npz_key(lv) for lv in GATE_LEVELS) + ") and gates_full (3, H, W)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    add_device_flag(p, "auto")
     p.add_argument("--max-side", type=int, default=2048, help="downscale images whose longer side exceeds this")
     p.add_argument("--resize-ir", action="store_true", help="resize an infrared image of another size to the visible size")
     p.add_argument("--path", default="auto",
@@ -93,21 +93,18 @@ def run_fuse(args) -> int:
 
     usage = missing_modality_flags(args)
     if usage:
-        print(f"ivfusion fuse: error: {usage}", file=sys.stderr)
-        return 2
+        return user_error("fuse", usage)
     kind = get_intervention(args.intervention).name
     try:
         jobs, lonely = _jobs(Path(args.infrared), Path(args.visible), Path(args.out))
     except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return user_error("fuse", e)
     for item in lonely:
         print(f"skipped {item}: no file with the same name on the other side", file=sys.stderr)
     try:
         fuser = Fuser(args.weights, device=args.device, max_side=args.max_side, path=args.path)
     except (WeightsError, RuntimeError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return user_error("fuse", e)
     print(f"weights: {fuser.weights_source}; device: {fuser.device}; path: {fuser.path}; intervention: {kind}")
     failed: dict[str, str] = {}
     for name, ir_path, vis_path, target in tqdm(jobs, disable=len(jobs) < 2, unit="pair"):
@@ -138,8 +135,7 @@ def run_info(args) -> int:
     try:
         model = load_model(args.weights)
     except (WeightsError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return user_error("info", e)
     h, w = args.size
     with_unused = ISFuse(ISFuseConfig(**{**model.config.to_dict(), "with_unused": True}))
     print(f"weights: {describe(model)}")

@@ -161,3 +161,51 @@ def test_module_and_help_entry_points():
     assert res.returncode == 0
     for command in ("fuse", "info", "train", "evaluate"):
         assert command in res.stdout
+
+
+# ---- one command-line style: the same conventions in every subcommand ---------------------
+# A user error in each subcommand, found before any model or data is loaded.
+USER_ERRORS = {
+    "fuse": ["fuse", "--visible", "v.png", "--out", "o.png"],
+    "info": ["info", "--weights", "no/such/weights"],
+    "train": ["train", "--out", "{tmp}/run", "--val", "none", "--crop", "0"],
+    "evaluate": ["evaluate", "--infrared", "{tmp}/ir", "--visible", "{tmp}/vi"],
+    "study": ["study", "{tmp}", "--weights", "untrained", "--limit", "0"],
+}
+
+
+@pytest.mark.parametrize("command", sorted(USER_ERRORS))
+def test_a_user_error_is_one_argparse_style_line_with_exit_code_2(command, tmp_path, capsys):
+    from ivfusion.cli import main
+
+    argv = [a.format(tmp=tmp_path) for a in USER_ERRORS[command]]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"ivfusion {command}: error: ") and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("command", ["fuse", "train", "evaluate", "study", "bench"])
+def test_every_device_flag_takes_the_same_names_and_refuses_others_at_parse_time(command, capsys):
+    from ivfusion.cli import build_parser
+    from ivfusion.device import DEVICE_NAMES
+
+    parser = build_parser(command)
+    (device,) = [a for a in parser._subparsers._group_actions[0].choices[command]._actions if "--device" in a.option_strings]
+    assert DEVICE_NAMES in device.help and device.metavar == "NAME"
+    if command != "train":  # train's flags fill TrainConfig, which checks the name (the test above)
+        with pytest.raises(SystemExit):
+            parser.parse_args([command, "--device", "gpu0"])
+        assert f"ivfusion {command}: error: argument --device: device 'gpu0' is unknown" in capsys.readouterr().err
+
+
+def test_every_training_setting_has_one_flag_and_every_flag_shows_its_default():
+    import argparse
+
+    from ivfusion.train.config import add_arguments, setting_names
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    flags = [a for a in p._actions if a.dest not in ("help", "config")]
+    assert sorted(a.dest for a in flags) == sorted(setting_names())  # a new TrainConfig field needs its flag
+    assert all(a.default is None for a in flags)  # so that --config and a resumed run's config can fill them
+    assert all("(default " in a.help for a in flags)

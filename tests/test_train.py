@@ -251,6 +251,7 @@ def test_defaults_are_the_authors_recipe_and_flags_reach_nested_fields(tmp_path)
     (["--masks.style", "square"], "unknown mask style 'square'; accepted: disjoint, paper"),
     (["--model.r", "0"], "r"),
     (["--data", "/nonexistent/folder"], "/nonexistent/folder"),
+    (["--device", "gpu0"], "--device: device 'gpu0' is unknown; accepted: auto, cpu, cuda or cuda:N"),
 ])
 def test_bad_settings_are_one_line_errors(flags, message, capsys, tmp_path):
     from ivfusion.cli import main as cli
@@ -258,7 +259,7 @@ def test_bad_settings_are_one_line_errors(flags, message, capsys, tmp_path):
     rc = cli(["train", "--out", str(tmp_path / "x"), "--val", "none", *flags])
     err = capsys.readouterr().err
     assert rc == 2 and message in err and "Traceback" not in err
-    assert err.startswith("ivfusion train: ") and err.count("\n") == 1
+    assert err.startswith("ivfusion train: error: ") and err.count("\n") == 1
 
 
 def test_resume_without_its_log_is_a_one_line_error(pair_folder, tmp_path, capsys):

@@ -23,6 +23,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..cli_flags import add_device_flag
 from .macs import count_macs
 
 __all__ = ["add_parser", "count_macs", "run"]
@@ -38,7 +39,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "BatchNorm statistics). 'untrained' and 'synthetic' are accepted.")
     p.add_argument("--sizes", default="256x256,640x480", help="comma-separated WIDTHxHEIGHT (default: 256x256,640x480)")
     p.add_argument("--batch", type=int, default=1, help="images per forward (default 1)")
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    add_device_flag(p, "cpu")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     p.add_argument("--runs", type=int, default=10, help="timed runs per path and size (default 10)")
     p.add_argument("--warmup", type=int, default=2, help="untimed runs per path and size first (default 2)")

@@ -5,7 +5,7 @@ import argparse
 import sys
 from typing import List, Optional, Sequence
 
-from ..cli_flags import add_modality_flags, failure_reason, missing_modality_flags
+from ..cli_flags import add_device_flag, add_modality_flags, user_error, failure_reason, missing_modality_flags
 from .model import MODEL_METHOD, evaluate_model
 from .report import gates_table, interventions_table, markdown_table, plot_results
 from .results import EvaluationResults
@@ -44,7 +44,7 @@ def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "relative metric changes and the gate means")
     p.add_argument("--seed", type=int, default=0,
                    help="base seed of the interventions (pair i uses seed + i; default 0)")
-    p.add_argument("--device", default="auto", help="device for --weights: auto, cpu, cuda")
+    add_device_flag(p, "auto", "device for --weights")
     p.add_argument("--csv", metavar="F", help="write per-image values (and gate diagnostics) as CSV")
     p.add_argument("--json", metavar="F", help="write means, per-image values, gate diagnostics and problems as JSON")
     p.add_argument("--plot", metavar="F.png", help="write a box plot of the per-image values")
@@ -132,19 +132,16 @@ def run(args: argparse.Namespace) -> int:
     err = sys.stderr
     usage = _usage_error(args)
     if usage:
-        print(f"ivfusion evaluate: {usage}", file=err)
-        return 2
+        return user_error("evaluate", usage)
     try:
         results = _evaluate(args, progress=not args.no_progress)
     except (FileNotFoundError, ValueError) as e:
-        print(f"ivfusion evaluate: {e}", file=err)
-        return 2
-    except Exception as e:  # weights that cannot be loaded, a CUDA request without CUDA
-        print(f"ivfusion evaluate: {failure_reason(e)}", file=err)
-        return 2
+        return user_error("evaluate", e)
+    except Exception as e:  # weights that cannot be loaded
+        return user_error("evaluate", failure_reason(e))
 
     if not results.pairs:
-        print(f"ivfusion evaluate: no pair could be scored in {args.infrared} and {args.visible}", file=err)
+        user_error("evaluate", f"no pair could be scored in {args.infrared} and {args.visible}")
         for line in results.problems:
             print(f"  {line}", file=err)
         return 2

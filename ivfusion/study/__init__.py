@@ -24,6 +24,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..cli_flags import add_device_flag, user_error
+from ..device import resolve_device
 from ..interventions import MaskConfig
 from .measure import MEASURES, STUDY_INTERVENTIONS, StudySettings, measure_pair
 from .run import StudyResult, load_datasets, run_study
@@ -47,7 +49,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="pairs are downscaled to this longer side (default 320)")
     p.add_argument("--q", type=float, default=0.05, help="false discovery rate of the Benjamini-Hochberg control (default 0.05)")
     p.add_argument("--out", type=Path, default=Path("study"), help="output folder (default ./study); its cache/ resumes a study")
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    add_device_flag(p, "cpu")
     p.add_argument("--no-plots", action="store_true", help="skip the figures")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -59,19 +61,17 @@ def run(args: argparse.Namespace) -> int:
     from . import report
 
     if args.limit is not None and args.limit < 1:
-        print(f"ivfusion study: error: --limit must be at least 1, got {args.limit}", file=sys.stderr)
-        return 2
+        return user_error("study", f"--limit must be at least 1, got {args.limit}")
     if not 0.0 < args.q < 1.0:
-        print(f"ivfusion study: error: --q must be between 0 and 1, got {args.q}", file=sys.stderr)
-        return 2
+        return user_error("study", f"--q must be between 0 and 1, got {args.q}")
     try:
+        resolve_device(args.device)  # a CUDA request without CUDA stops here, not at every pair
         settings = StudySettings(k=args.k, seed=args.seed, max_side=args.max_side, mask_config=MaskConfig())
         datasets = load_datasets(args.pairs, args.limit)
         result = run_study(datasets, list(dict.fromkeys(args.weights)), settings, args.out / "cache", q=args.q,
                            progress=not args.no_progress, device=args.device)
     except (ValueError, FileNotFoundError, WeightsError) as e:
-        print(f"ivfusion study: error: {e}", file=sys.stderr)
-        return 2
+        return user_error("study", e)
     written = report.write_outputs(result, args.out)
     if not args.no_plots and result.tests:
         from ..predictor import Fuser

@@ -11,7 +11,7 @@ infrared only, visible only) through the network as five separate train-mode for
 minimises L = L_f + alpha * L_inv + beta * L_nec (see `ivfusion.losses`). docs/TRAINING.md has
 the recipe, where it differs from the authors' code, and the ablation of the gate structure.
 
-Modules: config (TrainConfig and the command line built from it), dataset (crops and masks,
+Modules: config (TrainConfig and its command line), dataset (crops and masks,
 keyed by step), step (the five passes and the loss), loop (the loop, validation, checkpoints).
 This package imports no inference code (not the predictor, not the fast path).
 """
@@ -22,6 +22,7 @@ import json
 import os
 import sys
 
+from ..cli_flags import user_error
 from .loop import TrainingDiverged
 from .config import ConfigError, TrainConfig, add_arguments, config_from_args
 from .loop import main
@@ -45,10 +46,9 @@ def run(args) -> int:
         cfg = config_from_args(args)
         result = main(cfg)
     except (ConfigError, FileNotFoundError, WeightsError) as e:
-        print(f"ivfusion train: {e}", file=sys.stderr)
-        return 2
+        return user_error("train", e)
     except TrainingDiverged as e:
-        print(f"ivfusion train: {e}", file=sys.stderr)
+        print(f"ivfusion train: error: {e}", file=sys.stderr)
         return 1
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(result, indent=2))

@@ -1,4 +1,4 @@
-"""TrainConfig: every training setting in one dataclass, and the command line built from it.
+"""TrainConfig: every training setting in one dataclass, and its command line.
 
 Nested settings are flags with a dotted prefix: `--model.r 8`, `--masks.mask-size 16`,
 `--masks.style disjoint`.
@@ -10,13 +10,12 @@ import argparse
 import dataclasses
 import json
 import math
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import ISFuseConfig
-from ..interventions import MaskConfig
+from ..device import DEVICE_NAMES, check_device_name
+from ..interventions import MASK_STYLES, MaskConfig
 from ..losses import NECESSITY_VARIANTS, REGULARISERS
 
 LR_SCHEDULES = ("constant", "cosine")
@@ -94,6 +93,10 @@ class TrainConfig:
             need(getattr(self, name) >= 1, f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         need(math.isfinite(self.lr) and self.lr > 0, f"--lr must be a finite number > 0, got {self.lr}")
         need(self.warmup >= 0 and self.workers >= 0 and self.threads >= 0, "--warmup, --workers and --threads must be >= 0")
+        try:
+            check_device_name(self.device)
+        except ValueError as e:
+            raise ConfigError(f"--device: {e}") from None
         need(self.lr_schedule in LR_SCHEDULES, f"--lr-schedule {self.lr_schedule!r} is unknown; accepted: {', '.join(LR_SCHEDULES)}")
         need(self.passes in PASSES, f"--passes {self.passes!r} is unknown; accepted: {', '.join(PASSES)}")
         need(self.regulariser in REGULARISERS, f"--regulariser {self.regulariser!r} is unknown; accepted: {', '.join(REGULARISERS)}")
@@ -103,45 +106,91 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-# ---- the command line, built from the type hints ----------------------------------------
+# ---- the command line ----------------------------------------------------------------------
+# Written out like every other subcommand's. Each flag's default stays None, so that a resumed
+# run's saved config and a --config file can fill what the command line leaves unset
+# (config_from_args); the help shows TrainConfig's value.
 _NESTED = {"model": ISFuseConfig, "masks": MaskConfig}
 
 
-def _leaves(cls, prefix=""):
-    """(dotted name, type, default) for every setting, nested dataclasses flattened."""
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        if f.name in _NESTED and cls is TrainConfig:
-            yield from _leaves(_NESTED[f.name], f.name + ".")
-        else:
-            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-            yield prefix + f.name, hints[f.name], default
+def setting_names() -> list[str]:
+    """Every setting's name, nested ones dotted ("model.r", "masks.style"): one flag each."""
+    out = []
+    for f in dataclasses.fields(TrainConfig):
+        nested = _NESTED.get(f.name)
+        out += [f"{f.name}.{g.name}" for g in dataclasses.fields(nested)] if nested else [f.name]
+    return out
 
 
-def _add(p, flag: str, dest: str, kind, default) -> None:
-    union = typing.get_origin(kind) in (typing.Union, types.UnionType)
-    args = typing.get_args(kind) if union else ()
-    optional = type(None) in args
-    base = next(a for a in args if a is not type(None)) if union else kind
-    # the default shown, not set: unset flags must stay None, so that a resumed run's saved
-    # config and a --config file can fill them (config_from_args)
-    shown = " ".join(map(str, default)) if isinstance(default, list) else default
-    text = f"default: {shown if shown not in (None, '') else 'none'}"
-    if base is bool:
-        p.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=text)
-    elif typing.get_origin(base) is list:
-        p.add_argument(flag, dest=dest, nargs="+", default=None, help=text)
-    else:
-        conv = base if base in (int, float) else str
-        if optional and conv is not str:  # "none" leaves a number unset (e.g. disk_prob)
-            conv = (lambda c: lambda v: None if v.lower() == "none" else c(v))(conv)
-        p.add_argument(flag, dest=dest, type=conv, default=None, help=text)
+def _default(name: str):
+    head, _, tail = name.partition(".")
+    f = next(f for f in dataclasses.fields(TrainConfig) if f.name == head)
+    value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    return getattr(value, tail) if tail else value
+
+
+def _number_or_none(kind):
+    return lambda v: None if v.lower() == "none" else kind(v)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML or JSON file of TrainConfig fields (flags override it)")
-    for name, kind, default in _leaves(TrainConfig):
-        _add(p, "--" + name.replace("_", "-"), name, kind, default)
+    def flag(group, name: str, help: str, shown=None, **kw) -> None:
+        shown = _default(name) if shown is None else shown
+        shown = " ".join(map(str, shown)) if isinstance(shown, list) else shown
+        if isinstance(shown, bool):
+            shown = "on" if shown else "off"
+        elif shown in (None, ""):
+            shown = "none"
+        group.add_argument("--" + name.replace("_", "-"), dest=name, default=None,
+                       help=f"{help} (default {shown})", **kw)
+
+    p.add_argument("--config", metavar="FILE", help="YAML or JSON file of TrainConfig fields (flags override it)")
+    g = p.add_argument_group("data and output")
+    flag(g, "data", "training folders, each holding ir/ and vi/", nargs="+", metavar="DIR")
+    flag(g, "val", "validation folder, or 'none'", metavar="DIR")
+    flag(g, "holdout", "pair names (file stems) left out of training", nargs="+", metavar="STEM")
+    flag(g, "crop", "crop side; smaller pairs are left out", type=int, metavar="N")
+    flag(g, "out", "run folder: checkpoints, log.jsonl, curves.png", metavar="DIR")
+    flag(g, "init", "weights spec to start from (fine-tuning); none: random init", metavar="SPEC")
+    flag(g, "resume", "continue the run in --out from its last checkpoint", action=argparse.BooleanOptionalAction)
+    g = p.add_argument_group("the network (ISFuseConfig)")
+    flag(g, "model.dim", "channels of every feature map", type=int, metavar="N")
+    flag(g, "model.r", "side of the CFI's pooled key/value grid", type=int, metavar="N")
+    flag(g, "model.eta", "target mean of the invariance gates", type=float, metavar="X")
+    flag(g, "model.gate_dim", "hidden channels of the invariance gate's block", type=int, metavar="N")
+    flag(g, "model.shared_encoder", "one encoder for both modalities", action=argparse.BooleanOptionalAction)
+    flag(g, "model.with_unused", "also build the checkpoint's three unused modules", action=argparse.BooleanOptionalAction)
+    flag(g, "model.negative_slope", "LeakyReLU slope", type=float, metavar="X")
+    g = p.add_argument_group("the masks (MaskConfig)")
+    flag(g, "masks.style", "mask sampler: " + " or ".join(MASK_STYLES), metavar="NAME")
+    flag(g, "masks.mask_size", "hole side (a disk's diameter), pixels", type=int, metavar="N")
+    flag(g, "masks.min_holes", "fewest holes per mask", type=int, metavar="N")
+    flag(g, "masks.max_holes", "most holes per mask", type=int, metavar="N")
+    flag(g, "masks.disk_prob", "probability that a hole is a disk; none: the style's own", type=_number_or_none(float),
+         metavar="P")
+    flag(g, "masks.max_fraction", "largest hidden fraction of an image", type=float, metavar="X")
+    g = p.add_argument_group("the objective: L = L_f + alpha L_inv + beta L_nec")
+    flag(g, "alpha", "weight of L_inv", type=float, metavar="X")
+    flag(g, "beta", "weight of L_nec", type=float, metavar="X")
+    flag(g, "lambda1", "weight of the Laplacian term inside L_f", type=float, metavar="X")
+    flag(g, "necessity", "form of L_nec: " + " or ".join(NECESSITY_VARIANTS), metavar="NAME")
+    flag(g, "regulariser", "gate regulariser of L_inv: " + ", ".join(REGULARISERS), metavar="NAME")
+    flag(g, "passes", "separate: a train-mode forward per variant; pooled: one forward of all five", metavar="NAME")
+    g = p.add_argument_group("optimisation")
+    flag(g, "lr", "Adam learning rate", type=float, metavar="X")
+    flag(g, "lr_schedule", "learning-rate schedule: " + " or ".join(LR_SCHEDULES), metavar="NAME")
+    flag(g, "warmup", "linear warm-up steps", type=int, metavar="N")
+    flag(g, "batch_size", "global batch, split over the processes", type=int, metavar="N")
+    flag(g, "steps", "optimiser steps", type=int, metavar="N")
+    flag(g, "seed", "fixes the initialisation, every crop and every mask", type=int, metavar="N")
+    g = p.add_argument_group("machine and bookkeeping")
+    flag(g, "device", "device to run on: " + DEVICE_NAMES, metavar="NAME")
+    flag(g, "amp", "bf16 autocast", shown="on where bf16 is native", action=argparse.BooleanOptionalAction)
+    flag(g, "threads", "torch CPU threads; 0: torch's default", type=int, metavar="N")
+    flag(g, "workers", "DataLoader worker processes; 0: the main process", type=int, metavar="N")
+    flag(g, "val_every", "steps between validations", type=int, metavar="N")
+    flag(g, "val_pairs", "validation pairs", type=int, metavar="N")
+    flag(g, "log_every", "steps between log records", type=int, metavar="N")
 
 
 def _nest(flat: dict) -> dict:
@@ -179,7 +228,7 @@ def config_from_args(args) -> TrainConfig:
         if not path.is_file():
             raise ConfigError(f"--config {path}: no such file")
         _merge(values, _nest(_read_config_file(path)))
-    flags = {name: getattr(args, name) for name, _, _ in _leaves(TrainConfig) if getattr(args, name, None) is not None}
+    flags = {name: getattr(args, name) for name in setting_names() if getattr(args, name, None) is not None}
     _merge(values, _nest(flags))
     if isinstance(values.get("val"), str) and values["val"].lower() == "none":
         values["val"] = None

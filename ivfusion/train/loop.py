@@ -49,7 +49,10 @@ def main(cfg: TrainConfig, echo=print) -> dict:
     the first step."""
     # ---- processes, devices, seeds -------------------------------------------------------
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    device = resolve_device(cfg.device)
+    try:
+        device = resolve_device(cfg.device)
+    except ValueError as e:
+        raise ConfigError(f"--device: {e}") from None
     if distributed:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         rank, world = dist.get_rank(), dist.get_world_size()
