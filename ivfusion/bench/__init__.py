@@ -20,10 +20,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-from ..cli_flags import add_device_flag
+from ..cli_flags import add_device_flag, user_error
 from .macs import count_macs
 
 __all__ = ["add_parser", "count_macs", "run"]
@@ -96,16 +95,9 @@ def _run_app(args) -> int:
     except ModuleNotFoundError as e:
         if e.name not in ("ivfusion.bench.app", "gradio", "gradio_client"):
             raise
-        print(f"ivfusion bench --app: the app benchmark is not available ({e}); install the app extra", file=sys.stderr)
-        return 2
+        return user_error("bench", f"--app: the app benchmark is not available ({e}); install the app extra")
     app_args = argparse.Namespace(pairs=args.app_pairs, data=args.app_data, threads=args.threads, weights=args.weights)
     result = run_app_bench(app_args)
     if args.json_path:
         Path(args.json_path).write_text(json.dumps({"app": result}, indent=2, default=str))
     return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    from ..cli import main
-
-    sys.exit(main(["bench", *sys.argv[1:]]))

@@ -40,7 +40,7 @@ Modules: ``results`` (containers, CSV/JSON), ``scoring`` (folders and baselines)
 from __future__ import annotations
 
 from . import pool
-from .cli import add_parser, build_parser, main, run
+from .cli import add_parser, run
 from .model import INTERVENTION_KINDS, MODEL_METHOD, evaluate_model
 from .report import gates_table, interventions_table, markdown_table, plot_results
 from ..levels import GATE_STATS, gate_stats
@@ -64,8 +64,6 @@ __all__ = [
     "interventions_table",
     "plot_results",
     "add_parser",
-    "build_parser",
     "run",
-    "main",
     "pool",
 ]

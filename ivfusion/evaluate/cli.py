@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import List, Optional, Sequence
+from typing import List, Optional
 
 from ..cli_flags import add_device_flag, add_modality_flags, user_error, failure_reason, missing_modality_flags
 from .model import MODEL_METHOD, evaluate_model
@@ -66,14 +66,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     return _configure(p)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """A standalone parser (``python -m ivfusion.evaluate``)."""
-    parser = argparse.ArgumentParser(prog="ivfusion")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_parser(sub)
-    return parser
 
 
 def _usage_error(args) -> Optional[str]:
@@ -161,11 +153,6 @@ def run(args: argparse.Namespace) -> int:
         for line in problems:
             print(f"  {line}", file=err)
     for line in write_failures:
-        print(f"ivfusion evaluate: {line}", file=err)
+        print(f"ivfusion evaluate: error: {line}", file=err)
     return 1 if problems or write_failures else 0
 
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(["evaluate", *(sys.argv[1:] if argv is None else argv)])
-    return args.func(args)
