@@ -21,7 +21,6 @@ and extremes_<weights>.jpg (the strongest and the weakest pair's maps).
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from ..cli_flags import add_device_flag, user_error
