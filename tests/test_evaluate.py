@@ -10,9 +10,16 @@ import numpy as np
 import pytest
 
 from ivfusion import evaluate as E
+from ivfusion.cli import main as ivfusion_cli
 from ivfusion.interventions import INTERVENTIONS
 from ivfusion.levels import GATE_LEVELS
 from ivfusion.metrics import METRIC_NAMES, evaluate_pair, read_grey
+
+
+def evaluate_cli(argv) -> int:
+    """`ivfusion evaluate ARGV`, in this process."""
+    return ivfusion_cli(["evaluate", *argv])
+
 
 STEMS = ("FLIR_00211", "FLIR_00977", "FLIR_04269")
 
@@ -124,7 +131,7 @@ def _table_rows(text):
 def test_cli_table_csv_json_plot(folders, expected, tmp_path, capsys):
     root, arrays = folders
     out_csv, out_json, out_png = tmp_path / "s.csv", tmp_path / "s.json", tmp_path / "s.png"
-    rc = E.main(["--infrared", str(root / "ir"), "--visible", str(root / "vi"),
+    rc = evaluate_cli(["--infrared", str(root / "ir"), "--visible", str(root / "vi"),
                  "--fused", str(root / "avg"), "--fused", str(root / "max"),
                  "--names", "Average,Maximum", "--csv", str(out_csv), "--json", str(out_json),
                  "--plot", str(out_png), "--workers", "2", "--no-progress"])
@@ -175,7 +182,7 @@ def test_missing_and_missized_outputs_reported(folders, expected, tmp_path, caps
     a = arrays[STEMS[1]][2]["max"]
     _write_grey_png(bad / f"{STEMS[1]}.png", a[:-3, :])
     out_json = tmp_path / "p.json"
-    rc = E.main(["--infrared", str(root / "ir"), "--visible", str(root / "vi"), "--fused", str(partial),
+    rc = evaluate_cli(["--infrared", str(root / "ir"), "--visible", str(root / "vi"), "--fused", str(partial),
                  "--fused", str(bad), "--json", str(out_json), "--workers", "1", "--no-progress"])
     assert rc == 1
     cap = capsys.readouterr()
@@ -227,7 +234,7 @@ def test_baselines_equal_the_folder_scores_and_merge_into_one_table(folders, exp
         res = E.evaluate_baseline(root / "ir", root / "vi", kind, workers=1)
         for stem in STEMS:
             assert res.methods[0].scores[stem] == expected[stem, name]
-    code = E.main(["--infrared", str(root / "ir"), "--visible", str(root / "vi"), "--fused", str(root / "max"),
+    code = evaluate_cli(["--infrared", str(root / "ir"), "--visible", str(root / "vi"), "--fused", str(root / "max"),
                    "--baseline", "mean", "--no-progress"])
     out = capsys.readouterr().out
     assert code == 0 and "| max | 3 |" in out and "| (IR+VI)/2 | 3 |" in out
@@ -236,15 +243,15 @@ def test_baselines_equal_the_folder_scores_and_merge_into_one_table(folders, exp
 def test_usage_errors(folders, tmp_path, capsys):
     root, _ = folders
     base = ["--infrared", str(root / "ir"), "--visible", str(root / "vi"), "--no-progress"]
-    assert E.main(base) == 2
-    assert E.main(base + ["--fused", str(root / "avg"), "--names", "x,y"]) == 2
-    assert E.main(base + ["--fused", str(tmp_path / "nope")]) == 2
-    assert E.main(base + ["--fused", str(root / "avg"), "--interventions"]) == 2
+    assert evaluate_cli(base) == 2
+    assert evaluate_cli(base + ["--fused", str(root / "avg"), "--names", "x,y"]) == 2
+    assert evaluate_cli(base + ["--fused", str(tmp_path / "nope")]) == 2
+    assert evaluate_cli(base + ["--fused", str(root / "avg"), "--interventions"]) == 2
     renamed = tmp_path / "renamed"
     renamed.mkdir()
     for p in (root / "vi").iterdir():
         shutil.copy(p, renamed / f"v_{p.name}")
-    assert E.main(["--infrared", str(root / "ir"), "--visible", str(renamed), "--baseline", "mean",
+    assert evaluate_cli(["--infrared", str(root / "ir"), "--visible", str(renamed), "--baseline", "mean",
                    "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "no pairs found: the file names" in err and "differ" in err and f"v_{STEMS[0]}.jpg" in err
@@ -337,7 +344,7 @@ def test_cli_weights_with_fused_folder(crops, one_torch_thread, tmp_path, capsys
         a, b = read_grey(crops / "ir" / f"{stem}.png"), read_grey(crops / "vi" / f"{stem}.png")
         _write_grey_png(avg / f"{stem}.png", np.round((a + b) / 2))
     out_json = tmp_path / "m.json"
-    rc = E.main(["--infrared", str(crops / "ir"), "--visible", str(crops / "vi"), "--fused", str(avg),
+    rc = evaluate_cli(["--infrared", str(crops / "ir"), "--visible", str(crops / "vi"), "--fused", str(avg),
                  "--weights", "untrained", "--device", "cpu", "--json", str(out_json),
                  "--workers", "1", "--no-progress"])
     assert rc == 0
@@ -388,7 +395,7 @@ def test_gate_diagnostics_are_the_gate_maps_statistics(crops, one_torch_thread):
 def test_authors_checkpoint_is_one_of_the_specs(crops, one_torch_thread, shared_dir, capsys):
     best = shared_dir / "weights" / "authors" / "best.pth"
     assert best.is_file(), f"the authors' checkpoint is missing: {best}"
-    rc = E.main(["--infrared", str(crops / "ir"), "--visible", str(crops / "vi"), "--weights", "untrained",
+    rc = evaluate_cli(["--infrared", str(crops / "ir"), "--visible", str(crops / "vi"), "--weights", "untrained",
                  "--weights", str(best), "--device", "cpu", "--workers", "1", "--no-progress"])
     assert rc == 0
     metrics, gates = _tables(capsys.readouterr().out)
@@ -423,7 +430,7 @@ def test_bad_pairs_are_named_and_the_rest_is_scored(crops, one_torch_thread, tmp
         _png(avg / f"{stem}.png", vi[..., 0])
     (root / "ir" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
     shutil.copy(root / "vi" / "flat.png", root / "vi" / "corrupt.png")
-    rc = E.main(["--infrared", str(root / "ir"), "--visible", str(root / "vi"), "--fused", str(avg),
+    rc = evaluate_cli(["--infrared", str(root / "ir"), "--visible", str(root / "vi"), "--fused", str(avg),
                  "--weights", "untrained", "--baseline", "mean", "--device", "cpu", "--workers", "1",
                  "--no-progress"])
     cap = capsys.readouterr()
