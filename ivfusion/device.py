@@ -26,7 +26,8 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(check_device_name(str(device)))
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {str(device)!r} was requested but this torch build sees no CUDA GPU; use 'cpu' or 'auto'")
+        raise ValueError(f"device {str(device)!r} was requested but this torch build sees no CUDA GPU; "
+                         "use 'cpu' or 'auto'")
     return device
 
 

@@ -190,7 +190,8 @@ def test_every_device_flag_takes_the_same_names_and_refuses_others_at_parse_time
     from ivfusion.device import DEVICE_NAMES
 
     parser = build_parser(command)
-    (device,) = [a for a in parser._subparsers._group_actions[0].choices[command]._actions if "--device" in a.option_strings]
+    sub = parser._subparsers._group_actions[0].choices[command]
+    (device,) = [a for a in sub._actions if "--device" in a.option_strings]
     assert DEVICE_NAMES in device.help and device.metavar == "NAME"
     if command != "train":  # train's flags fill TrainConfig, which checks the name (the test above)
         with pytest.raises(SystemExit):

@@ -50,7 +50,8 @@ def main() -> None:
             own.append([float(m(v, i)[0].clamp(0, 1).mean()) * 255 for m in own_stats])
         print(f"{stem} | " + " | ".join(f"{m:.1f}" for m in means[-1]))
         if len(rows) < FIGURE_PAIRS:
-            rows.append(np.concatenate([cv2.resize((np.clip(m, 0, 1) * 255).astype(np.uint8), TILE) for m in maps], 1))
+            tiles = [cv2.resize((np.clip(m, 0, 1) * 255).astype(np.uint8), TILE) for m in maps]
+            rows.append(np.concatenate(tiles, 1))
     print("mean | " + " | ".join(f"{m:.1f}" for m in np.mean(means, axis=0)))
     print("mean, BatchNorm on each image's own statistics | | | " + " | ".join(f"{m:.1f}" for m in np.mean(own, axis=0)))
     if args.figure:

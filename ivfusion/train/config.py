@@ -142,7 +142,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         elif shown in (None, ""):
             shown = "none"
         group.add_argument("--" + name.replace("_", "-"), dest=name, default=None,
-                       help=f"{help} (default {shown})", **kw)
+                           help=f"{help} (default {shown})", **kw)
 
     p.add_argument("--config", metavar="FILE", help="YAML or JSON file of TrainConfig fields (flags override it)")
     g = p.add_argument_group("data and output")
@@ -151,7 +151,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     flag(g, "holdout", "pair names (file stems) left out of training", nargs="+", metavar="STEM")
     flag(g, "crop", "crop side; smaller pairs are left out", type=int, metavar="N")
     flag(g, "out", "run folder: checkpoints, log.jsonl, curves.png", metavar="DIR")
-    flag(g, "init", "weights spec to start from (fine-tuning); none: random init", metavar="SPEC")
+    flag(g, "init", "weights spec to start from (fine-tuning); unset: random init", metavar="SPEC")
     flag(g, "resume", "continue the run in --out from its last checkpoint", action=argparse.BooleanOptionalAction)
     g = p.add_argument_group("the network (ISFuseConfig)")
     flag(g, "model.dim", "channels of every feature map", type=int, metavar="N")
@@ -178,7 +178,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     flag(g, "passes", "separate: a train-mode forward per variant; pooled: one forward of all five", metavar="NAME")
     g = p.add_argument_group("optimisation")
     flag(g, "lr", "Adam learning rate", type=float, metavar="X")
-    flag(g, "lr_schedule", "learning-rate schedule: " + " or ".join(LR_SCHEDULES), metavar="NAME")
+    flag(g, "lr_schedule", "learning-rate schedule: constant, or cosine down to lr/10 after the warm-up",
+         metavar="NAME")
     flag(g, "warmup", "linear warm-up steps", type=int, metavar="N")
     flag(g, "batch_size", "global batch, split over the processes", type=int, metavar="N")
     flag(g, "steps", "optimiser steps", type=int, metavar="N")
