@@ -2,8 +2,9 @@
 
 Every subcommand declares its flags with argparse in its own `add_parser`; a flag's help ends
 with "(default X)". A user error is one line in argparse's own form, "ivfusion CMD: error:
-MESSAGE", with exit code 2 (`user_error`). The flags spell the modalities `--infrared` and `--visible`, and a device
-is one of `device.DEVICE_NAMES`, checked when the command line is parsed.
+MESSAGE", with exit code 2 (`user_error`). The flags spell the modalities `--infrared` and
+`--visible`, and a device is one of `device.DEVICE_NAMES`, checked when the command line is
+parsed (`add_device_flag`).
 """
 from __future__ import annotations
 

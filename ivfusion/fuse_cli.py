@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from . import io
-from .cli_flags import add_device_flag, add_modality_flags, user_error, failure_reason, missing_modality_flags
+from .cli_flags import add_device_flag, add_modality_flags, failure_reason, missing_modality_flags, user_error
 from .interventions import INTERVENTIONS, get_intervention
 from .levels import GATE_LEVELS, npz_key
 

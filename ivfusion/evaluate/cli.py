@@ -5,7 +5,7 @@ import argparse
 import sys
 from typing import List, Optional
 
-from ..cli_flags import add_device_flag, add_modality_flags, user_error, failure_reason, missing_modality_flags
+from ..cli_flags import add_device_flag, add_modality_flags, failure_reason, missing_modality_flags, user_error
 from .model import MODEL_METHOD, evaluate_model
 from .report import gates_table, interventions_table, markdown_table, plot_results
 from .results import EvaluationResults
