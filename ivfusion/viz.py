@@ -5,8 +5,9 @@ Pillow only (no matplotlib figure, no pyplot): the Intervention Lab draws a doze
 request inside its latency budget. Matplotlib is used only as a source of its colour maps
 and of the DejaVu Sans font it ships.
 
-A heat map here carries no text but its colour bar: the page writes titles and captions,
-so they stay readable and unclipped at any screen width.
+A heat map here carries no text but its colour bar; `with_title` puts a short label strip
+over a panel, and the page writes the longer captions, so they stay readable and unclipped
+at any screen width.
 
     +------------------------------+--+----------+
     | heat map (scene edges drawn  |  | 1.0      |

@@ -24,7 +24,6 @@ import argparse
 from pathlib import Path
 
 from ..cli_flags import add_device_flag, user_error
-from ..device import resolve_device
 from ..interventions import MaskConfig
 from .measure import MEASURES, STUDY_INTERVENTIONS, StudySettings, measure_pair
 from .run import StudyResult, load_datasets, run_study
@@ -64,7 +63,6 @@ def run(args: argparse.Namespace) -> int:
     if not 0.0 < args.q < 1.0:
         return user_error("study", f"--q must be between 0 and 1, got {args.q}")
     try:
-        resolve_device(args.device)  # a CUDA request without CUDA stops here, not at every pair
         settings = StudySettings(k=args.k, seed=args.seed, max_side=args.max_side, mask_config=MaskConfig())
         datasets = load_datasets(args.pairs, args.limit)
         result = run_study(datasets, list(dict.fromkeys(args.weights)), settings, args.out / "cache", q=args.q,

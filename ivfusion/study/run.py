@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..cli_flags import failure_reason
 from ..data import find_pairs, load_pair
-from ..device import cpu_name
+from ..device import cpu_name, resolve_device
 from ..hub import BUNDLED, UNTRAINED, load_model
 from ..predictor import Fuser
 from .measure import Cache, StudySettings, measure_pair, pair_key, weights_key
@@ -79,11 +79,13 @@ def run_study(datasets: list[Dataset], specs: list[str], settings: StudySettings
     """Measure every (weights, dataset, pair) not in the cache, then decide and summarise.
 
     A pair that cannot be read or fused is listed in `failures` with the reason and left out;
-    weights that cannot be loaded raise `hub.WeightsError` before any work.
+    weights that cannot be loaded raise `hub.WeightsError`, and a device that cannot be used
+    ValueError, before any work.
     """
     from tqdm import tqdm
 
     t0 = time.perf_counter()
+    device = resolve_device(device)  # here, not in the per-pair Fuser: it is no pair's fault
     cache = Cache(cache_dir, settings)
     models, weights, taken = [], [], set()
     for spec in specs:  # load all first: a bad spec fails now, not after an hour

@@ -122,11 +122,11 @@ def setting_names() -> list[str]:
     return out
 
 
-def _default(name: str):
-    head, _, tail = name.partition(".")
-    f = next(f for f in dataclasses.fields(TrainConfig) if f.name == head)
-    value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-    return getattr(value, tail) if tail else value
+def _defaults() -> dict:
+    """TrainConfig's defaults as plain values, nested settings as dicts."""
+    values = {f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
+              for f in dataclasses.fields(TrainConfig)}
+    return {k: (dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v) for k, v in values.items()}
 
 
 def _number_or_none(kind):
@@ -134,8 +134,12 @@ def _number_or_none(kind):
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    defaults = _defaults()
+
     def flag(group, name: str, help: str, shown=None, **kw) -> None:
-        shown = _default(name) if shown is None else shown
+        if shown is None:
+            head, _, tail = name.partition(".")
+            shown = defaults[head][tail] if tail else defaults[head]
         shown = " ".join(map(str, shown)) if isinstance(shown, list) else shown
         if isinstance(shown, bool):
             shown = "on" if shown else "off"
@@ -218,9 +222,7 @@ def config_from_args(args) -> TrainConfig:
     """Defaults < saved config of the resumed run < --config file < flags. With --resume, the
     interrupted run's saved config takes the place of the defaults, so `--out DIR --resume`
     alone continues that run."""
-    values = {f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
-              for f in dataclasses.fields(TrainConfig)}
-    values = {k: (dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v) for k, v in values.items()}
+    values = _defaults()
     saved = Path(getattr(args, "out", None) or TrainConfig.out) / "train_config.json"
     if getattr(args, "resume", None) and saved.is_file():
         _merge(values, json.loads(saved.read_text()))
