@@ -11,34 +11,9 @@ from tests.helpers import SHARED
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-# Modules whose tests start a server, a browser, subprocesses or train: marked slow (and
-# browser / server) here, in one place, so that `pytest -m "not slow"` stays a fast loop.
-SLOW_MODULES = {
-    "test_browser": ("browser", "server"), "test_app": ("server",), "test_app_load": ("server",),
-    "test_app_slot": ("server",), "test_trust_boundary": ("server",), "test_packaging": (), "test_train": (),
-    "test_hub": (), "test_evaluate": (),
-}
-
-
-# Single tests of other modules that take several seconds each on 2 cores (see --durations).
-SLOW_TESTS = {
-    "test_intervene_equals_a_full_forward_of_the_intervened_inputs",
-    "test_the_authors_released_checkpoint_matches_their_forward_on_real_pairs",
-    "test_run_stability_uses_the_settings_holes_and_seed_and_reports_per_run",
-    "test_reuse_skips_encoder_work",
-    "test_junk_settings_stop_the_app_with_one_line",
-    "test_an_unreachable_checkpoint_url_stalls_no_one_else_and_is_not_retried_at_once",
-}
-
-
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if item.originalname in SLOW_TESTS:
-            item.add_marker(pytest.mark.slow)
-        marks = SLOW_MODULES.get(item.module.__name__.rsplit(".", 1)[-1])
-        if marks is not None:
-            for name in ("slow", *marks):
-                item.add_marker(getattr(pytest.mark, name))
+# Slow tests (a server, a browser, subprocesses, training, or several seconds on 2 cores) are
+# marked where they are defined: `pytestmark = pytest.mark.slow` for a whole module, or
+# `@pytest.mark.slow` on one test, so that renaming a test keeps its mark.
 
 
 @pytest.fixture(scope="session")

@@ -20,6 +20,8 @@ import pytest  # noqa: E402
 import app  # noqa: E402
 from ivfusion import lab, read_image  # noqa: E402
 
+pytestmark = [pytest.mark.slow, pytest.mark.server]  # the whole module is slow: a real server and the real network
+
 SIDE = 128
 EX = lab.EXAMPLES_DIR
 VIS, IR = EX / "vi" / "msrs_00039N.png", EX / "ir" / "msrs_00039N.png"
@@ -352,30 +354,42 @@ def test_sessions_do_not_share_state(server):
 
 
 def test_a_stability_run_does_not_starve_another_clients_fuse(server):
-    """Judged by the compute slot's own record, not by wall-clock durations (a ratio of two
-    durations failed in CI on a loaded machine): while the Fuse waited for the slot, at most one
-    stability step may have entered it, and the run must have gone on after the Fuse."""
+    """Judged by the compute slot's own record and synchronised on it, never on the clock: the
+    test takes places in the slot's queue itself (tests.helpers.SlotPlace), so that the run is
+    paused with its first intervention queued when the other client's Fuse asks for the slot.
+    The Fuse must then wait for at most that one intervention, and the run go on after it."""
     from gradio_client import Client, handle_file
 
-    from gradio_client.utils import Status
-
     from ivfusion.lab.slot import COMPUTE
+    from tests.helpers import SlotPlace, wait_until
 
+    pair = dict(visible=handle_file(str(VIS)), infrared=handle_file(str(IR)))
     slow, quick = Client(server, verbose=False), Client(server, verbose=False)
-    job = slow.submit(visible=handle_file(str(VIS)), infrared=handle_file(str(IR)), k=32, api_name="/stability")
-    deadline = time.monotonic() + 60
-    started = (Status.PROCESSING, Status.PROGRESS, Status.FINISHED)
-    while job.status().code not in started and time.monotonic() < deadline:
-        time.sleep(0.02)
     t0 = time.perf_counter()  # the slot's clock
-    quick.predict(visible=handle_file(str(VIS)), infrared=handle_file(str(IR)), api_name="/fuse")
+    first = SlotPlace(COMPUTE)
+    second = None
+    try:
+        wait_until(first.holding.is_set, "the compute slot to be free")
+        job = slow.submit(**pair, k=32, api_name="/stability")
+        wait_until(lambda: COMPUTE.waiting == 1, "the stability run's decode to queue for the slot")
+        second = SlotPlace(COMPUTE)  # behind the decode, ahead of the run's first intervention
+        wait_until(lambda: COMPUTE.waiting == 2, "the test's second place to queue behind the decode")
+        first.release()
+        wait_until(lambda: second.holding.is_set() and COMPUTE.waiting == 1, "the run's first intervention to queue")
+        fuse = quick.submit(**pair, api_name="/fuse")
+        wait_until(lambda: COMPUTE.waiting == 2, "the other client's Fuse to queue behind the run")
+    finally:
+        for place in (first, second):
+            if place is not None:
+                place.release()
+    fuse.result()
     job.result()
-    holds = [h for h in COMPUTE.history if h[3] >= t0]
+    holds = [h for h in COMPUTE.history if h[1] >= t0]
     (_, asked, entered, left), = [h for h in holds if h[0] == "fuse"]
     steps = [h for h in holds if h[0] == "stability"]
-    run_end = max(h[3] for h in steps)
-    assert asked < run_end, "the run had ended before the Fuse asked for the slot: nothing was tested"
-    assert left < run_end, "the Fuse waited for the whole stability run"
+    assert len(steps) > 1 and asked < min(h[2] for h in steps), \
+        "the Fuse asked after the run's first step had entered: the test did not pause the run"
+    assert left < max(h[3] for h in steps), "the Fuse waited for the whole stability run"
     ahead = [h for h in steps if asked < h[2] < entered]
     assert len(ahead) <= 1, f"{len(ahead)} stability steps went ahead of a waiting Fuse"
 
@@ -414,8 +428,7 @@ def test_the_first_page_result_survives_gradios_cache_clean_up(bank, tmp_path):
         other = tmp_path / "a-request-file.png"  # a file of some request: the sweep does remove those
         other.write_bytes(b"x")
         demo.temp_file_sets[0].add(str(other))
-        time.sleep(1.1)
-        delete_files_created_by_app(demo, age=0)
+        delete_files_created_by_app(demo, age=None)  # None: every file, whatever its age (no sleep)
         assert not other.exists(), "the sweep removed nothing: nothing was tested"
         assert [p for p in paths if not Path(p).is_file()] == []
     finally:

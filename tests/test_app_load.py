@@ -22,6 +22,8 @@ from gradio_client import Client, handle_file  # noqa: E402
 
 from tests import appserver as fp  # noqa: E402
 
+pytestmark = [pytest.mark.slow, pytest.mark.server]  # the whole module is slow: a real `python app.py` server under load
+
 GIB = 1024.0  # MiB
 
 N_CLIENTS = 40

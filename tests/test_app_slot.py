@@ -15,7 +15,10 @@ import pytest  # noqa: E402
 import app  # noqa: E402
 from ivfusion import lab, read_image  # noqa: E402
 from ivfusion.lab.slot import COMPUTE, ChunkedHold, ComputeSlot  # noqa: E402
+from tests.helpers import wait_until  # noqa: E402
 from tests.test_app import IR, SIDE, VIS, launch  # noqa: E402
+
+pytestmark = [pytest.mark.slow, pytest.mark.server]  # the whole module is slow: a real server
 
 
 @pytest.fixture(scope="module")
@@ -38,21 +41,19 @@ def server(bank):
 def test_the_compute_slot_is_first_come_first_served():
     """A job that releases the slot and queues again between its steps (a stability run) lets
     a request that was already waiting go first: the waiter never waits for the whole job."""
-    slot, order, waiting = ComputeSlot(), [], threading.Event()
+    slot, order = ComputeSlot(), []
     job = ChunkedHold(slot, "stability")
     job.__enter__()
     job.step_done()
 
     def fuse():
-        waiting.set()
         with slot.hold("fuse"):
             order.append("fuse")
 
     t = threading.Thread(target=fuse)
     t.start()
-    waiting.wait(5)
-    while slot.waiting == 0:  # the Fuse is queued
-        time.sleep(0.01)
+    wait_until(lambda: slot.waiting == 1 or not t.is_alive(), "the Fuse to queue for the slot", 30)
+    assert slot.waiting == 1, "the Fuse's thread ended without queueing"
     assert job.between() is False  # releases, the queued Fuse runs, then the job has the slot again
     order.append("stability step 2")
     job.release()

@@ -10,8 +10,8 @@ import os
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import contextlib  # noqa: E402
+import re  # noqa: E402
 import threading  # noqa: E402
-import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import cv2  # noqa: E402
@@ -22,6 +22,8 @@ from ivfusion import lab  # noqa: E402
 from ivfusion.predictor import Fuser  # noqa: E402
 from tests.helpers import SHARED  # noqa: E402
 from tests.test_app import IR, VIS, launch  # noqa: E402
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser, pytest.mark.server]  # the whole module is slow: a real server and Chromium
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "test-output"
@@ -155,8 +157,14 @@ def test_fuse_drop_visible(server, chromium_path):
 
 
 def test_stability_can_be_cancelled_and_does_not_starve_another_clients_fuse(server, chromium_path, monkeypatch):
+    """Synchronised on the compute slot, never on the clock: the test takes places in the slot's
+    queue (tests.helpers.SlotPlace) so that the page's K = 32 run is paused at a known step
+    when the other client's Fuse arrives and when Cancel is pressed."""
     from gradio_client import Client, handle_file
     from playwright.sync_api import expect
+
+    from ivfusion.lab.slot import COMPUTE
+    from tests.helpers import SlotPlace, wait_until
 
     url, _ = server
     with lab_page(url, chromium_path) as page:
@@ -164,19 +172,38 @@ def test_stability_can_be_cancelled_and_does_not_starve_another_clients_fuse(ser
         k_box.fill("32")
         k_box.press("Enter")
         counter = ForwardCounter(monkeypatch)
-        page.locator("#stability-btn").click()
-        expect(page.locator("body")).to_contain_text("of 32 interventions", timeout=60_000)  # progress per intervention
-        t0 = time.perf_counter()
-        Client(url, verbose=False).predict(visible=handle_file(str(VIS)), infrared=handle_file(str(IR)), api_name="/fuse")
-        fuse_s = time.perf_counter() - t0
-        assert "Output (the fused" not in page.locator("#stability-text").inner_text(), \
-            f"the stability run finished before the other client's Fuse ({fuse_s:.1f} s): nothing was tested"
-        page.locator("#cancel-btn").click()
-        expect(page.locator("#stability-text")).to_contain_text("cancelled after", timeout=30_000)
+        places = [SlotPlace(COMPUTE)]
+        try:
+            wait_until(places[0].holding.is_set, "the compute slot to be free")
+            page.locator("#stability-btn").click()
+            wait_until(lambda: COMPUTE.waiting == 1, "the stability run's decode to queue for the slot", 120)
+            places.append(SlotPlace(COMPUTE))  # behind the decode, ahead of the first intervention
+            wait_until(lambda: COMPUTE.waiting == 2, "the test's second place to queue")
+            places[0].release()
+            wait_until(lambda: places[1].holding.is_set() and COMPUTE.waiting == 1,
+                       "the run's first intervention to queue", 120)
+            expect(page.locator("body")).to_contain_text("of 32 interventions", timeout=60_000)  # progress
+            fuse = Client(url, verbose=False).submit(visible=handle_file(str(VIS)), infrared=handle_file(str(IR)),
+                                                     api_name="/fuse")
+            wait_until(lambda: COMPUTE.waiting == 2, "the other client's Fuse to queue behind the run", 120)
+            places.append(SlotPlace(COMPUTE))  # behind the Fuse: the run pauses again after it
+            wait_until(lambda: COMPUTE.waiting == 3, "the test's third place to queue")
+            places[1].release()  # one intervention, then the Fuse, then the test again
+            fuse.result(timeout=300)
+            wait_until(lambda: places[2].holding.is_set() and COMPUTE.waiting == 1,
+                       "the run's next intervention to queue after the Fuse", 120)
+            assert "Output (the fused" not in page.locator("#stability-text").inner_text()
+            # Cancel is unqueued (queue=False): its answer means the run's cancel event is set
+            with page.expect_response(lambda r: r.request.method == "POST" and "/run/" in r.url, timeout=60_000):
+                page.locator("#cancel-btn").click()
+        finally:
+            for place in places:
+                place.release()
+        # cancelled at the run's next hold of the slot after the one queued when Cancel was pressed
+        expect(page.locator("#stability-text")).to_contain_text(re.compile(r"cancelled after [12] of 32 runs"),
+                                                                timeout=60_000)
         # the text comes from the handler's return, so the run's thread is done; the compute slot
         # must be free (no forward of the cancelled run left in it) and stay unclaimed
-        from ivfusion.lab.slot import COMPUTE
-
         n = counter.n
         page.wait_for_function("() => true")  # one more round trip to the page
         assert COMPUTE.holder is None, f"the compute slot is still held by {COMPUTE.holder}"

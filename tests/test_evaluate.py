@@ -15,6 +15,8 @@ from ivfusion.interventions import INTERVENTIONS
 from ivfusion.levels import GATE_LEVELS
 from ivfusion.metrics import METRIC_NAMES, evaluate_pair, read_grey
 
+pytestmark = pytest.mark.slow  # the whole module is slow: the evaluate command on real folders
+
 
 def evaluate_cli(argv) -> int:
     """`ivfusion evaluate ARGV`, in this process."""

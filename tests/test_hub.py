@@ -13,6 +13,8 @@ from ivfusion.hub import map_official_keys, save_weights
 
 from .official import official_keys, synthetic_official_state_dict
 
+pytestmark = pytest.mark.slow  # the whole module is slow: subprocesses and full checkpoints
+
 
 class NotATensor:
     """A pickled object: must never be unpickled by load_model."""

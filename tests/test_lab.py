@@ -402,6 +402,7 @@ def test_the_page_settings_become_the_analysis_interventions():
     assert lab.interventions_of(lab.Settings()) == ([["complementary"], ["random"]], True)
 
 
+@pytest.mark.slow  # K real interventions
 def test_run_stability_uses_the_settings_holes_and_seed_and_reports_per_run(fuser, pair):
     s = lab.Settings(complementary=True, holes=4, hole_percent=12.5, seed=7)
     calls = []

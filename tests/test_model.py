@@ -166,6 +166,7 @@ def test_matches_an_independent_authors_style_forward(tmp_path, size):
     assert not math.isclose(float(ours.std()), 0.0)  # a non-trivial output was compared
 
 
+@pytest.mark.slow  # the authors' full-size forward on real pairs
 def test_the_authors_released_checkpoint_matches_their_forward_on_real_pairs(shared_dir):
     """The real best.pth through load_model (reference and fast paths, the Fuser's input
     conversion) against the functional forward written on the authors' key names, on real

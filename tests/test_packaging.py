@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # the whole module is slow: pip installs in subprocesses
+
 REPO = Path(__file__).resolve().parents[1]
 
 # Run by the installed copy, from a folder that is not the checkout: imports ivfusion, says

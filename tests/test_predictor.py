@@ -185,6 +185,7 @@ def crops(pairs):
     return [(vis, ir), (vis2[41:138, 17:148], ir2[41:138, 17:148])]
 
 
+@pytest.mark.slow  # every intervention on both paths, several seconds on 2 cores
 @pytest.mark.parametrize("path", ["reference", "fast"])
 @pytest.mark.parametrize("intervention", [*INTERVENTIONS, ["complementary", "drop-infrared"], ["random", "drop-visible"]])
 def test_intervene_equals_a_full_forward_of_the_intervened_inputs(untrained, crops, path, intervention):
@@ -197,6 +198,7 @@ def test_intervene_equals_a_full_forward_of_the_intervened_inputs(untrained, cro
         assert max(np.abs(a - b).max() for a, b in zip(r.gates, gates)) < FP32_TOL
 
 
+@pytest.mark.slow  # several real forwards
 def test_reuse_skips_encoder_work(untrained, crops):
     fuser = Fuser(untrained, device="cpu", max_side=None)
     vis, ir = crops[0]

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -22,6 +21,8 @@ from ivfusion.modeling import ISFuse
 from ivfusion.train import TrainConfig, config_from_args, main
 from ivfusion.train.config import ConfigError, add_arguments
 from ivfusion.train.dataset import PairDataset
+
+pytestmark = pytest.mark.slow  # the whole module is slow: training runs and subprocesses
 
 TINY = ["--crop", "48", "--batch-size", "4", "--val-pairs", "1", "--log-every", "1", "--threads", "1",
         "--lr", "1e-3", "--lr-schedule", "cosine", "--warmup", "2", "--workers", "1"]
@@ -50,6 +51,22 @@ def test_short_run_writes_checkpoints_logs_and_plot(pair_folder, tmp_path):
     assert saved["crop"] == 48 and saved["init"] == "untrained"
 
 
+# `ivfusion train ...` that SIGKILLs its own process group as its 6th training step begins
+KILLED_AT_STEP_6 = """
+import os, signal, sys
+import ivfusion.train.loop as loop
+from ivfusion.cli import main
+real, calls = loop.train_step, [0]
+def step(*a, **k):
+    calls[0] += 1
+    if calls[0] == 6:
+        os.killpg(os.getpgid(0), signal.SIGKILL)
+    return real(*a, **k)
+loop.train_step = step
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def test_resume_after_kill_continues_the_same_run(pair_folder, tmp_path):
     steps = 8
     ref = tmp_path / "uninterrupted"
@@ -58,16 +75,16 @@ def test_resume_after_kill_continues_the_same_run(pair_folder, tmp_path):
     assert res.returncode == 0, res.stderr
 
     run = tmp_path / "killed"
-    proc = subprocess.Popen(train_cmd(pair_folder, run, steps, "--val-every", "2"), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 600
-    while not (run / "resume.pt").exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (run / "summary.json").exists(), "the run finished before it could be killed"
-    killed_at = torch.load(run / "resume.pt", weights_only=True)["step"]
-    assert 2 <= killed_at < steps
+    # the run kills itself (SIGKILL, its DataLoader worker too) as its 6th step begins: an event
+    # of the run, not a moment of the clock, so it can never finish first. The state on disk is
+    # then step 4's, and the log holds step 5, which the resumed run must drop and redo.
+    proc = subprocess.run([sys.executable, "-c", KILLED_AT_STEP_6, *train_cmd(pair_folder, run, steps,
+                                                                             "--val-every", "2")[3:]],
+                          capture_output=True, text=True, timeout=600, start_new_session=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert not (run / "summary.json").exists()
+    assert torch.load(run / "resume.pt", weights_only=True)["step"] == 4
+    assert max(json.loads(x)["step"] for x in (run / "log.jsonl").read_text().splitlines()) == 5
 
     res = subprocess.run([sys.executable, "-m", "ivfusion", "train", "--out", str(run), "--resume"],
                          capture_output=True, text=True, timeout=600)

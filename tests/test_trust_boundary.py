@@ -19,6 +19,8 @@ import pytest
 
 from tests.appserver import AppServer, call, components, dependency, holds_pixels, output_refs
 
+pytestmark = [pytest.mark.slow, pytest.mark.server]  # the whole module is slow: a real `python app.py` server
+
 SECRET_TEXT = "ivfusion-secret-" + "7f3a9c" * 8
 FILE_TYPES = ("image", "imageeditor", "file", "gallery")
 
