@@ -315,7 +315,7 @@ class LabApp(cb.LabCallbacks):
                 src.change(self.on_pair_change, [visible, infrared, hole_percent], pair_outputs,
                            api_visibility="private", queue=False, preprocess=False, show_progress="hidden",
                            trigger_mode="always_last").then(
-                    self.prefetch, [visible, infrared, model, state], [state], preprocess=False,
+                    self.prefetch, [visible, infrared, model], None, preprocess=False,
                     concurrency_id="compute", show_progress="hidden", api_visibility="private")
             for editor, src in ((draw_vis, visible), (draw_ir, infrared)):
                 editor.clear(_editor_value, [src], [editor], api_visibility="private", queue=False,
@@ -331,7 +331,7 @@ class LabApp(cb.LabCallbacks):
                            show_progress="hidden")
             model.change(_named(self.choose_model, MODEL_OUTPUTS), [model, state], [model, model_md, state],
                          api_visibility="private", concurrency_id="models").then(
-                self.prefetch, [visible, infrared, model, state], [state], preprocess=False,
+                self.prefetch, [visible, infrared, model], None, preprocess=False,
                 concurrency_id="compute", show_progress="hidden", api_visibility="private")
             # wiring: actions
             common = [visible, infrared, model, complementary, random_masking, dropout, hole_percent, holes, seed,
@@ -339,9 +339,11 @@ class LabApp(cb.LabCallbacks):
             # The button is never disabled by a handler: a step that fails in the browser (a seed
             # out of range) or on the server would leave it disabled. Gradio ignores clicks while
             # the click's own event is pending (trigger_mode "once").
+            # /fuse runs FUSE_WORKERS requests at once: their forwards still take turns in the one
+            # compute slot, while a result the shared cache holds is answered without waiting for them
             fused = fuse_btn.click(
                 gpu(_named(self.fuse, FUSE_OUTPUTS)), [*common, gate_scale, state], fuse_outputs, api_name="fuse",
-                preprocess=False, concurrency_id="compute",
+                preprocess=False, concurrency_id="fuse", concurrency_limit=cb.FUSE_WORKERS,
                 api_description="Fuse a visible/infrared pair without and with interventions; returns images, "
                                 "per-level gate maps and captions, and notices (names and order: docs/API.md).")
             fused.success(self.metrics, [state], [table], api_name="metrics", concurrency_id="metrics",

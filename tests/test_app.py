@@ -79,19 +79,19 @@ def test_fuse_callback_returns_every_named_output(lab_app):
 def test_refuse_of_the_same_pair_reuses_its_clean_pass(lab_app):
     state = {}
     first = _fuse(lab_app, str(VIS), str(IR), lab.UNTRAINED_CHOICE, True, False, "none", state=state)
-    pair, clean = state["pair"], state["run"].clean
+    clean = state["run"].clean
     again = _fuse(lab_app, str(VIS), str(IR), lab.UNTRAINED_CHOICE, False, True, "none", state=state)
-    assert state["pair"] is pair and state["run"].clean is clean
+    assert state["run"].clean is clean  # the shared pair's clean pass, not computed again
     np.testing.assert_array_equal(read_image(again["fused_clean"]), read_image(first["fused_clean"]))
     assert "reused" not in again["notices"]  # no repeated notices
     _fuse(lab_app, str(IR), str(IR), lab.UNTRAINED_CHOICE, True, state=state)  # another pair
-    assert state["pair"] is not pair and state["run"].clean is not clean
+    assert state["run"].clean is not clean
 
 
 def test_display_options_rerender_without_a_forward_pass(lab_app, monkeypatch):
     state = {}
     out = _fuse(lab_app, str(VIS), str(IR), lab.DEFAULT_CHOICE, True, False, "none", 12.5, 6, 1, state=state)
-    fuser = state["pair"].fuser
+    fuser, _ = lab_app.bank.get(lab.DEFAULT_CHOICE)
     calls = []
     for name in ("run", "fuse"):
         real = getattr(type(fuser), name)
@@ -168,13 +168,14 @@ def test_other_callbacks(lab_app, tmp_path):
 
 
 def test_prefetch_callback_prepares_the_clean_pass_for_fuse(lab_app):
-    assert lab_app.prefetch(str(VIS), None, lab.UNTRAINED_CHOICE, {}) == gr.skip()
-    state = lab_app.prefetch(str(VIS), str(IR), lab.UNTRAINED_CHOICE, {})
-    pair = state["pair"]
-    assert lab_app.prefetch(str(VIS), str(IR), lab.UNTRAINED_CHOICE, state)["pair"] is pair  # already there
-    out = _fuse(lab_app, str(VIS), str(IR), lab.UNTRAINED_CHOICE, True, False, "none", state=state)
+    lab_app.prefetch(str(VIS), None, lab.UNTRAINED_CHOICE)  # nothing to do
+    lab_app.prefetch(str(VIS), str(IR), lab.UNTRAINED_CHOICE)
+    pair = lab_app._pair(str(VIS), str(IR), lab.UNTRAINED_CHOICE)  # the shared pair cache's entry
+    lab_app.prefetch(str(VIS), str(IR), lab.UNTRAINED_CHOICE)
+    assert lab_app._pair(str(VIS), str(IR), lab.UNTRAINED_CHOICE) is pair  # already there
+    out = _fuse(lab_app, str(VIS), str(IR), lab.UNTRAINED_CHOICE, True, False, "none", state={})
     assert out["state"]["run"].clean is pair.clean
-    assert lab_app.prefetch(str(VIS), "/no/such/file.png", lab.UNTRAINED_CHOICE, {}) == gr.skip()  # silent
+    lab_app.prefetch(str(VIS), "/no/such/file.png", lab.UNTRAINED_CHOICE)  # silent
 
 
 def test_stability_callback_and_its_cancel(lab_app):
@@ -200,7 +201,7 @@ def test_compare_runs_the_same_pair_and_masks_through_two_models(lab_app):
     out = lab_app.compare(str(VIS), str(IR), lab.DEFAULT_CHOICE, lab.UNTRAINED_CHOICE, True, False, "none", 12.5, 3,
                           2, state=state)
     assert sorted(out) == sorted(app.COMPARE_OUTPUTS)
-    a, b = state["pair"], state["pair_compare"]
+    a, b = (lab_app._pair(str(VIS), str(IR), m) for m in (lab.DEFAULT_CHOICE, lab.UNTRAINED_CHOICE))
     assert a.model == lab.DEFAULT_CHOICE and b.model == lab.UNTRAINED_CHOICE
     run_a = lab.run_session_pair(a, lab.Settings(True, False, "none", 12.5, 3, 2))
     run_b = lab.run_session_pair(b, lab.Settings(True, False, "none", 12.5, 3, 2))

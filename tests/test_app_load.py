@@ -170,13 +170,15 @@ def test_junk_ivfusion_weights_start_and_serve_on_the_bundled_weights(tmp_path, 
         assert "could not be loaded" in page and "bundled weights" in page and str(tmp_path) not in page
 
 
-def test_the_lab_works_at_a_bounded_size_and_keeps_no_encoder_features(pair):
+def test_the_lab_works_at_a_bounded_size_and_holds_encoder_features_only_in_its_bounded_cache(pair):
     """The defaults that keep the 49-MP case under 1 GB (ivfusion/lab/models.py): a working
-    size of 640 unless IVFUSION_MAX_SIDE says otherwise, and Fusers (and their forks) that keep
-    no encoder features between requests, with a session's state a few tens of MB."""
+    size of 640 unless IVFUSION_MAX_SIDE says otherwise; the model's Fusers keep no encoder
+    features; a pair's clean features live only in the shared pair cache, whose bound counts
+    them; a session's state (its last run) is a few tens of MB."""
     import numpy as np
 
     from ivfusion import io, lab
+    from ivfusion.lab import cache
     from ivfusion.lab.session import nbytes
 
     assert lab.ModelBank(env={}).max_side == 640
@@ -184,9 +186,10 @@ def test_the_lab_works_at_a_bounded_size_and_keeps_no_encoder_features(pair):
     fuser, _ = lab.ModelBank(env={}).get()
     assert fuser.keep_features is False and fuser.fork().keep_features is False
     vis, ir = io.read_image(pair[0]), io.read_image(pair[1])
-    sp = lab.SessionPair(fuser, vis, ir, "m")
+    sp = lab.SharedPair(fuser, vis, ir, "m")
     run = lab.run_session_pair(sp, lab.Settings(complementary=True, seed=3))
-    assert run.has_intervention
-    assert sp.fuser._feats == {} and max(sp.shape) <= 640
-    assert nbytes({"pair": sp, "run": run}) < 60 * 2**20
+    assert run.has_intervention and max(sp.shape) <= 640
+    features = sum(t.nbytes for fs in sp.fuser._feats.values() for t in fs)
+    assert cache.PAIRS.max_bytes >= cache._array_bytes(sp) >= features > 0
+    assert nbytes({"run": run}) < 60 * 2**20
     assert np.isfinite(run.intervened.fused_y).all()

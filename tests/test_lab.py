@@ -214,31 +214,22 @@ def test_run_pair_matches_two_separate_fuses(fuser, pair):
     assert run.difference.shape == run.clean.fused_y.shape and run.eta == fuser.model.config.eta
 
 
-def test_a_session_pair_runs_its_clean_pass_once_and_stays_private(fuser, pair):
-    sp = lab.SessionPair(fuser, *pair, model="m")
+def test_a_shared_pair_runs_its_clean_pass_once_and_keeps_its_features(fuser, pair):
+    sp = lab.SharedPair(fuser, *pair, model="m")
+    assert sp.fuser is not fuser and sp.fuser._feats  # its own fork, holding the clean features
+    feats = {k: list(v) for k, v in sp.fuser._feats.items()}
     first = lab.run_session_pair(sp, lab.Settings(random=True, seed=1))
     second = lab.run_session_pair(sp, lab.Settings(dropout="drop IR"))
     assert first.clean is second.clean is sp.clean  # not recomputed
+    # the clean features stay for the next visitor, untouched by the interventions
+    assert all(a is b for k in feats for a, b in zip(feats[k], sp.fuser._feats[k]))
     fresh = lab.run_pair(fuser, *pair, lab.Settings(dropout="drop IR"), model="m")
     np.testing.assert_allclose(second.clean.fused_y, fresh.clean.fused_y, atol=1e-5)
     np.testing.assert_allclose(second.intervened.fused_y, fresh.intervened.fused_y, atol=1e-5)
-    other = lab.SessionPair(fuser, pair[0][::-1].copy(), pair[1][::-1].copy(), model="m")
-    assert other.key != sp.key and sp.fuser is not fuser and other.fuser is not sp.fuser
-    assert lab.pair_key("m", *pair) == lab.pair_key("m", pair[0].copy(), pair[1].copy())
+    other = lab.SharedPair(fuser, pair[0][::-1].copy(), pair[1][::-1].copy(), model="m")
+    assert other.fuser is not sp.fuser
     np.testing.assert_allclose(lab.run_session_pair(sp, lab.Settings(random=True, seed=1)).intervened.fused_y,
-                               first.intervened.fused_y, atol=1e-6)  # the other session's pair did not leak in
-
-
-def test_a_new_pair_keeps_its_encoder_features_only_within_its_request(fuser, pair):
-    sp = lab.SessionPair(fuser, *pair)
-    assert sp.fuser._feats  # the first intervened pass patches them instead of encoding again
-    lab.run_session_pair(sp, lab.Settings(complementary=True, seed=4))
-    assert not sp.fuser._feats and not sp.fuser.keep_features  # nothing kept between requests
-    lab.run_session_pair(sp, lab.Settings(complementary=True, seed=5))
-    assert not sp.fuser._feats
-    quiet = lab.SessionPair(fuser, *pair)
-    lab.run_session_pair(quiet, lab.Settings())  # no intervention: the features still go
-    assert not quiet.fuser._feats
+                               first.intervened.fused_y, atol=1e-6)  # the other pair did not leak in
 
 
 def test_dropping_a_modality_drops_its_colour_too(fuser, pair):

@@ -44,9 +44,9 @@ def main() -> None:
             times["forward"].append(time.perf_counter() - t)
             for mode in ("dropped", "kept"):
                 t = time.perf_counter()
-                pair = runs.SessionPair(fuser, vis, ir)
+                pair = runs.SharedPair(fuser, vis, ir)
                 if mode == "dropped":
-                    pair.release_features()
+                    pair.fuser.release_features()
                 runs.run_session_pair(pair, settings)
                 times[mode].append(time.perf_counter() - t)
     forward = statistics.median(times["forward"])

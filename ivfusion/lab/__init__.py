@@ -8,7 +8,8 @@ One module per concern:
 * `session`: per-session state and per-request files.
 * `settings`: the intervention controls (`Settings`) and the keep masks they make.
 * `examples`: the bundled example pairs.
-* `runs`: one request, the clean and the intervened pass (`LabRun`).
+* `runs`: one request, the clean and the intervened pass (`LabRun`), from a `SharedPair`.
+* `cache`: what visitors share, by content: pairs' clean passes and finished results.
 * `render`: the figures of one request.
 * `downloads`: the metrics table and the download files.
 * `analysis`: the stability analysis as the page shows it.
@@ -21,7 +22,7 @@ from .examples import DEFAULT_EXAMPLE, EXAMPLES, EXAMPLES_DIR, example_pairs
 from .models import (APP_MAX_SIDE, DEFAULT_CHOICE, OFFICIAL_CHOICE, UNTRAINED_CHOICE, ModelBank, hub_reachable,
                      make_fuser)
 from .render import GATE_SCALE_CHOICES, LabFigures, LevelFigures, gate_scale_name, render_levels
-from .runs import LabRun, SessionPair, colour_from_visible, pair_key, run_pair, run_session_pair
+from .runs import LabRun, SharedPair, colour_from_visible, run_pair, run_session_pair
 from .session import SESSION_TTL_S, request_dir
 from .settings import DROPOUT_CHOICES, Settings, intervention_masks
 from .uploads import (MAX_UPLOAD_PIXELS, describe_image, display_copy, drawn_keep_mask, load_image, pair_info,

@@ -3,9 +3,10 @@
 Every callback returns a dict keyed by output *names*; `app.py` turns it into Gradio's order
 with the name tuples defined here (`FUSE_OUTPUTS`, `RENDER_OUTPUTS`, `STABILITY_OUTPUTS`),
 which docs/API.md documents for gradio_client users. Per-user state lives in the session
-dict (a `gr.State`): "pair" (the loaded pair with its clean pass, `runs.SessionPair`), "run"
-(the last `runs.LabRun`, re-rendered when a display option changes), "metrics" (the images
-the metrics need) and "cancel" (a `threading.Event` a stability run watches).
+dict (a `gr.State`): "run" (the last `runs.LabRun`, re-rendered when a display option
+changes), "result_key" (its key in the shared result cache, whose entry keeps its metrics)
+and "cancel" (a `threading.Event` a stability run watches). What does not depend on who asked
+(a pair's clean pass and features, a finished result) is shared through `cache`, by content.
 
 Every forward pass, and the full decode before it, runs inside the one compute slot
 (`slot.COMPUTE`): Fuse, compare and prefetch hold it for their work, a stability analysis for
@@ -28,7 +29,7 @@ from .. import viz
 from ..hub import WeightsError
 from ..io import ImageError
 from ..levels import GATE_LEVELS
-from . import analysis, downloads, examples, models, render, runs, session, settings, uploads
+from . import analysis, cache, downloads, examples, models, render, runs, session, settings, uploads
 from .slot import COMPUTE
 
 log = logging.getLogger("ivfusion.app")
@@ -57,6 +58,9 @@ COMPARE_OUTPUTS = ("compare_fused", *(f"compare_{lv.key}" for lv in GATE_LEVELS)
 STABILITY_BUDGET_S = 30.0
 STABILITY_BUDGET_PER = 8
 EXPIRED = "Your last result has expired (results are kept for a limited time): press Fuse again."
+# /fuse requests handled at once: forwards take turns in the compute slot, so the others are
+# cache hits (answered at once) or requests waiting for the slot, which hold no large array
+FUSE_WORKERS = 8
 SLOW_WAIT_S = 0.5  # a wait for the compute slot longer than this is reported on the page
 DEFAULTS = dict(complementary=True, random_masking=False, dropout="none", hole_percent=settings.DEFAULT_HOLE_PERCENT,
                 holes=settings.DEFAULT_HOLES, seed=0, gate_scale=render.DEFAULT_GATE_SCALE)
@@ -100,6 +104,7 @@ class LabCallbacks:
         self.bank = bank or models.ModelBank()
         self.stability_budget_s = float(stability_budget_s if stability_budget_s is not None else settings.env_number(
             "IVFUSION_STABILITY_BUDGET_S", STABILITY_BUDGET_S, 1, 3600, float))
+        cache.configure()
         self.default_model, self.startup_notes = self.bank.default_choice()
         self.static_dir = session.static_dir()
         pairs = {Path(v).stem: (v, i) for v, i, _ in examples.example_pairs()}
@@ -124,19 +129,31 @@ class LabCallbacks:
         return settings.Settings(complementary, random_masking, dropout or "none", hole_percent, holes,
                                  0 if seed is None else seed)
 
-    def _pair(self, state: dict, visible, infrared, model) -> tuple[runs.SessionPair, list[str]]:
-        """This session's pair, decoded at most at the working size (no full-size array is kept),
-        and the notices of that decode ("Downscaled from ..."); the pair is reused when the same
-        images and model come again. Call inside the compute slot."""
+    def _model_id(self, model) -> str:
+        """The model as the caches know it: the menu choice, its weights and the working size."""
         fuser, _ = self.bank.get(model)
-        vis, ir, notes = uploads.load_pair(visible, infrared, self.bank.max_side)
-        model = model or models.DEFAULT_CHOICE
-        key = runs.pair_key(f"{model}|{fuser.weights_source}", vis, ir)
-        pair = state.get("pair")
-        if pair is None or pair.key != key:
-            pair = runs.SessionPair(fuser, vis, ir, model)
-            state["pair"] = pair
-        return pair, notes
+        return f"{model or models.DEFAULT_CHOICE}|{fuser.weights_source}|{self.bank.max_side}"
+
+    @staticmethod
+    def _pair_id(visible, infrared) -> str:
+        """The pair's content key ("" when an image is missing: the decode then says so)."""
+        vis, ir = cache.content_key(visible, "visible image"), cache.content_key(infrared, "infrared image")
+        return f"{vis}|{ir}" if vis and ir else ""
+
+    def _pair(self, visible, infrared, model, pair_id: str | None = None) -> runs.SharedPair:
+        """The pair under `model` with its clean pass and clean features, from the shared cache
+        (`cache.PAIRS`) or decoded (at most at the working size: no full-size array is kept)
+        and computed now. Call inside the compute slot."""
+        fuser, _ = self.bank.get(model)
+        pair_id = self._pair_id(visible, infrared) if pair_id is None else pair_id
+        key = cache.pair_cache_key(self._model_id(model), pair_id) if pair_id else None
+        pair = cache.PAIRS.get(key) if key else None
+        if pair is None:
+            vis, ir, notes = uploads.load_pair(visible, infrared, self.bank.max_side)
+            pair = runs.SharedPair(fuser, vis, ir, model or models.DEFAULT_CHOICE, notes)
+            if key:
+                cache.PAIRS.put(key, pair)
+        return pair
 
     def _remember(self, request) -> None:
         sh = getattr(request, "session_hash", None)
@@ -163,36 +180,44 @@ class LabCallbacks:
                     draw_visible=None, draw_infrared=None, gate_scale=render.DEFAULT_GATE_SCALE, state=None,
                     folder: Path | None = None, progress=None) -> dict[str, Any]:
         s = self._settings(complementary, random_masking, dropout, hole_percent, holes, seed)
-        render.gate_scale_name(gate_scale)  # a bad choice fails before any work
+        scale = render.gate_scale_name(gate_scale)  # a bad choice fails before any work
         state = state if isinstance(state, dict) else {}
         self.bank.get(model)  # a first load (a download) happens outside the compute slot
-        _say_if_waiting(progress)
-        with COMPUTE.hold("fuse") as waited:
-            t0 = time.perf_counter()
-            drawn = (uploads.drawn_keep_mask(draw_visible), uploads.drawn_keep_mask(draw_infrared))
-            pair, load_notes = self._pair(state, visible, infrared, model)
-            t_pair = time.perf_counter()
-            run = runs.run_session_pair(pair, s, drawn)
-            t_run = time.perf_counter()
-        figs = render.render(run, gate_scale)
-        t_render = time.perf_counter()
-        folder = folder or session.request_dir()
-        gates, gate_captions = render.gate_figure(figs.levels)
-        out: dict[str, Any] = downloads.save_images(folder, {
-            "fused_clean": (figs.fused_clean, True), "fused_intervened": (figs.fused_intervened, True),
-            "difference": (figs.difference, False), "inputs": (figs.inputs, True),  # lossless: hidden = exactly 0
-            "gates": (gates, False)})
-        out["difference_caption"] = "**Change in the fused image**, |F_intervened - F_clean|: " + figs.difference_caption
-        out["gate_captions"] = gate_captions
-        state.update(run=run, metrics=downloads.metric_sources(run))
+        t0 = time.perf_counter()
+        pair_id = self._pair_id(visible, infrared)
+        # a drawn mask is the visitor's own: such a request is computed, never cached
+        drawn_any = _has_layers(draw_visible) or _has_layers(draw_infrared)
+        key = cache.result_key(self._model_id(model), pair_id, s, scale) if pair_id and not drawn_any else None
+        entry = cache.RESULTS.get(key) if key else None
+        waited, steps = 0.0, {}
+        if entry is None:
+            _say_if_waiting(progress)
+            with COMPUTE.hold("fuse") as waited:
+                # a request ahead of this one in the slot may have computed the same result
+                entry = cache.RESULTS.get(key) if key else None
+                if entry is None:
+                    t1 = time.perf_counter()
+                    drawn = (uploads.drawn_keep_mask(draw_visible), uploads.drawn_keep_mask(draw_infrared))
+                    pair = self._pair(visible, infrared, model, pair_id)
+                    t2 = time.perf_counter()
+                    run = runs.run_session_pair(pair, s, drawn)
+                    steps = {"pair": t2 - t1, "run": time.perf_counter() - t2}
+            if entry is None:
+                entry, more = _finished(run, scale, pair.load_notices)
+                steps.update(more)
+                if key:
+                    run.shared = True  # held once by the cache, whatever the number of sessions showing it
+                    cache.RESULTS.put(key, entry)
+        out: dict[str, Any] = downloads.write_encoded(folder or session.request_dir(), entry.images)
+        out.update(entry.captions)
+        state.update(run=entry.run, metrics=entry.metric_sources, result_key=key)
         total = time.perf_counter() - t0
-        self.last_timings = state["timings"] = {
-            "pair": t_pair - t0, "run": t_run - t_pair, "render": t_render - t_run,
-            "encode": total - (t_render - t0), "total": total}
+        self.last_timings = state["timings"] = {**steps, "total": total, "cached": float(not steps)}
         wait = ([f"Waited {waited:.1f} s for another request's computation to finish."]
                 if waited > SLOW_WAIT_S else [])
-        out["notices"] = "  \n".join(load_notes + run.notices + wait
-                                      + [f"{model or models.DEFAULT_CHOICE} · computed in {total:.2f} s."])
+        how = (f"computed in {total:.2f} s." if steps else
+               f"the same pair and settings were computed before ({entry.seconds:.2f} s); shown from the cache.")
+        out["notices"] = "  \n".join(entry.notices + wait + [f"{model or models.DEFAULT_CHOICE} · {how}"])
         out["state"] = state
         return out
 
@@ -225,13 +250,18 @@ class LabCallbacks:
 
     @user_errors
     def metrics(self, state, request: gr.Request = None) -> list[list]:
-        """The eleven metrics of the last fuse in this session (clean, intervened, change)."""
-        src = self._last_run(state, request, "metrics")
-        if src is None:
-            if self.default_run is None:
-                raise gr.Error("Fuse a pair first.", title="Nothing to measure")
-            src = downloads.metric_sources(self.default_run)
-        return downloads.metrics_table(src)
+        """The eleven metrics of the last fuse in this session (clean, intervened, change),
+        computed once per cached result."""
+        run = self._last_run(state, request) or self.default_run
+        if run is None:
+            raise gr.Error("Fuse a pair first.", title="Nothing to measure")
+        key = state.get("result_key") if isinstance(state, dict) else None
+        entry = cache.RESULTS.get(key) if key else None
+        if entry is not None and entry.run is run:
+            if entry.metrics is None:
+                entry.metrics = downloads.metrics_table(run)
+            return entry.metrics
+        return downloads.metrics_table(run)
 
     @user_errors
     def downloads(self, state, request: gr.Request = None) -> list[str]:
@@ -262,10 +292,8 @@ class LabCallbacks:
         _say_if_waiting(progress)
         with COMPUTE.hold("compare"):
             drawn = (uploads.drawn_keep_mask(draw_visible), uploads.drawn_keep_mask(draw_infrared))
-            for key, name in (("pair", model), ("pair_compare", other_model)):
-                sub = {"pair": state.get(key)}
-                pair, _ = self._pair(sub, visible, infrared, name)
-                state[key] = pair
+            for name in (model, other_model):
+                pair = self._pair(visible, infrared, name)
                 results.append((name or models.DEFAULT_CHOICE, runs.run_session_pair(pair, s, drawn)))
         folder = session.request_dir()
         fused = viz.side_by_side([r.intervened.fused_rgb for _, r in results], gap=8)
@@ -283,20 +311,17 @@ class LabCallbacks:
         out["state"] = state
         return out
 
-    def prefetch(self, visible, infrared, model, state):
-        """A pair was loaded (or the model changed): compute its clean pass now, into this
-        session's state. Silent: bad inputs are reported by the pair info and by Fuse."""
+    def prefetch(self, visible, infrared, model):
+        """A pair was loaded (or the model changed): compute its clean pass now, into the shared
+        pair cache. Silent: bad inputs are reported by the pair info and by Fuse."""
         if visible is None or infrared is None:
-            return gr.skip()
+            return
         try:
-            state = state if isinstance(state, dict) else {}
             self.bank.get(model)
             with COMPUTE.hold("prefetch"):
-                self._pair(state, visible, infrared, model)[0].release_features()
+                self._pair(visible, infrared, model)
         except Exception:  # noqa: BLE001 - a prefetch must never bother the user
             log.debug("prefetch skipped", exc_info=True)
-            return gr.skip()
-        return state
 
     def model_info(self, model) -> str:
         """The chosen model in words (no server paths) and its notices."""
@@ -416,3 +441,30 @@ def _say_if_waiting(progress) -> None:
     if progress is not None and COMPUTE.holder is not None:
         what = "a stability analysis step" if COMPUTE.holder.startswith("stability") else "another request"
         progress(None, desc=f"Waiting for {what} to finish computing\u2026")
+
+
+def _finished(run: runs.LabRun, scale: str, load_notices) -> tuple[cache.CachedResult, dict[str, float]]:
+    """A computed run made into what the page shows, each image encoded once (the cache keeps
+    the encoded bytes); and the seconds of rendering and encoding."""
+    t0 = time.perf_counter()
+    figs = render.render(run, scale)
+    gates, gate_captions = render.gate_figure(figs.levels)
+    t1 = time.perf_counter()
+    images = downloads.encode_images({
+        "fused_clean": (figs.fused_clean, True), "fused_intervened": (figs.fused_intervened, True),
+        "difference": (figs.difference, False), "inputs": (figs.inputs, True),  # lossless: hidden = exactly 0
+        "gates": (gates, False)})
+    t2 = time.perf_counter()
+    captions = {"difference_caption": "**Change in the fused image**, |F_intervened - F_clean|: "
+                                      + figs.difference_caption, "gate_captions": gate_captions}
+    entry = cache.CachedResult(run, images, captions, list(load_notices) + run.notices, seconds=run.seconds + t2 - t0,
+                               metric_sources=downloads.metric_sources(run))
+    return entry, {"render": t1 - t0, "encode": t2 - t1}
+
+
+def _has_layers(editor_value) -> bool:
+    """Whether a mask editor's value carries any painted layer (decoding nothing)."""
+    if editor_value is None:
+        return False
+    layers = editor_value.get("layers") if isinstance(editor_value, dict) else [editor_value]
+    return bool(layers) and any(layer is not None for layer in layers)

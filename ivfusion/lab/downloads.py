@@ -81,26 +81,44 @@ def write_downloads(run: LabRun, folder: Path) -> list[str]:
 _ENCODERS = ThreadPoolExecutor(2, thread_name_prefix="ivfusion-encode")
 
 
+def encode_images(images: dict[str, tuple[np.ndarray, bool]]) -> dict[str, tuple[bytes, str]]:
+    """`encode_image` for each {name: (img, lossless)}, two at a time (OpenCV's encoders release
+    the GIL: a 640x480 request's five files took 33 ms instead of 55 ms, tools/lab_overheads.py).
+    Returns {name: (bytes, suffix)}."""
+    encoded = _ENCODERS.map(lambda item: encode_image(*item[1]), images.items())
+    return dict(zip(images, encoded))
+
+
+def write_encoded(folder: Path, encoded: dict[str, tuple[bytes, str]]) -> dict[str, str]:
+    """Write encoded images {name: (bytes, suffix)} into `folder`; returns {name: path}."""
+    paths = {}
+    for name, (data, suffix) in encoded.items():
+        path = Path(folder) / f"{name}{suffix}"
+        path.write_bytes(data)
+        paths[name] = str(path)
+    return paths
+
+
 def save_images(folder: Path, images: dict[str, tuple[np.ndarray, bool]]) -> dict[str, str]:
-    """`save_image` for each {name: (img, lossless)}, two at a time (OpenCV's encoders release
-    the GIL: a 640x480 request's five files took 33 ms instead of 55 ms, tools/lab_overheads.py). Returns
-    {name: path}."""
-    paths = _ENCODERS.map(lambda item: save_image(folder, item[0], *item[1]), images.items())
-    return dict(zip(images, paths))
+    """`save_image` for each {name: (img, lossless)}, encoded two at a time. Returns {name: path}."""
+    return write_encoded(folder, encode_images(images))
 
 
-def save_image(folder: Path, name: str, img: np.ndarray, lossless: bool) -> str:
-    """Write an image the page shows: lossless PNG (fast compression) for fused images and
-    network inputs, JPEG for heat maps (with room on top for the page's buttons). Returns the path. Gradio serves the file as it is,
-    so no image is encoded twice."""
+def encode_image(img: np.ndarray, lossless: bool) -> tuple[bytes, str]:
+    """An image the page shows, encoded: lossless PNG (fast compression) for fused images and
+    network inputs, JPEG for heat maps (with room on top for the page's buttons). Returns
+    (bytes, suffix). Gradio serves the file as it is, so no image is encoded twice."""
     img = np.ascontiguousarray(img if lossless else viz.pad_top(img, BUTTON_ROOM))
     bgr = cv2.cvtColor(img, cv2.COLOR_RGB2BGR) if img.ndim == 3 else img
     if lossless:
-        path, (ok, buf) = Path(folder) / f"{name}.png", cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+        suffix, (ok, buf) = ".png", cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, 1])
     else:
-        path, (ok, buf) = Path(folder) / f"{name}.jpg", cv2.imencode(
-            ".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, HEAT_JPEG_QUALITY])
+        suffix, (ok, buf) = ".jpg", cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, HEAT_JPEG_QUALITY])
     if not ok:
-        raise OSError(f"could not encode {name}")
-    path.write_bytes(buf.tobytes())
-    return str(path)
+        raise OSError("could not encode an image")
+    return buf.tobytes(), suffix
+
+
+def save_image(folder: Path, name: str, img: np.ndarray, lossless: bool) -> str:
+    """Write one image the page shows (`encode_image`) as `name` in `folder`; returns the path."""
+    return write_encoded(folder, {name: encode_image(img, lossless)})[name]

@@ -1,13 +1,11 @@
-"""One request: the clean and the intervened pass of a pair, through one session's pair.
+"""One request: the clean and the intervened pass of a pair.
 
-`SessionPair` is one session's loaded pair. It holds a private view of a shared `Fuser` (the
-model and its inference path are shared and read-only; the cached clean pass is the
-session's own), so re-fusing the same pair with another intervention runs only what the
-intervention changes (`Fuser.set_pair` / `Fuser.intervene`).
+`SharedPair` is a loaded pair with its clean pass and clean encoder features, shared by the
+visitors who send the same pair (`cache.PAIRS`), so re-fusing it with another intervention
+runs only what the intervention changes (`Fuser.set_pair` / `Fuser.intervene`).
 """
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass, field, replace
 from typing import Sequence
@@ -32,6 +30,9 @@ class LabRun:
     notices: list[str] = field(default_factory=list)
     seconds: float = 0.0
     label: str = "none"
+    # held once by the shared result cache (`cache.RESULTS`): the sessions showing it do not
+    # count its memory as theirs (`session.nbytes`)
+    shared: bool = False
 
     @property
     def difference(self) -> np.ndarray:
@@ -48,32 +49,25 @@ def fuser_eta(fuser: Fuser) -> float:
     return fuser.eta
 
 
-def pair_key(model: str, visible: np.ndarray, infrared: np.ndarray) -> str:
-    """A content key for a pair under a model (a new upload of the same files is the same pair)."""
-    h = hashlib.sha1(f"{model}|{visible.shape}|{visible.dtype}|{infrared.shape}|{infrared.dtype}".encode())
-    h.update(np.ascontiguousarray(visible).tobytes())
-    h.update(np.ascontiguousarray(infrared).tobytes())
-    return h.hexdigest()
+class SharedPair:
+    """A pair's clean pass and clean encoder features under one model, computed once and
+    shared by every visitor who sends the same pair (`cache.PAIRS` holds it, bounded).
 
-
-class SessionPair:
-    """One session's pair and its clean pass, computed once.
-
-    fuser: the shared Fuser of the chosen model; a `fork` of it is kept, so the cached pass
-    belongs to this session only. The fork keeps no encoder features between requests: at the
-    Lab's working size they would be 100-340 MB a session, more than all sessions' state may
-    hold together (`session.SESSION_MAX_BYTES`), so a session keeps its pair and clean pass
-    (about 20 MB at 640x480) and each intervention encodes what it needs. Within the request
-    that creates the pair, the clean features stay for its first `intervene`, which patches
-    them instead of encoding both images a second time and then releases them (a request
-    without an intervention calls `release_features`). visible, infrared: the decoded uploads (sizes may differ: the
-    infrared image is resized to the visible size, with a notice).
+    fuser: the shared Fuser of the chosen model; a `fork` of it holds this pair, so the
+    networks are shared and the pair's caches are this object's. The clean encoder features
+    stay (about 100 MB at 640x480, counted by the cache's bound), so each intervention
+    re-encodes only the crops its masks change and a dropped modality costs nothing to
+    encode. It is not thread-safe: call it inside the compute slot, as every forward is.
+    visible, infrared: the decoded uploads (sizes may differ: the infrared image is resized
+    to the visible size, with a notice); load_notices: what the decode did ("Downscaled
+    from ..."), repeated to every visitor of this pair.
     """
 
-    def __init__(self, fuser: Fuser, visible: np.ndarray, infrared: np.ndarray, model: str = ""):
+    def __init__(self, fuser: Fuser, visible: np.ndarray, infrared: np.ndarray, model: str = "",
+                 load_notices: Sequence[str] = ()):
         t0 = time.perf_counter()
-        self.key = pair_key(f"{model}|{fuser.weights_source}", visible, infrared)
         self.model = model
+        self.load_notices = list(load_notices)
         self.eta = fuser_eta(fuser)
         self.fuser = fuser.fork()
         self.fuser.keep_features = True
@@ -85,24 +79,12 @@ class SessionPair:
     def shape(self) -> tuple[int, int]:
         return self.clean.fused_y.shape
 
-    def release_features(self) -> None:
-        """Drop the clean encoder features kept since the pair was created (see the class)."""
-        self.fuser.keep_features = False
-        self.fuser.release_features()
-
     def intervene(self, settings: Settings, drawn: Sequence[np.ndarray | None] = (None, None)) -> FusionResult:
-        """The intervened pass: the settings' interventions and the drawn keep masks combined.
-        Kept clean features (a new pair) are released, whatever happens."""
+        """The intervened pass: the settings' interventions and the drawn keep masks combined."""
         h, w = self.shape
         label = settings.label(any(d is not None for d in drawn))
-        try:
-            m_vi, m_ir = intervention_masks(settings, h, w, drawn)
-            # kept features serve this pass's patching; Fuser.intervene then drops them before
-            # fusing, so the pass needs no more memory than a re-fuse
-            self.fuser.keep_features = False
-            res = self.fuser.intervene("none", settings.seed, masks=(m_vi, m_ir))
-        finally:
-            self.release_features()
+        m_vi, m_ir = intervention_masks(settings, h, w, drawn)
+        res = self.fuser.intervene("none", settings.seed, masks=(m_vi, m_ir))
         return replace(res, intervention=label, fused_rgb=colour_from_visible(res, self.clean.visible_rgb))
 
 
@@ -136,15 +118,13 @@ def colour_notice(settings: Settings) -> str | None:
     return None
 
 
-def run_session_pair(pair: SessionPair, settings: Settings = Settings(),
+def run_session_pair(pair: SharedPair, settings: Settings = Settings(),
                      drawn: Sequence[np.ndarray | None] = (None, None)) -> LabRun:
-    """The clean pass (cached in `pair`) and the intervened pass of one request; the pair's
-    kept encoder features are released either way."""
+    """The clean pass (cached in `pair`) and the intervened pass of one request."""
     t0 = time.perf_counter()
     notices = [n[0].upper() + n[1:] + "." for n in pair.clean.notices] + list(pair.size_notices)
     label = settings.label(any(d is not None for d in drawn))
     if label == "none":
-        pair.release_features()
         notices.append("No intervention is selected, so the intervened output equals the clean one. "
                        "Turn on an intervention or draw a mask.")
         return LabRun(pair.clean, pair.clean, settings, pair.model, pair.eta, notices,
@@ -164,4 +144,4 @@ def run_session_pair(pair: SessionPair, settings: Settings = Settings(),
 def run_pair(fuser: Fuser, visible: np.ndarray, infrared: np.ndarray, settings: Settings = Settings(),
              drawn: Sequence[np.ndarray | None] = (None, None), model: str = "") -> LabRun:
     """Fuse a pair without and with the settings' interventions (and drawn masks), from scratch."""
-    return run_session_pair(SessionPair(fuser, visible, infrared, model), settings, drawn)
+    return run_session_pair(SharedPair(fuser, visible, infrared, model), settings, drawn)

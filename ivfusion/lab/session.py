@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 SESSION_TTL_S = 900  # a session's state is dropped this many seconds after its last update
 SESSION_MAX_BYTES = 160 * 2**20  # all sessions' state together (a 640x480 pair and its last run: ~28 MB;
-# sessions keep no encoder features, `runs.SessionPair`)
+# a pair and its clean features live in the shared `cache`, not in sessions)
 MAX_SESSIONS = 1000  # sessions Gradio remembers (each holds a copy of the page's config)
 FILES_TTL_S = 120  # request folders older than this are removed (Gradio copied the files long before)
 MAX_QUEUED_PER_SESSION = 2  # requests one session may have waiting in the queue
@@ -60,6 +60,8 @@ def nbytes(value: Any, _seen: set | None = None, _depth: int = 0) -> int:
         return int(value.element_size() * value.nelement())
     if isinstance(value, (bytes, bytearray, str)):
         return len(value)
+    if getattr(value, "shared", False) is True:
+        return 0  # a result held once by the Lab's shared cache (ivfusion.lab.cache), which bounds it
     if hasattr(value, "forward") and hasattr(value, "parameters"):
         return 0  # an nn.Module: the ModelBank's models are shared by every session
     inner = lambda v: nbytes(v, seen, _depth + 1)  # noqa: E731
