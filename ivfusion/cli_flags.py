@@ -4,18 +4,52 @@ Every subcommand declares its flags with argparse in its own `add_parser`; a fla
 with "(default X)". A user error is one line in argparse's own form, "ivfusion CMD: error:
 MESSAGE", with exit code 2 (`user_error`). The flags spell the modalities `--infrared` and
 `--visible`, and a device is one of `device.DEVICE_NAMES`, checked when the command line is
-parsed (`add_device_flag`).
+parsed (`add_device_flag`). A number with a range is checked when the command line is parsed
+too (`whole_number`), and an output folder before any work (`out_folder_problem`).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 
 
 def user_error(command: str, message) -> int:
     """Print a user error in argparse's form on stderr; returns the exit code, 2."""
     print(f"ivfusion {command}: error: {message}", file=sys.stderr)
     return 2
+
+
+def whole_number(lo: int, hi: int | None = None, why: str = ""):
+    """An argparse type: a whole number from `lo` (to `hi`), else a usage error at parse time
+    ("argument --seed: must be a whole number >= 0, got -1"); `why` says why the bound is there."""
+    def parse(text: str) -> int:
+        accepted = f"from {lo} to {hi}" if hi is not None else f">= {lo}"
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < lo or (hi is not None and value > hi):
+            raise argparse.ArgumentTypeError(f"must be a whole number {accepted}{why}, got {text!r}")
+        return value
+
+    return parse
+
+
+def out_folder_problem(path) -> str | None:
+    """Why `path` cannot be an output folder (a file is in the way, or the first existing
+    folder on its way is not writable), or None; checked before any work, so that a long
+    run does not fail at its first write."""
+    path = Path(path)
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                return f"{path} is not a folder ({p} is a file); give a folder"
+            if not os.access(p, os.W_OK | os.X_OK):
+                return f"{path}: cannot write in {p} (permission denied)"
+            return None
+    return None
 
 
 def add_device_flag(p: argparse.ArgumentParser, default: str, what: str = "device to run on") -> None:

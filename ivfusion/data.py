@@ -21,6 +21,20 @@ class Pairs(list):
         self.infrared_only: dict[str, Path] = dict(infrared_only or {})
         self.visible_only: dict[str, Path] = dict(visible_only or {})
 
+    def unmatched(self) -> list[str]:
+        """The files without a partner, as 'NAME (infrared only)' and 'NAME (visible only)'."""
+        return ([f"{p.name} (infrared only)" for p in self.infrared_only.values()]
+                + [f"{p.name} (visible only)" for p in self.visible_only.values()])
+
+    def unmatched_note(self, where: str) -> str | None:
+        """The one line every command prints for the files of `where` left out for want of a
+        partner (a file on one side only is never skipped silently), or None when there are none."""
+        names = self.unmatched()
+        if not names:
+            return None
+        return (f"{where}: skipped {len(names)} file(s) with no file of the same name on the other side: "
+                f"{_examples(names, 5)}")
+
 
 def _examples(names, n: int = 3) -> str:
     names = sorted(names)

@@ -14,9 +14,11 @@ from pathlib import Path
 import numpy as np
 
 from . import io
-from .cli_flags import add_device_flag, add_modality_flags, failure_reason, missing_modality_flags, user_error
+from .cli_flags import (add_device_flag, add_modality_flags, failure_reason, missing_modality_flags, user_error,
+                        whole_number)
 from .interventions import INTERVENTIONS, get_intervention
 from .levels import GATE_LEVELS, npz_key
+from .modeling.isfuse import MIN_SIDE
 
 
 def add_parser(subparsers) -> None:
@@ -28,7 +30,7 @@ def add_parser(subparsers) -> None:
                         "or 'untrained' (default: the bundled weights, or $IVFUSION_WEIGHTS)")
     p.add_argument("--intervention", default="none", choices=tuple(INTERVENTIONS),
                    help="; ".join(f"{n}: {iv.label}" for n, iv in INTERVENTIONS.items()))
-    p.add_argument("--seed", type=int, default=0, help="seed of the intervention's masks")
+    p.add_argument("--seed", type=whole_number(0), default=0, help="seed of the intervention's masks (default 0)")
     p.add_argument("--save-gates", action="store_true",
                    help="also write <stem>_gates.npz: the gate maps at native size ("
                         + ", ".join(npz_key(lv) for lv in GATE_LEVELS) + ") and gates_full (3, H, W)")
@@ -43,7 +45,8 @@ def add_parser(subparsers) -> None:
 
     q = subparsers.add_parser("info", help="print the network's configuration, parameter count and MACs")
     q.add_argument("--weights", default="untrained", help="weights spec (default: the architecture alone)")
-    q.add_argument("--size", type=int, nargs=2, default=(256, 256), metavar=("H", "W"))
+    q.add_argument("--size", type=whole_number(MIN_SIDE), nargs=2, default=(256, 256), metavar=("H", "W"),
+                   help=f"image size for the MACs, each side at least {MIN_SIDE} (default 256 256)")
     q.set_defaults(func=run_info)
 
 
@@ -54,18 +57,18 @@ def _gates_bytes(result) -> bytes:
     return buf.getvalue()
 
 
-def _jobs(infrared: Path, visible: Path, out: Path) -> tuple[list[tuple[str, Path, Path, Path]], list[str]]:
-    """(name, infrared, visible, output) jobs, and the files found on one side only."""
-    from .data import find_pairs
+def _jobs(infrared: Path, visible: Path, out: Path):
+    """(name, infrared, visible, output) jobs, and the `data.Pairs` they come from (which
+    names the files found on one side only)."""
+    from .data import Pairs, find_pairs
 
     if infrared.is_dir() != visible.is_dir():
         raise ValueError("--infrared and --visible must both be files or both be folders")
     if not infrared.is_dir():
         target = out if out.suffix.lower() == ".png" else out / f"{visible.stem}.png"
-        return [(visible.stem, infrared, visible, target)], []
+        return [(visible.stem, infrared, visible, target)], Pairs()
     pairs = find_pairs(infrared=infrared, visible=visible)
-    lonely = [f"{s} (infrared only)" for s in pairs.infrared_only] + [f"{s} (visible only)" for s in pairs.visible_only]
-    return [(s, ir, vi, out / f"{s}.png") for s, ir, vi in pairs], lonely
+    return [(s, ir, vi, out / f"{s}.png") for s, ir, vi in pairs], pairs
 
 
 def _fuse_one(fuser, args, kind: str, ir_path: Path, vis_path: Path, target: Path) -> list[str]:
@@ -96,11 +99,12 @@ def run_fuse(args) -> int:
         return user_error("fuse", usage)
     kind = get_intervention(args.intervention).name
     try:
-        jobs, lonely = _jobs(Path(args.infrared), Path(args.visible), Path(args.out))
+        jobs, pairs = _jobs(Path(args.infrared), Path(args.visible), Path(args.out))
     except (FileNotFoundError, ValueError) as e:
         return user_error("fuse", e)
-    for item in lonely:
-        print(f"skipped {item}: no file with the same name on the other side", file=sys.stderr)
+    lonely = pairs.unmatched()
+    if lonely:
+        print(pairs.unmatched_note(f"{args.infrared} and {args.visible}"), file=sys.stderr)
     try:
         fuser = Fuser(args.weights, device=args.device, max_side=args.max_side, path=args.path)
     except (WeightsError, RuntimeError, ValueError, OSError) as e:
@@ -132,16 +136,20 @@ def run_info(args) -> int:
     from .hub import WeightsError, describe, load_model
     from .modeling import ISFuse
 
+    h, w = args.size
+    if h * w > io.MAX_PIXELS:
+        return user_error("info", f"--size {h} {w}: at most {io.MAX_PIXELS / 1e6:g} megapixels, the largest image "
+                                  "ivfusion reads")
     try:
         model = load_model(args.weights)
     except (WeightsError, ValueError, OSError) as e:
         return user_error("info", e)
-    h, w = args.size
     with_unused = ISFuse(ISFuseConfig(**{**model.config.to_dict(), "with_unused": True}))
     print(f"weights: {describe(model)}")
     print(f"config: {model.config.to_dict()}")
     print(f"parameters (with the reference's 3 unused modules): {with_unused.num_parameters(used_only=False):,}")
     print(f"parameters (forward path): {model.num_parameters():,}")
-    x = torch.zeros(1, 1, h, w)
-    print(f"MACs at {h}x{w}: {count_macs(model, x, x) / 1e9:.3f} G")
+    # counted on the meta device: shapes only, so a large size costs no memory and no time
+    x = torch.zeros(1, 1, h, w, device="meta")
+    print(f"MACs at {h}x{w}: {count_macs(ISFuse(model.config).to('meta'), x, x) / 1e9:.3f} G")
     return 0

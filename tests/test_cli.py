@@ -38,7 +38,7 @@ def test_folder_mode_fuses_good_pairs_and_names_failures(folders, tmp_path):
     assert res.returncode == 1, res.stderr
     assert sorted(p.name for p in out.iterdir()) == ["FLIR_00211.png", "FLIR_04269.png"]
     assert "failed broken:" in res.stderr and "not a readable image" in res.stderr
-    assert "lonely (visible only)" in res.stderr
+    assert "skipped 1 file(s) with no file of the same name on the other side: lonely.jpg (visible only)" in res.stderr
     assert "fused 2 of 3 pairs" in res.stdout and "failed: broken" in res.stdout
     assert "downscaled from 496x301" in res.stdout
     assert "Traceback" not in res.stderr
@@ -210,3 +210,93 @@ def test_every_training_setting_has_one_flag_and_every_flag_shows_its_default():
     assert sorted(a.dest for a in flags) == sorted(setting_names())  # a new TrainConfig field needs its flag
     assert all(a.default is None for a in flags)  # so that --config and a resumed run's config can fill them
     assert all("(default " in a.help for a in flags)
+
+
+# ---- ranges checked when the command line is parsed (issue 25) -----------------------------
+@pytest.mark.parametrize("argv, message", [
+    (["bench", "--sizes", "0x0"], "argument --sizes: size '0x0': each side must be at least 4 pixels"),
+    (["bench", "--sizes", "100000x100000"], "argument --sizes: size '100000x100000': at most 50 megapixels"),
+    (["bench", "--runs", "-1"], "argument --runs: must be a whole number >= 1, got '-1'"),
+    (["bench", "--threads", "-3"], "argument --threads: must be a whole number >= 1, got '-3'"),
+    (["info", "--size", "0", "0"], "argument --size: must be a whole number >= 4, got '0'"),
+    (["evaluate", "--digits", "-5"], "argument --digits: must be a whole number from 0 to 12"),
+    (["evaluate", "--seed", "-1"], "argument --seed: must be a whole number >= 0, got '-1'"),
+    (["fuse", "--seed", "-1"], "argument --seed: must be a whole number >= 0, got '-1'"),
+    (["study", "somewhere", "--weights", "untrained", "--seed", "-1"], "argument --seed: must be a whole number >= 0"),
+])
+def test_a_number_out_of_range_is_a_usage_error_at_parse_time(argv, message, capsys):
+    from ivfusion.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "Traceback" not in err
+    assert err.splitlines()[-1].startswith(f"ivfusion {argv[0]}: error: {message}"), err
+
+
+def test_info_refuses_a_size_past_the_largest_image_and_counts_any_other_without_running_it(capsys):
+    import torch
+
+    from ivfusion.bench import count_macs
+    from ivfusion.hub import load_model
+
+    from ivfusion.cli import main
+
+    assert main(["info", "--size", "100000", "100000"]) == 2
+    err = capsys.readouterr().err
+    assert err == "ivfusion info: error: --size 100000 100000: at most 50 megapixels, the largest image ivfusion reads\n"
+    # counted on shapes alone, the MACs are those of a real forward (an odd size too)
+    assert main(["info", "--size", "37", "50"]) == 0
+    x = torch.zeros(1, 1, 37, 50)
+    assert f"MACs at 37x50: {count_macs(load_model('untrained'), x, x) / 1e9:.3f} G" in capsys.readouterr().out
+
+
+def test_an_out_that_is_a_file_is_one_line(tmp_path, capsys):
+    from ivfusion.cli import main
+
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    for out in (afile, afile / "sub"):
+        assert main(["study", str(tmp_path), "--weights", "untrained", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err == f"ivfusion study: error: --out {out} is not a folder ({afile} is a file); give a folder\n"
+
+
+def test_study_names_unmatched_files_exits_1_on_a_failed_pair_and_remeasures_a_malformed_record(
+        shared_dir, tmp_path, capsys):
+    import json
+
+    from ivfusion.cli import main
+
+    src = shared_dir / "data" / "msrs" / "train"
+    ds = tmp_path / "set"
+    for sub in ("ir", "vi"):
+        (ds / sub).mkdir(parents=True)
+        (ds / sub / "00001D.png").write_bytes((src / sub / "00001D.png").read_bytes())
+    (ds / "ir" / "zz.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"junk" * 10)  # a pair that fails
+    (ds / "vi" / "zz.png").write_bytes((src / "vi" / "00002D.png").read_bytes())
+    (ds / "vi" / "lonely.png").write_bytes((src / "vi" / "00003N.png").read_bytes())  # no infrared partner
+    out = tmp_path / "out"
+    args = ["study", str(ds), "--weights", "untrained", "--k", "2", "--max-side", "64", "--no-progress", "--no-plots",
+            "--out", str(out)]
+    assert main(args) == 1
+    captured = capsys.readouterr()
+    label = f"{tmp_path.name}/set"  # a dataset's label: its folder's last two parts
+    assert (f"{label}: skipped 1 file(s) with no file of the same name on the other side: lonely.png (visible only)"
+            in captured.err.splitlines())
+    assert captured.err.splitlines()[-1] == ("ivfusion study: 1 of 2 pair runs failed (named above) and are left out "
+                                             "of the statistics")
+    assert f"failed: {label}/zz with untrained: " in captured.out
+    assert "Traceback" not in captured.err
+
+    (record,) = (out / "cache").rglob("*.json")  # the good pair's; a record without "tests" is stale
+    kept = json.loads(record.read_text())
+    record.write_text(json.dumps({k: v for k, v in kept.items() if k != "tests"}))
+    assert main(args) == 1
+    captured = capsys.readouterr()
+    assert "(1 computed" in captured.out and "0 from the cache" in captured.out
+    assert "1 cached record(s) were torn or malformed" in captured.err
+    assert json.loads(record.read_text())["tests"] == kept["tests"]  # measured again: the same numbers
+    assert main(args) == 1
+    captured = capsys.readouterr()
+    assert "1 from the cache" in captured.out and "torn or malformed" not in captured.err

@@ -159,7 +159,7 @@ def test_study_names_bad_input_and_keeps_going_past_a_bad_pair(shared_dir, tmp_p
     (ds / "vi" / "zz.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"junk" * 10)
     (ds / "ir" / "zz.png").write_bytes((src / "ir" / "00001D.png").read_bytes())
     common = ["--k", "2", "--max-side", "96", "--no-progress", "--no-plots", "--out", str(tmp_path / "o")]
-    assert main(["study", str(ds), "--weights", "untrained", *common]) == 0
+    assert main(["study", str(ds), "--weights", "untrained", *common]) == 1  # a pair failed
     out = capsys.readouterr().out
     assert "set/zz with untrained: " in out and "(2 computed" in out and "failed: " in out
     assert main(["study", str(ds), "--weights", str(tmp_path / "nope.safetensors"), *common]) == 2

@@ -22,8 +22,9 @@ import argparse
 import json
 from pathlib import Path
 
-from ..cli_flags import add_device_flag, user_error
+from ..cli_flags import add_device_flag, user_error, whole_number
 from .macs import count_macs
+from .paths import parse_sizes
 
 __all__ = ["add_parser", "count_macs", "run"]
 
@@ -36,12 +37,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="weights spec as for `ivfusion fuse` (a folder, .safetensors, the authors' .pth, hf://...); "
                         "default: the bundled weights if present, else 'synthetic' (random weights with random "
                         "BatchNorm statistics). 'untrained' and 'synthetic' are accepted.")
-    p.add_argument("--sizes", default="256x256,640x480", help="comma-separated WIDTHxHEIGHT (default: 256x256,640x480)")
-    p.add_argument("--batch", type=int, default=1, help="images per forward (default 1)")
+    p.add_argument("--sizes", default="256x256,640x480", type=parse_sizes, help="comma-separated WIDTHxHEIGHT (default: 256x256,640x480)")
+    p.add_argument("--batch", type=whole_number(1), default=1, help="images per forward (default 1)")
     add_device_flag(p, "cpu")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
-    p.add_argument("--runs", type=int, default=10, help="timed runs per path and size (default 10)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed runs per path and size first (default 2)")
+    p.add_argument("--threads", type=whole_number(1), default=2, help="torch CPU threads (default 2)")
+    p.add_argument("--runs", type=whole_number(1), default=10, help="timed runs per path and size (default 10)")
+    p.add_argument("--warmup", type=whole_number(0), default=2, help="untimed runs per path and size first (default 2)")
     p.add_argument("--paths", default=None,
                    help="comma-separated paths to time, from reference, fast, fast-bf16 (default: reference, fast, "
                         "and fast-bf16 where bf16 is native)")
@@ -50,19 +51,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--pairs", action="append", default=None,
                    help="folder with ir/ and vi/ for the deviation check, repeatable (default: shared "
                         "data roadscene/test and msrs/train)")
-    p.add_argument("--max-pairs", type=int, default=4, help="pairs per folder for the deviation check (0: all; default 4)")
-    p.add_argument("--metrics-repeats", type=int, default=3, help="repeats for the metrics timing (0: skip; default 3)")
+    p.add_argument("--max-pairs", type=whole_number(0), default=4, help="pairs per folder for the deviation check (0: all; default 4)")
+    p.add_argument("--metrics-repeats", type=whole_number(0), default=3, help="repeats for the metrics timing (0: skip; default 3)")
     p.add_argument("--json", dest="json_path", default=None, help="also write the results as JSON to this file")
     p.add_argument("--no-intervene", dest="intervene", action="store_false",
                    help="skip timing the default Fuser's set_pair and intervene against its forward pass")
     p.add_argument("--app", action="store_true",
                    help="benchmark the Intervention Lab through gradio_client instead (ivfusion.bench.app)")
-    p.add_argument("--app-pairs", type=int, default=4, help="held-out pairs for --app (default 4)")
+    p.add_argument("--app-pairs", type=whole_number(1), default=4, help="held-out pairs for --app (default 4)")
     p.add_argument("--train", action="store_true",
                    help="time training steps instead: fp32 and bf16 autocast (where native), contiguous and "
                         "channels-last, on --pairs (default msrs/train); --runs timed steps after --warmup")
-    p.add_argument("--train-crop", type=int, default=128, help="crop side for --train (default 128)")
-    p.add_argument("--train-batch", type=int, default=16, help="batch for --train (default 16, the paper's)")
+    p.add_argument("--train-crop", type=whole_number(16), default=128, help="crop side for --train (default 128)")
+    p.add_argument("--train-batch", type=whole_number(1), default=16, help="batch for --train (default 16, the paper's)")
     p.add_argument("--app-data", default=None, help="folder with ir/ and vi/ holding the --app pairs")
     p.set_defaults(func=run)
     return p

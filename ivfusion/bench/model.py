@@ -15,7 +15,7 @@ import torch
 from ..data import load_pair
 from ..device import cpu_name
 from .macs import count_macs
-from .paths import parse_size, shared_dir
+from .paths import shared_dir
 
 
 def _load(spec: str | None):
@@ -214,7 +214,7 @@ def run_bench(args) -> dict:
         "params": _param_counts(model),
         "sizes": [],
     }
-    for height, width in [parse_size(s) for s in args.sizes.split(",") if s.strip()]:
+    for height, width in args.sizes:  # parsed by paths.parse_sizes
         vis_y, ir, src = _bench_input(height, width, args.batch, device)
         entry = {"size": f"{width}x{height}", "input": src, "macs": {}, "paths": {}}
         for name, net in nets.items():

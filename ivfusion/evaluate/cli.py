@@ -5,7 +5,8 @@ import argparse
 import sys
 from typing import List, Optional
 
-from ..cli_flags import add_device_flag, add_modality_flags, failure_reason, missing_modality_flags, user_error
+from ..cli_flags import (add_device_flag, add_modality_flags, failure_reason, missing_modality_flags, user_error,
+                         whole_number)
 from .model import MODEL_METHOD, evaluate_model
 from .report import gates_table, interventions_table, markdown_table, plot_results
 from .results import EvaluationResults
@@ -42,15 +43,16 @@ def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--interventions", action="store_true",
                    help="with --weights: also fuse under each intervention and report the "
                         "relative metric changes and the gate means")
-    p.add_argument("--seed", type=int, default=0,
+    p.add_argument("--seed", type=whole_number(0), default=0,
                    help="base seed of the interventions (pair i uses seed + i; default 0)")
     add_device_flag(p, "auto", "device for --weights")
     p.add_argument("--csv", metavar="F", help="write per-image values (and gate diagnostics) as CSV")
     p.add_argument("--json", metavar="F", help="write means, per-image values, gate diagnostics and problems as JSON")
     p.add_argument("--plot", metavar="F.png", help="write a box plot of the per-image values")
-    p.add_argument("--workers", type=int, default=None, metavar="N",
+    p.add_argument("--workers", type=whole_number(1), default=None, metavar="N",
                    help="processes scoring in parallel (default: all CPU cores)")
-    p.add_argument("--digits", type=int, default=4, help="decimals in the table (default 4)")
+    p.add_argument("--digits", type=whole_number(0, 12), default=4,
+                   help="decimals in the table, 0 to 12 (a float holds about 15 digits; default 4)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
     return p
@@ -78,8 +80,6 @@ def _usage_error(args) -> Optional[str]:
         return "--interventions needs exactly one --weights SPEC"
     if args.names and len(args.names.split(",")) != len(args.fused):
         return f"--names gives {len(args.names.split(','))} names for {len(args.fused)} --fused folders"
-    if args.workers is not None and args.workers < 1:
-        return "--workers must be >= 1"
     return None
 
 

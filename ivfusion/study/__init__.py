@@ -17,13 +17,18 @@ Each pair's record is cached under OUT/cache, keyed by the settings, the weights
 the pair's bytes, so a killed study resumes where it stopped and a rerun only summarises.
 Writes OUT/report.md (the printed table), summary.csv, tests.csv, study.json, r_distribution.png
 and extremes_<weights>.jpg (the strongest and the weakest pair's maps).
+
+A file with no partner of the same name is named on one line per folder and left out. Exit
+status: 0 every pair measured; 1 some pair failed (each named, and left out of the statistics);
+2 a usage error.
 """
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-from ..cli_flags import add_device_flag, user_error
+from ..cli_flags import add_device_flag, out_folder_problem, user_error, whole_number
 from ..interventions import MaskConfig
 from .measure import MEASURES, STUDY_INTERVENTIONS, StudySettings, measure_pair
 from .run import StudyResult, load_datasets, run_study
@@ -42,7 +47,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "'untrained' (the null model)")
     p.add_argument("--k", type=int, default=StudySettings.k, help="interventions per type and pair (default 16)")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N pairs of each folder, by name")
-    p.add_argument("--seed", type=int, default=StudySettings.seed, help="fixes every mask and the bootstrap (default 0)")
+    p.add_argument("--seed", type=whole_number(0), default=StudySettings.seed, help="fixes every mask and the bootstrap (default 0)")
     p.add_argument("--max-side", type=int, default=StudySettings.max_side,
                    help="pairs are downscaled to this longer side (default 320)")
     p.add_argument("--q", type=float, default=0.05, help="false discovery rate of the Benjamini-Hochberg control (default 0.05)")
@@ -62,9 +67,15 @@ def run(args: argparse.Namespace) -> int:
         return user_error("study", f"--limit must be at least 1, got {args.limit}")
     if not 0.0 < args.q < 1.0:
         return user_error("study", f"--q must be between 0 and 1, got {args.q}")
+    problem = out_folder_problem(args.out)
+    if problem:
+        return user_error("study", f"--out {problem}")
     try:
         settings = StudySettings(k=args.k, seed=args.seed, max_side=args.max_side, mask_config=MaskConfig())
         datasets = load_datasets(args.pairs, args.limit)
+        for d in datasets:
+            if d.unmatched:
+                print(d.unmatched, file=sys.stderr)
         result = run_study(datasets, list(dict.fromkeys(args.weights)), settings, args.out / "cache", q=args.q,
                            progress=not args.no_progress, device=args.device)
     except (ValueError, FileNotFoundError, WeightsError) as e:
@@ -86,4 +97,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"failed: {f['dataset']}/{f['pair']} with {f['weights']}: {f['reason']}")
     print(result.timing_line())
     print("wrote " + ", ".join(str(p) for p in written))
-    return 1 if result.failures and not result.tests else 0
+    if result.stale:
+        print(f"study: {result.stale} cached record(s) were torn or malformed (no readable \"tests\") and were "
+              f"measured again", file=sys.stderr)
+    if result.failures:
+        runs = result.computed + result.cached + len(result.failures)
+        print(f"ivfusion study: {len(result.failures)} of {runs} pair runs failed (named above) and are left out "
+              "of the statistics", file=sys.stderr)
+        return 1
+    return 0

@@ -107,12 +107,16 @@ def measure_pair(fuser: Fuser, visible: np.ndarray, infrared: np.ndarray, settin
     return {"size": list(fuser.pair.shape), "seconds": round(time.perf_counter() - t0, 3), "tests": tests}
 
 
+_TEST_KEYS = {"intervention", "level", "measure", "r", "p"}  # what the statistics read of a cached test
+
+
 class Cache:
     """One JSON file per (settings, weights, dataset, pair) under `root`; a record is read back
     only if it was made from the same files' bytes."""
 
     def __init__(self, root: Path, settings: StudySettings):
         self.root = Path(root) / settings.key
+        self.stale: list[Path] = []  # records found torn or malformed by `get` (measured again)
 
     def path(self, weights: str, dataset: str, stem: str) -> Path:
         return self.root / weights / dataset.replace("/", "__") / f"{stem}.json"
@@ -121,9 +125,18 @@ class Cache:
         path = self.path(weights, dataset, stem)
         try:
             record = json.loads(path.read_text())
-        except (OSError, ValueError):  # absent, or torn by a kill: measure again
+        except OSError:  # absent
             return None
-        return record if isinstance(record, dict) and record.get("content") == content else None
+        except ValueError:  # torn by a kill: measure again
+            self.stale.append(path)
+            return None
+        if not isinstance(record, dict) or record.get("content") != content:
+            return None
+        tests = record.get("tests")
+        if not isinstance(tests, list) or not all(isinstance(t, dict) and _TEST_KEYS <= t.keys() for t in tests):
+            self.stale.append(path)  # edited by hand or by a broken writer: measure again
+            return None
+        return record
 
     def put(self, weights: str, dataset: str, stem: str, content: str, record: dict) -> None:
         path = self.path(weights, dataset, stem)

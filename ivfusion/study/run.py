@@ -22,6 +22,7 @@ class Dataset:
 
     label: str
     pairs: list[tuple[str, Path, Path]]  # (stem, infrared path, visible path), sorted by stem
+    unmatched: str | None = None  # data.Pairs.unmatched_note: files left out for want of a partner
 
 
 @dataclass
@@ -43,6 +44,7 @@ class StudyResult:
     failures: list[dict] = field(default_factory=list)
     computed: int = 0
     cached: int = 0
+    stale: int = 0  # cached records torn or malformed, measured again (measure.Cache.stale)
     compute_s: float = 0.0
     total_s: float = 0.0
     cpu: str = ""
@@ -63,8 +65,9 @@ def load_datasets(folders: list[str | Path], limit: int | None = None) -> list[D
         while label in seen:
             label += "'"
         seen.add(label)
-        pairs = list(find_pairs(path))
-        out.append(Dataset(label, pairs[:limit] if limit else pairs))
+        found = find_pairs(path)
+        pairs = list(found)
+        out.append(Dataset(label, pairs[:limit] if limit else pairs, found.unmatched_note(label)))
     return out
 
 
@@ -125,6 +128,7 @@ def run_study(datasets: list[Dataset], specs: list[str], settings: StudySettings
                         for test in record["tests"]:
                             result.tests.append({"dataset": d.label, "weights": w.label, "pair": stem, **test})
                     bar.update(1)
+    result.stale = len(cache.stale)
     result.tests = decide(result.tests, q)
     result.rows = summarise(result.tests, n_boot=n_boot, seed=settings.seed)
     result.total_s = time.perf_counter() - t0
