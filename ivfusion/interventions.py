@@ -11,10 +11,11 @@ resolves a name.
 Masks here are *keep* masks: 1 keeps a pixel, 0 hides it. Each mask is 1 to 6 holes of
 `mask_size` pixels and hides at most half of the image; for complementary masking the two
 masks together hide at most half (the supplementary's "total masked area"), and never the
-same pixel. MaskConfig.style picks the authors' sampler ("paper": squares and disks, two
-independent masks whose overlap a coin resolves; training's default) or "disjoint" (squares
-placed apart; the Lab's default). Every random choice comes from the `rng` passed in, so a
-seed fixes every mask.
+same pixel. MaskConfig.style picks the sampler: "authors-code" (the authors' released
+training code: squares and disks, two independent masks whose overlap a coin resolves;
+training's default), "supplementary" (the supplementary's rule as written: squares only) or
+"disjoint" (squares placed apart, shrinking to fit small images; the Lab's). Every random
+choice comes from the `rng` passed in, so a seed fixes every mask.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 
 
-MASK_STYLES = ("disjoint", "paper")
+MASK_STYLES = ("authors-code", "disjoint", "supplementary")
 
 
 @dataclass(frozen=True)
@@ -33,15 +34,22 @@ class MaskConfig:
     """How masks are drawn (supplementary Sec. 3: 16-pixel holes, 1 to 6 per mask, at most half
     of the image hidden).
 
-    style: "paper" (default), the authors' released sampler (their Train.py, what ISFuse was trained
-        with): each hole is a mask_size square or, with probability disk_prob, a disk of
-        radius mask_size/2, placed uniformly; complementary masking draws two independent
-        masks and gives each pixel both hide back to one of them by a fair coin.
-        "disjoint" (the Lab's, chosen there explicitly): squares unless disk_prob says otherwise, and the
-        infrared holes are placed away from the visible ones.
+    style: "authors-code" (default), the sampler of the authors' released training code (their
+        Train.py, what ISFuse was trained with), which goes beyond the supplementary's text:
+        each hole is a mask_size square or, with probability disk_prob, a disk of radius
+        mask_size/2, placed uniformly; complementary masking draws two independent masks and
+        gives each pixel both hide back to one of them by a fair coin.
+        "supplementary", the supplementary's rule as written (Sec. 3): 1 to 6 mask_size
+        squares at uniform positions, a square that would take the hidden area past
+        max_fraction left out; the infrared mask of complementary masking leaves out the
+        squares that would hide a pixel the visible mask hides. Squares only (no disk_prob).
+        "disjoint" (the Lab's, chosen there explicitly): squares unless disk_prob says
+        otherwise, the infrared holes placed away from the visible ones, and holes that shrink
+        on images too small for them.
     mask_size: side of a square hole, or diameter of a disk hole, in pixels.
     min_holes, max_holes: the number of holes is uniform in [min_holes, max_holes].
-    disk_prob: probability that a hole is a disk; None is the style's own (paper 0.3, disjoint 0).
+    disk_prob: probability that a hole is a disk; None is the style's own (authors-code 0.3,
+        disjoint 0); the supplementary style has squares only.
     max_fraction: upper bound on the hidden fraction of the image (both masks together for
         complementary masking); it never binds for the paper's 256-pixel crops, and makes holes
         shrink or drop on images too small for them.
@@ -52,7 +60,7 @@ class MaskConfig:
     max_holes: int = 6
     disk_prob: float | None = None
     max_fraction: float = 0.5
-    style: str = "paper"
+    style: str = "authors-code"
 
     def __post_init__(self):
         for name in ("mask_size", "min_holes", "max_holes"):
@@ -71,13 +79,16 @@ class MaskConfig:
             raise ValueError(f"max_fraction must be in (0, 1], got {self.max_fraction}")
         if self.style not in MASK_STYLES:
             raise ValueError(f"unknown mask style {self.style!r}; accepted: {', '.join(MASK_STYLES)}")
+        if self.style == "supplementary" and self.disk_prob:
+            raise ValueError("the supplementary mask style has squares only; disk_prob applies to the "
+                             "authors-code and disjoint styles")
 
     @property
     def p_disk(self) -> float:
         """The disk probability in effect."""
         if self.disk_prob is not None:
             return self.disk_prob
-        return 0.3 if self.style == "paper" else 0.0
+        return 0.3 if self.style == "authors-code" else 0.0
 
 
 def as_rng(rng: np.random.Generator | int | None) -> np.random.Generator:
@@ -139,9 +150,9 @@ def _drop_infrared(height, width, rng, config):
     return np.ones((height, width), np.float32), np.zeros((height, width), np.float32)
 
 
-def _paper_mask(height, width, rng, config, hidden: np.ndarray | None = None, share: float = 1.0,
+def _authors_code_mask(height, width, rng, config, hidden: np.ndarray | None = None, share: float = 1.0,
                 masks: int = 1) -> np.ndarray:
-    """The authors' sampler: 1-6 holes, each a square (side mask_size) or, with p_disk, a disk
+    """The authors' code's sampler: 1-6 holes, each a square (side mask_size) or, with p_disk, a disk
     of radius mask_size // 2 whose centre keeps it inside the image where it fits. A hole that
     would take the hidden area (with `hidden`, the other mask's too) past max_fraction is left
     out; holes shrink only on images smaller than themselves (sized for `masks` masks).
@@ -168,9 +179,30 @@ def _paper_mask(height, width, rng, config, hidden: np.ndarray | None = None, sh
     return mask
 
 
+def _supplementary_mask(height, width, rng, config, hidden: np.ndarray | None = None) -> np.ndarray:
+    """The supplementary's rule as written: min_holes to max_holes squares of side mask_size (at
+    most the image's side) at uniform positions; a square that would take the hidden area (with
+    `hidden`, the other mask's too) past max_fraction of the image, or that would hide a pixel
+    `hidden` hides, is left out."""
+    side = min(config.mask_size, height, width)
+    budget = config.max_fraction * height * width
+    mask = np.ones((height, width), np.float32)
+    union = np.zeros((height, width), bool) if hidden is None else hidden.copy()
+    for _ in range(int(rng.integers(config.min_holes, config.max_holes + 1))):
+        y0, x0 = int(rng.integers(0, height - side + 1)), int(rng.integers(0, width - side + 1))
+        hole = np.zeros((height, width), bool)
+        hole[y0 : y0 + side, x0 : x0 + side] = True
+        if (hidden is not None and (hole & hidden).any()) or (union | hole).sum() > budget:
+            continue
+        union |= hole
+        mask[hole] = 0
+    return mask
+
+
 def _random(height, width, rng, config):
-    if config.style == "paper":
-        m = _paper_mask(height, width, rng, config)
+    if config.style in ("authors-code", "supplementary"):
+        sample = _authors_code_mask if config.style == "authors-code" else _supplementary_mask
+        m = sample(height, width, rng, config)
         return m, m.copy()
     side, most = _hole_geometry(height, width, config)
     n = int(rng.integers(min(config.min_holes, most), min(config.max_holes, most) + 1))
@@ -179,9 +211,12 @@ def _random(height, width, rng, config):
 
 
 def _complementary(height, width, rng, config):
-    if config.style == "paper":
-        m_vi = _paper_mask(height, width, rng, config, share=0.5, masks=2)
-        m_ir = _paper_mask(height, width, rng, config, hidden=m_vi == 0, masks=2)
+    if config.style == "supplementary":
+        m_vi = _supplementary_mask(height, width, rng, config)
+        return m_vi, _supplementary_mask(height, width, rng, config, hidden=m_vi == 0)
+    if config.style == "authors-code":
+        m_vi = _authors_code_mask(height, width, rng, config, share=0.5, masks=2)
+        m_ir = _authors_code_mask(height, width, rng, config, hidden=m_vi == 0, masks=2)
         both = (m_vi == 0) & (m_ir == 0)
         coin = rng.random((height, width)) < 0.5  # a fair coin per pixel that both hide
         m_vi[both & coin] = 1

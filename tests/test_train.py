@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from ivfusion.config import ISFuseConfig
-from ivfusion.interventions import MaskConfig, get_intervention
+from ivfusion.interventions import MaskConfig
 from ivfusion.modeling import ISFuse
 from ivfusion.train import TrainConfig, config_from_args, main
 from ivfusion.train.config import ConfigError, add_arguments
@@ -150,10 +150,35 @@ def _algorithm1(model, vis, ir, m_vi, m_ir, m_r, eta=0.3, alpha=0.1, beta=0.05, 
     return {"loss": l_f + alpha * l_inv + beta * l_nec, "L_f": l_f, "L_inv": l_inv, "L_nec": l_nec}
 
 
+def _supplementary_masks(rng, crop: int, side: int = 16):
+    """(M_vi, M_ir, M_r) by the supplementary's rule, written here from docs/TRAINING.md, not
+    taken from the sampler: per mask a count uniform in 1..6, then for each square a top-left
+    corner (row, then column) uniform over the crop; a square that would take the hidden area
+    (for M_ir: both complementary masks together) past half the crop, or make M_ir hide a
+    pixel M_vi hides, is left out. Drawn complementary first, then random."""
+    def squares(hidden):
+        mask, union = np.ones((crop, crop), np.float32), hidden.copy()
+        for _ in range(int(rng.integers(1, 7))):
+            y, x = int(rng.integers(0, crop - side + 1)), int(rng.integers(0, crop - side + 1))
+            hole = np.zeros((crop, crop), bool)
+            hole[y : y + side, x : x + side] = True
+            if not (hole & hidden).any() and (union | hole).sum() <= crop * crop / 2:
+                union |= hole
+                mask[hole] = 0
+        return mask
+
+    none = np.zeros((crop, crop), bool)
+    m_vi = squares(none)
+    return m_vi, squares(m_vi == 0), squares(none)
+
+
 def test_one_step_is_algorithm_1_over_five_separate_forwards(pair_folder, tmp_path):
     seed, crop, batch, lr = 3, 32, 2, 1e-3
+    # the supplementary's mask rule, whose masks this test draws itself (_supplementary_masks); the
+    # default authors-code sampler is checked against its rule in test_interventions.py
     cfg = TrainConfig(data=[str(pair_folder)], val=None, out=str(tmp_path / "run"), crop=crop, batch_size=batch,
-                      steps=1, lr=lr, log_every=1, val_every=1, seed=seed, workers=0, threads=1, amp=False)
+                      steps=1, lr=lr, log_every=1, val_every=1, seed=seed, workers=0, threads=1, amp=False,
+                      masks=MaskConfig(style="supplementary"))
     main(cfg, echo=lambda *a: None)
     logged = json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[0])
 
@@ -168,13 +193,7 @@ def test_one_step_is_algorithm_1_over_five_separate_forwards(pair_folder, tmp_pa
     order = np.random.default_rng([seed, 0]).permutation(len(data))[:batch]
     image = torch.from_numpy(np.stack([data.crop_at(0, int(i)) for i in order]))
     vis, ir = image[:, :1], image[:, 1:]
-    paper = MaskConfig(style="paper")
-    masks = []
-    for i in order:
-        rng = np.random.default_rng([seed, 0, int(i), 1])
-        m_vi, m_ir = get_intervention("complementary").sample(crop, crop, rng, paper)
-        m_r, _ = get_intervention("random").sample(crop, crop, rng, paper)
-        masks.append([m_vi, m_ir, m_r])
+    masks = [_supplementary_masks(np.random.default_rng([seed, 0, int(i), 1]), crop) for i in order]
     m_vi, m_ir, m_r = (torch.from_numpy(np.stack([m[k] for m in masks]))[:, None] for k in range(3))
     assert (m_vi == 0).any() and (m_r == 0).any()
 
@@ -244,7 +263,7 @@ def _parse(argv):
 def test_defaults_are_the_authors_recipe_and_flags_reach_nested_fields(tmp_path):
     cfg = _parse(["--out", str(tmp_path)])
     assert (cfg.crop, cfg.batch_size, cfg.lr, cfg.lr_schedule, cfg.passes) == (256, 16, 1e-4, "constant", "separate")
-    assert cfg.masks == MaskConfig(style="paper") and cfg.model == ISFuseConfig() and cfg.regulariser == "aggregated"
+    assert cfg.masks == MaskConfig(style="authors-code") and cfg.model == ISFuseConfig() and cfg.regulariser == "aggregated"
     cfg = _parse(["--out", str(tmp_path), "--model.r", "4", "--masks.mask-size", "8", "--masks.style", "disjoint",
                   "--masks.disk-prob", "0.5", "--no-amp"])
     assert cfg.model.r == 4 and cfg.masks == MaskConfig(mask_size=8, style="disjoint", disk_prob=0.5)
@@ -265,7 +284,7 @@ def test_defaults_are_the_authors_recipe_and_flags_reach_nested_fields(tmp_path)
     (["--val", ""], "--val: empty"),
     (["--passes", "three"], "accepted: separate, pooled"),
     (["--regulariser", "none"], "accepted: aggregated, per-level, area-only"),
-    (["--masks.style", "square"], "unknown mask style 'square'; accepted: disjoint, paper"),
+    (["--masks.style", "square"], "unknown mask style 'square'; accepted: authors-code, disjoint, supplementary"),
     (["--model.r", "0"], "r"),
     (["--data", "/nonexistent/folder"], "/nonexistent/folder"),
     (["--device", "gpu0"], "--device: device 'gpu0' is unknown; accepted: auto, cpu, cuda or cuda:N"),

@@ -36,7 +36,7 @@ BASE = ["--data", "../shared/data/roadscene/train", "--val", "../shared/data/msr
         "--workers", "0", "--log-every", "5", "--seed", "0"]
 # name: (what changes, extra flags). "faithful" is the authors' recipe at CPU scale.
 RUNS = {
-    "faithful": ("authors' recipe: separate passes, paper masks, aggregated R, lr 1e-4", []),
+    "faithful": ("authors' recipe: separate passes, authors-code masks, aggregated R, lr 1e-4", []),
     "pooled-bn": ("one pooled forward (BN statistics shared by the five variants)", ["--passes", "pooled"]),
     "disjoint-masks": ("squares placed apart, area capped (v1/v2's sampler)", ["--masks.style", "disjoint"]),
     "per-level-R": ("R on each level's gate, not on their mean", ["--regulariser", "per-level"]),

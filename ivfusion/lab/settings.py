@@ -87,7 +87,7 @@ class Settings:
 
     def mask_config(self, height: int, width: int) -> MaskConfig:
         # disjoint: the Lab places the infrared holes away from the visible ones, so that each
-        # hidden spot is seen by the other modality (the paper's sampler lets them overlap)
+        # hidden spot is seen by the other modality (the authors-code sampler lets them overlap)
         return MaskConfig(mask_size=self.hole_px(height, width), min_holes=self.holes, max_holes=self.holes,
                           style="disjoint")
 
