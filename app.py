@@ -373,31 +373,48 @@ class LabApp(cb.LabCallbacks):
 def build_demo(bank: lab.ModelBank | None = None, max_size: int | None = None,
                concurrency: int | None = None, precompute: bool = True) -> gr.Blocks:
     """The app, with a bounded queue: at most `concurrency` computations at once (default 1:
-    two CPU cores are best used by one request at a time) and `max_size` waiting. Stability
-    runs have their own group (one at a time), so they never take Fuse's queue place; every
-    forward pass, whichever group runs it, holds the one compute slot (`ivfusion.lab.slot`),
-    which a stability run takes one intervention at a time, so a Fuse waits for at most one
-    intervention and two forwards never add up their memory."""
+    two CPU cores are best used by one request at a time) and `max_size` waiting (default 96:
+    a class of 30 with a request or two each). Stability runs have their own group (one at a
+    time), so they never take Fuse's queue place; every forward pass, whichever group runs
+    it, holds the one compute slot (`ivfusion.lab.slot`), which a stability run takes one
+    intervention at a time, so a Fuse waits for at most one intervention and two forwards
+    never add up their memory. Queue places per visitor and per address: `ivfusion.lab.places`;
+    HTTP bounds (bodies, uploads per client): `ivfusion.lab.guard`, installed by `launch`."""
+    from gradio.utils import get_upload_folder
+
+    from ivfusion.lab import guard, places
+
     lab.session.limit_malloc_arenas()  # before the model runs: bounds the peak RSS of a burst
     lab_app = LabApp(bank, precompute=precompute)
     demo = lab_app.build()
     demo.lab_app = lab_app  # for in-process benchmarks (ivfusion.bench.app)
     concurrency = concurrency or lab.settings.env_number("IVFUSION_CONCURRENCY", 1, 1, 64)
-    max_size = max_size or lab.settings.env_number("IVFUSION_QUEUE", 16, 1, 1000)
+    max_size = max_size or lab.settings.env_number("IVFUSION_QUEUE", 96, 1, 1000)
     # api_open=False: a queued event cannot be called past the queue through /gradio_api/run/
-    # (Gradio opens those routes off Spaces), so the queue's size, the per-visitor limit and
+    # (Gradio opens those routes off Spaces), so the queue's size, the places per visitor and
     # stability's one-at-a-time rule hold for every client; gradio_client goes through the queue.
     demo.queue(max_size=max_size, default_concurrency_limit=concurrency, api_open=False)
-    lab.session.limit_queue_per_session(demo)  # one visitor cannot fill the queue
-    from gradio.utils import get_upload_folder
-
+    demo.guard = guard.GuardState()
+    # the page's own files (start-up results, thumbnails, Gradio's copies of them) are never evicted
+    demo.guard.ledger.protect(get_upload_folder(), lab.session.static_dir())
+    demo.places = places.QueuePlaces(demo, demo.guard)  # one visitor cannot hoard the queue
     # bounded session state, request files, disk (the upload folder included) and RSS
-    demo.janitor = lab.session.Janitor(demo, upload_folder=get_upload_folder()).start()
+    demo.janitor = lab.session.Janitor(demo, upload_folder=get_upload_folder(), ledger=demo.guard.ledger).start()
     return demo
 
 
 LAUNCH_KWARGS = dict(theme=gr.themes.Soft(), css=CSS, max_file_size="50mb", show_error=True,
                      footer_links=["api", "gradio"])
+
+
+def launch(demo: gr.Blocks, **kwargs):
+    """`demo.launch` with the Lab's HTTP bounds (`ivfusion.lab.guard.Guard`) in front of every route."""
+    from starlette.middleware import Middleware
+
+    from ivfusion.lab import guard
+
+    return demo.launch(**LAUNCH_KWARGS, app_kwargs={"middleware": [Middleware(guard.Guard, state=demo.guard)]},
+                       **kwargs)
 
 
 def main() -> None:
@@ -408,19 +425,19 @@ def main() -> None:
             import torch
 
             torch.set_num_threads(threads)
+        if not os.environ.get("GRADIO_TEMP_DIR"):  # Gradio's upload folder inside this process's private one
+            os.environ["GRADIO_TEMP_DIR"] = str(lab.session.lab_folder() / "gradio")
+        else:
+            lab.session.check_private(os.environ["GRADIO_TEMP_DIR"], "GRADIO_TEMP_DIR")
         demo = build_demo()
     except ValueError as e:  # a junk setting: one line, not a traceback
         raise SystemExit(f"app.py: {e}") from None
     import atexit
     import signal
-    import time
 
-    from gradio.utils import get_upload_folder
-
-    started = time.time() - 1
-    atexit.register(lab.session.cleanup_at_exit, get_upload_folder(), started)
+    atexit.register(lab.session.cleanup_at_exit, demo.guard.ledger)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # so that the atexit cleanup runs
-    demo.launch(**LAUNCH_KWARGS)
+    launch(demo)
 
 
 if __name__ == "__main__":

@@ -106,13 +106,42 @@ class AppServer:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def upload(self, path: Path | str) -> dict:
-        """Upload a file; its FileData payload as the page would send it."""
+    def upload(self, path: Path | str, headers: dict | None = None) -> dict:
+        """Upload a file; its FileData payload as the page would send it. headers: e.g. an
+        X-Forwarded-For, as a proxy in front would add (IVFUSION_PROXY_HOPS=1)."""
         with open(path, "rb") as f:
-            r = httpx.post(self.api + "/upload", files={"files": (Path(path).name, f)}, timeout=120)
+            r = httpx.post(self.api + "/upload", files={"files": (Path(path).name, f)}, timeout=120, headers=headers)
         r.raise_for_status()
         server_path = r.json()[0]
         return {"path": server_path, "orig_name": Path(path).name, "meta": {"_type": "gradio.FileData"}}
+
+    def page_images(self) -> list[str]:
+        """The URLs of every file the page shows from this server (in /config: the default
+        pair and results, the example thumbnails, the architecture figure)."""
+        found: set[str] = set()
+
+        def walk(value):
+            if isinstance(value, dict):
+                url = value.get("url")
+                if isinstance(url, str) and url.startswith(self.url):
+                    found.add(url)
+                for v in value.values():
+                    walk(v)
+            elif isinstance(value, list):
+                for v in value:
+                    walk(v)
+
+        walk(httpx.get(self.url + "/config", timeout=30).json())
+        return sorted(found)
+
+    def broken_images(self) -> list[tuple[str, int]]:
+        """The page's images that do not answer 200."""
+        out = []
+        for url in self.page_images():
+            code = httpx.get(url, timeout=30).status_code
+            if code != 200:
+                out.append((url, code))
+        return out
 
     def close(self) -> None:
         if self.proc.poll() is None:

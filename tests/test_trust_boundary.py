@@ -134,13 +134,14 @@ def test_sigterm_cleans_the_uploads_and_the_start_up_files(shared_dir):
 
     srv = AppServer(env={"IVFUSION_MAX_SIDE": "128", "IVFUSION_WEIGHTS": ""})
     try:
-        static = Path(tempfile.gettempdir()) / "ivfusion-lab" / f"static-{srv.pid}"
+        (private,) = Path(tempfile.gettempdir()).glob(f"ivfusion-lab-{srv.pid}-*")  # the process's own folder
+        static = private / "static"
         assert static.is_dir()
         uploaded = Path(srv.upload(shared_dir / "data" / "msrs" / "train" / "vi" / "00003N.png")["path"])
         assert uploaded.is_file()
         srv.proc.send_signal(signal.SIGTERM)
         assert srv.proc.wait(60) == 0
-        assert not uploaded.exists() and not static.exists()
+        assert not uploaded.exists() and not static.exists() and not private.exists()
     finally:
         srv.close()
 

@@ -1,4 +1,4 @@
-"""Per-session state, per-request files, and the server's memory and queue bounds.
+"""Per-session state, per-process files, and the server's memory and disk bounds.
 
 A public Space is shared by strangers, so everything one visitor leaves behind is bounded.
 A session's state is a plain dict held by Gradio's `gr.State` (one per browser tab or
@@ -7,14 +7,18 @@ gradio_client), never shared between users; on top of Gradio's own time to live
 
 * `Janitor`: a background sweep that caps all sessions' state together (`SESSION_MAX_BYTES`,
   least recently used dropped first) and the number of sessions, removes request folders
-  older than `FILES_TTL_S`, and hands freed memory back to the system.
-* `request_dir`: each request's files live in a fresh folder; `static_dir` holds one
-  process's start-up files; `cap_disk` keeps Gradio's upload folder and the Lab's files
-  under DISK_MAX_BYTES (the Janitor calls it), and `cleanup_at_exit` removes them at exit.
+  older than `FILES_TTL_S`, keeps the disk under DISK_MAX_BYTES (`cap_disk`), and hands freed
+  memory back to the system.
+* `lab_folder`: this process's private folder (mkdtemp: a fresh name, mode 0700), holding
+  its start-up files (`static_dir`), its request folders (`request_dir`) and, unless the
+  operator set GRADIO_TEMP_DIR, Gradio's upload folder. A shared, predictable folder could be
+  a symlink planted by another local user, or hold another instance's files; a private one
+  is neither, and `cleanup_at_exit` removes it whole, touching nothing else.
 * `release_memory`: collects garbage and calls glibc's malloc_trim, so that the server's
   RSS comes back down after a burst of large requests.
-* `limit_queue_per_session`: each session may have at most `MAX_QUEUED_PER_SESSION`
-  requests waiting in the queue, so that one visitor cannot fill it.
+
+Queue places are `ivfusion.lab.places`; the HTTP bounds (bodies, uploads per client) are
+`ivfusion.lab.guard`.
 """
 from __future__ import annotations
 
@@ -39,10 +43,10 @@ SESSION_MAX_BYTES = 160 * 2**20  # all sessions' state together (a 640x480 pair 
 # a pair and its clean features live in the shared `cache`, not in sessions)
 MAX_SESSIONS = 1000  # sessions Gradio remembers (each holds a copy of the page's config)
 FILES_TTL_S = 120  # request folders older than this are removed (Gradio copied the files long before)
-MAX_QUEUED_PER_SESSION = 2  # requests one session may have waiting in the queue
-FILES_ROOT = Path(tempfile.gettempdir()) / "ivfusion-lab"
-# Gradio's upload folder and the Lab's own files together stay under this; the oldest files go
-# first (a raw /upload may write any bytes, up to the launch's max_file_size each).
+LAB_PREFIX = "ivfusion-lab-"  # private folders are named ivfusion-lab-<pid>-<random>
+# Gradio's upload folder and the Lab's own files together stay under this: the biggest
+# uploader's files go first, then the oldest unowned ones; the page's own files never
+# (`cap_disk`).
 DISK_MAX_BYTES = 2 * 2**30
 DISK_CHECK_S = 30.0  # how often the Janitor measures the disk (a walk of the upload folder)
 
@@ -85,15 +89,19 @@ class Janitor:
       `max_sessions` are forgotten. (Gradio's `time_to_live` on the State is the TTL.)
     * request folders (`request_dir`) older than `files_ttl_s`: Gradio has copied their files
       into its own cache (cleared by `delete_cache`) by then.
+    * the disk: Gradio's upload folder and the Lab's folder under `disk_max_bytes`
+      (`cap_disk`, with the upload `ledger`'s owners and protected files).
     * freed heap pages go back to the system (`release_memory`) after large frees.
     """
 
     def __init__(self, demo, state_max_bytes: int = SESSION_MAX_BYTES, max_sessions: int = MAX_SESSIONS,
                  files_ttl_s: float = FILES_TTL_S, interval_s: float = 1.0, files_root: Path | None = None,
-                 upload_folder: str | os.PathLike | None = None, disk_max_bytes: int = DISK_MAX_BYTES):
+                 upload_folder: str | os.PathLike | None = None, disk_max_bytes: int = DISK_MAX_BYTES,
+                 ledger=None):
         self.demo, self.state_max_bytes, self.max_sessions = demo, int(state_max_bytes), int(max_sessions)
-        self.files_ttl_s, self.interval_s, self.files_root = files_ttl_s, interval_s, Path(files_root or FILES_ROOT)
-        self.upload_folder, self.disk_max_bytes = upload_folder, int(disk_max_bytes)
+        self.files_ttl_s, self.interval_s = files_ttl_s, interval_s
+        self.files_root = Path(files_root) if files_root else requests_root()
+        self.upload_folder, self.disk_max_bytes, self.ledger = upload_folder, int(disk_max_bytes), ledger
         self._next_disk_check = 0.0
         self.state_bytes = 0
         self._stop = threading.Event()
@@ -126,7 +134,7 @@ class Janitor:
         removed = self._sweep_files()
         if self.upload_folder is not None and time.monotonic() >= self._next_disk_check:
             # a walk of the whole upload folder: every DISK_CHECK_S, not every sweep
-            cap_disk([self.upload_folder, self.files_root], self.disk_max_bytes)
+            self.cap_disk()
             self._next_disk_check = time.monotonic() + DISK_CHECK_S
         rss = rss_mib()
         trimmed = False
@@ -136,6 +144,16 @@ class Janitor:
             trimmed = True
         return {"state_bytes": self.state_bytes, "states_dropped": dropped, "folders_removed": removed,
                 "trimmed": trimmed}
+
+    def cap_disk(self) -> int:
+        """`cap_disk` over the upload folder and the Lab's folder (once, when one holds the other)."""
+        folders = {os.path.realpath(f) for f in (self.upload_folder, lab_folder()) if f}
+        folders = [f for f in folders if not any(f != g and f.startswith(g + os.sep) for g in folders)]
+        if self.ledger is None:
+            return cap_disk(folders, self.disk_max_bytes)
+        removed = cap_disk(folders, self.disk_max_bytes, self.ledger.protected, self.ledger.owners())
+        self.ledger.forget_missing()
+        return removed
 
     def _sweep_states(self) -> int:
         holder = getattr(self.demo, "state_holder", None)
@@ -184,39 +202,80 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def static_dir(root: Path | None = None) -> Path:
-    """This process's folder for start-up files (thumbnails, the precomputed result): one per
-    process, `static-<pid>`, removed at exit (`cleanup_at_exit`); folders of processes that
-    are gone (killed before they could clean up) are removed here."""
-    root = Path(root or FILES_ROOT)
-    root.mkdir(parents=True, exist_ok=True)
-    for old in root.glob("static-*"):
-        pid = old.name.removeprefix("static-")
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
-            shutil.rmtree(old, ignore_errors=True)
-    folder = root / f"static-{os.getpid()}"
+_LAB_FOLDER: Path | None = None
+_LAB_LOCK = threading.Lock()
+
+
+def check_private(folder: str | os.PathLike, what: str = "the Lab's folder") -> Path:
+    """`folder`, refused with one line (ValueError) when it is a symlink, not a folder, owned
+    by another user, or writable by others: a file planted there could be served or swept."""
+    folder = Path(folder)
+    try:
+        st = os.lstat(folder)
+    except OSError as e:
+        raise ValueError(f"{what} {folder} cannot be used: {e.strerror}") from None
+    import stat
+
+    if stat.S_ISLNK(st.st_mode):
+        raise ValueError(f"{what} {folder} is a symlink; refused (use a private folder)")
+    if not stat.S_ISDIR(st.st_mode):
+        raise ValueError(f"{what} {folder} is not a folder")
+    if hasattr(os, "getuid") and st.st_uid != os.getuid():
+        raise ValueError(f"{what} {folder} belongs to another user (uid {st.st_uid}); refused")
+    if st.st_mode & 0o022:
+        raise ValueError(f"{what} {folder} is writable by other users (mode {stat.S_IMODE(st.st_mode):o}); refused")
+    return folder
+
+
+def lab_folder() -> Path:
+    """This process's private folder, made on first use with mkdtemp (a fresh name, mode
+    0700, never a folder that existed before); private folders of processes that are gone
+    (killed before they could clean up) and that this user owns are removed then."""
+    global _LAB_FOLDER
+    with _LAB_LOCK:
+        if _LAB_FOLDER is None or _LAB_FOLDER.parent == Path() or not _LAB_FOLDER.is_dir():
+            tmp = Path(tempfile.gettempdir())
+            for old in tmp.glob(LAB_PREFIX + "*-*"):
+                pid = old.name[len(LAB_PREFIX):].split("-", 1)[0]
+                if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+                    try:
+                        shutil.rmtree(check_private(old), ignore_errors=True)
+                    except ValueError:
+                        pass  # not ours, or a symlink: never followed, never removed
+            _LAB_FOLDER = check_private(tempfile.mkdtemp(prefix=f"{LAB_PREFIX}{os.getpid()}-"))
+            log.info("Lab folder: %s", _LAB_FOLDER)
+        return _LAB_FOLDER
+
+
+def static_dir() -> Path:
+    """This process's folder for start-up files (thumbnails, the precomputed result), inside
+    its private `lab_folder`; removed with it at exit."""
+    folder = lab_folder() / "static"
     folder.mkdir(exist_ok=True)
     return folder
 
 
-def cleanup_at_exit(upload_folder: str | os.PathLike | None, started: float, root: Path | None = None) -> None:
-    """At exit (SIGTERM included, see app.main): remove this process's static folder, the
-    request folders, and what Gradio's upload folder gained since `started`."""
-    root = Path(root or FILES_ROOT)
-    shutil.rmtree(root / f"static-{os.getpid()}", ignore_errors=True)
-    remove_request_folders(root, 0.0)
-    if upload_folder and Path(upload_folder).is_dir():
-        for sub in Path(upload_folder).iterdir():
-            try:
-                if sub.stat().st_mtime >= started:
-                    shutil.rmtree(sub, ignore_errors=True) if sub.is_dir() else sub.unlink()
-            except OSError:
-                pass
+def requests_root() -> Path:
+    return lab_folder() / "requests"
 
 
-def cap_disk(folders, max_bytes: int = DISK_MAX_BYTES) -> int:
-    """Delete the oldest files under `folders` until their total size is at most max_bytes;
-    returns the bytes removed."""
+def cleanup_at_exit(ledger=None) -> None:
+    """At exit (SIGTERM included, see app.main): remove this process's private folder (its
+    start-up files, request folders and, when private, Gradio's upload folder), and the
+    uploads `ledger` (a `guard.UploadLedger`) recorded elsewhere. Nothing another process
+    wrote is touched."""
+    if _LAB_FOLDER is not None:
+        shutil.rmtree(_LAB_FOLDER, ignore_errors=True)
+    if ledger is not None:
+        ledger.remove_all()
+
+
+def cap_disk(folders, max_bytes: int = DISK_MAX_BYTES, protected=frozenset(), owners=None) -> int:
+    """Delete files under `folders` until their total size is at most max_bytes; returns the
+    bytes removed. Files in `protected` (the page's own: its examples, start-up results and
+    figures) are never removed. `owners` (path -> client, from the upload ledger): the files
+    of the client holding the most go first, its oldest first, then the oldest unowned."""
+    owners = owners or {}
     files = []
     for folder in folders:
         if folder and Path(folder).is_dir():
@@ -224,16 +283,32 @@ def cap_disk(folders, max_bytes: int = DISK_MAX_BYTES) -> int:
                 try:
                     if p.is_file() and not p.is_symlink():
                         st = p.stat()
-                        files.append((st.st_mtime, st.st_size, p))
+                        files.append((st.st_mtime, st.st_size, str(p)))
                 except OSError:
                     pass
     total = sum(size for _, size, _ in files)
+    if total <= max_bytes:
+        return 0
+    by_owner: dict[Any, list] = {}
+    for f in sorted(files):
+        if f[2] not in protected:
+            by_owner.setdefault(owners.get(f[2]), []).append(f)
+    held = {o: sum(size for _, size, _ in fs) for o, fs in by_owner.items() if o is not None}
     removed = 0
-    for _, size, p in sorted(files):
-        if total - removed <= max_bytes:
-            break
+    while total - removed > max_bytes:
+        if held:
+            owner = max(held, key=held.get)
+        elif by_owner.get(None):
+            owner = None
+        else:
+            break  # only protected files are left
+        _, size, path = by_owner[owner].pop(0)
+        if owner is not None:
+            held[owner] -= size
+            if not by_owner[owner]:
+                del held[owner]
         try:
-            p.unlink()
+            os.unlink(path)
             removed += size
         except OSError:
             pass
@@ -241,15 +316,13 @@ def cap_disk(folders, max_bytes: int = DISK_MAX_BYTES) -> int:
 
 
 def remove_request_folders(root: Path, max_age_s: float) -> int:
-    """Remove the request folders under `root` older than max_age_s (the processes' static
-    folders are not request folders: `static_dir` and `cleanup_at_exit` own them); returns
-    how many."""
+    """Remove the request folders under `root` older than max_age_s; returns how many."""
     if not root.is_dir():
         return 0
     now, removed = time.time(), 0
     for old in root.iterdir():
         try:
-            if old.is_dir() and not old.name.startswith("static-") and now - old.stat().st_mtime >= max_age_s:
+            if old.is_dir() and not old.is_symlink() and now - old.stat().st_mtime >= max_age_s:
                 shutil.rmtree(old, ignore_errors=True)
                 removed += 1
         except OSError:
@@ -258,9 +331,9 @@ def remove_request_folders(root: Path, max_age_s: float) -> int:
 
 
 def request_dir(root: Path | None = None, max_age_s: float = FILES_TTL_S) -> Path:
-    """A fresh temporary folder for one request's files; folders older than max_age_s from
-    earlier requests are removed."""
-    root = Path(root or FILES_ROOT)
+    """A fresh temporary folder for one request's files (under this process's private
+    folder by default); folders older than max_age_s from earlier requests are removed."""
+    root = Path(root or requests_root())
     root.mkdir(parents=True, exist_ok=True)
     remove_request_folders(root, max_age_s)
     folder = root / uuid.uuid4().hex
@@ -307,29 +380,3 @@ def release_memory() -> None:
     libc = _glibc()
     if libc:
         libc.malloc_trim(0)
-
-
-def limit_queue_per_session(demo, max_waiting: int = MAX_QUEUED_PER_SESSION) -> None:
-    """Refuse a session's request while it already has `max_waiting` requests waiting in the
-    queue (not counting the one being computed), with a message saying so. Call after
-    `demo.queue(...)`. Uses Gradio's queue internals (gradio 5-6), checked by the load test.
-
-    The refusal is a 503 "queue full" for gradio_client (it sends `x-gradio-user: api` and
-    turns a 503 into its QueueError), and a 400 carrying the message for a browser: Gradio's
-    page replaces the text of every 503 with its generic "This application is currently busy",
-    but shows the detail of other errors, so only a 400 lets the visitor read why."""
-    queue = demo._queue
-    push = queue.push
-
-    async def limited_push(body, request, username):
-        sh = getattr(body, "session_hash", None)
-        if sh:
-            waiting = sum(ev.session_hash == sh for q in queue.event_queue_per_concurrency_id.values()
-                          for ev in q.queue)
-            if waiting >= max_waiting:
-                api = getattr(request, "headers", {}).get("x-gradio-user") == "api"
-                return (False, f"You already have {waiting} requests waiting; wait for them to finish (at most "
-                               f"{max_waiting} waiting requests per visitor).", "queue_full" if api else "error")
-        return await push(body, request, username)
-
-    queue.push = limited_push

@@ -69,9 +69,9 @@ def trusted_roots() -> tuple[str, ...]:
     except ImportError:  # the Lab without Gradio (in-process use): Gradio's default place
         upload = os.environ.get("GRADIO_TEMP_DIR") or os.path.join(tempfile.gettempdir(), "gradio")
     from ..hub import EXAMPLES_DIR
-    from .session import FILES_ROOT
+    from .session import lab_folder
 
-    return tuple(os.path.realpath(p) for p in (upload, EXAMPLES_DIR, FILES_ROOT)) + tuple(_EXTRA_ROOTS)
+    return tuple(os.path.realpath(p) for p in (upload, EXAMPLES_DIR, lab_folder())) + tuple(_EXTRA_ROOTS)
 
 
 def _raw_path(source: Any) -> str | None:
