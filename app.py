@@ -385,6 +385,9 @@ def build_demo(bank: lab.ModelBank | None = None, max_size: int | None = None,
     from ivfusion.lab import guard, places
 
     lab.session.limit_malloc_arenas()  # before the model runs: bounds the peak RSS of a burst
+    # no request holds the compute slot past this budget and one more step (ivfusion.lab.slot)
+    lab.slot.COMPUTE.budget_s = lab.settings.env_number("IVFUSION_HOLD_BUDGET_S", lab.slot.HOLD_BUDGET_S, 1, 3600,
+                                                        float)
     lab_app = LabApp(bank, precompute=precompute)
     demo = lab_app.build()
     demo.lab_app = lab_app  # for in-process benchmarks (ivfusion.bench.app)

@@ -194,3 +194,27 @@ def test_invented_session_hashes_cannot_hoard_the_queue(server, pair):
     res = _fuse(server, server.upload(pair[0], headers=VISITOR), server.upload(pair[1], headers=VISITOR))
     assert res["ok"], res
     assert server.alive() and not server.tracebacks(), server.tracebacks()
+
+
+def test_a_fuse_with_a_hundred_mask_layers_is_refused_in_one_line(server, pair, tmp_path):
+    import cv2
+    import numpy as np
+
+    from ivfusion.lab.uploads import MAX_LAYERS
+
+    layer_png = tmp_path / "layer.png"
+    img = np.zeros((480, 640, 4), np.uint8)
+    img[100:200, 100:300] = 255
+    cv2.imwrite(str(layer_png), img)
+    layer = server.upload(layer_png)
+    vis, ir = server.upload(pair[0]), server.upload(pair[1])
+    fn_index, dep = dependency(server.config, "fuse")
+    data = payload(server.config, dep, vis, ir)
+    editor = next(i for i, c in enumerate(dep["inputs"]) if _type(server, c) == "imageeditor")
+    data[editor] = {"background": vis, "layers": [layer] * 100, "composite": None}
+    data[editor + 1] = None
+    res = call(server, fn_index, dep, data, timeout=120)
+    assert not res["ok"] and f"100 layers received; at most {MAX_LAYERS} are accepted" in res["error"], res
+    data[editor]["layers"] = [layer]  # the page's own editor sends one: it is used
+    assert call(server, fn_index, dep, data, timeout=120)["ok"]
+    assert server.alive() and not server.tracebacks(), server.tracebacks()

@@ -224,3 +224,57 @@ def test_a_dead_process_folder_is_swept_and_a_symlinked_one_is_never_followed(tm
     assert folder.parent == tmp and folder.is_dir()
     assert not stale.exists()
     assert (victim / "keep.txt").read_text() == "keep"
+
+
+# ----------------------------------------------------------------------------- bounded work per request
+def _layer(path, h=32, w=48):
+    import cv2
+    import numpy as np
+
+    img = np.zeros((h, w, 4), np.uint8)
+    img[: h // 2, : w // 2] = 255
+    cv2.imwrite(str(path), img)
+    return {"path": str(path), "meta": {"_type": "gradio.FileData"}}
+
+
+def test_an_editor_with_too_many_layers_is_refused_in_one_line(tmp_path):
+    from ivfusion.io import ImageError
+    from ivfusion.lab import uploads
+
+    layers = [_layer(tmp_path / f"l{k}.png") for k in range(uploads.MAX_LAYERS + 1)]
+    with pytest.raises(ImageError, match=rf"^drawn mask: {uploads.MAX_LAYERS + 1} layers received; at most "):
+        uploads.drawn_keep_mask({"background": None, "layers": layers, "composite": None})
+    mask = uploads.drawn_keep_mask({"background": None, "layers": layers[: uploads.MAX_LAYERS], "composite": None})
+    assert mask is not None and mask.min() == 0.0 and mask.max() == 1.0
+
+
+def test_layers_over_the_pixel_budget_are_refused_from_their_headers(tmp_path, monkeypatch):
+    import cv2
+    import numpy as np
+
+    from ivfusion import io
+    from ivfusion.io import ImageError
+    from ivfusion.lab import uploads
+
+    side = int((uploads.MAX_LAYER_PIXELS * 0.6) ** 0.5)
+    big = tmp_path / "big.png"
+    cv2.imwrite(str(big), np.zeros((side, side), np.uint8))
+    decodes = []
+    real = io.read_image
+    monkeypatch.setattr(io, "read_image", lambda *a, **k: decodes.append(a) or real(*a, **k))
+    layer = {"path": str(big), "meta": {"_type": "gradio.FileData"}}
+    with pytest.raises(ImageError, match=r"^drawn mask: its layers hold \d+\.\d megapixels; at most 50 are accepted"):
+        uploads.drawn_keep_mask({"background": None, "layers": [layer, layer], "composite": None})
+    assert decodes == []  # refused before any decode
+
+
+def test_a_hold_past_its_budget_stops_at_the_next_step_with_one_line(tmp_path, monkeypatch):
+    from ivfusion.lab import slot, uploads
+
+    layers = [_layer(tmp_path / f"l{k}.png") for k in range(2)]
+    monkeypatch.setattr(slot.COMPUTE, "budget_s", 1e-9)  # any real step passes it
+    with slot.COMPUTE.hold("fuse"):
+        with pytest.raises(slot.OverBudget, match=r"passed its 1e-09 s compute budget \(.* at drawn mask layer 1\)"):
+            uploads.drawn_keep_mask({"background": None, "layers": layers, "composite": None})
+    # outside the slot (an unqueued handler) the budget does not apply
+    assert uploads.drawn_keep_mask({"background": None, "layers": layers, "composite": None}) is not None

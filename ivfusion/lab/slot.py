@@ -10,6 +10,13 @@ The slot is first come, first served (a ticket queue, not a bare Lock, which let
 that just released it take it again at once). A stability analysis holds it for one
 intervention at a time and queues again between them, so a Fuse arriving during an analysis
 waits for at most one intervention, never for the whole run.
+
+Every hold has a time budget (`HOLD_BUDGET_S`, IVFUSION_HOLD_BUDGET_S): the work inside calls
+`check_budget(stage)` between its steps (each drawn-mask layer, each image decode), which
+raises `OverBudget` (one line for the page) once the budget has passed. So no request holds
+the slot for longer than the budget plus one step; each step is bounded by the Lab's pixel
+budgets (a layer or an image of at most 50 MP; a forward at the working size), and a stability
+analysis holds it one intervention at a time.
 """
 from __future__ import annotations
 
@@ -19,6 +26,14 @@ import itertools
 import threading
 import time
 from typing import Iterator
+
+# Seconds one hold may compute before its next step is refused. A Fuse of a 640x480 pair with a
+# drawn mask takes 1-3 s on 2 CPU cores; a decode of a 50 MP image or mask layer about 1 s.
+HOLD_BUDGET_S = 15.0
+
+
+class OverBudget(ValueError):
+    """A request passed its compute time budget (shown on the page as one line)."""
 
 
 class ComputeSlot:
@@ -30,7 +45,9 @@ class ComputeSlot:
     seconds: with `asked`, the holds that went first while a request waited can be counted.
     """
 
-    def __init__(self, keep: int = 256):
+    def __init__(self, keep: int = 256, budget_s: float = HOLD_BUDGET_S):
+        self.budget_s = float(budget_s)  # app.build_demo sets it from IVFUSION_HOLD_BUDGET_S
+        self._owner: int | None = None  # the holding thread
         self._cond = threading.Condition()
         self._tickets = itertools.count()
         self._queue: collections.deque[int] = collections.deque()
@@ -55,7 +72,7 @@ class ComputeSlot:
                 self._cond.notify_all()
                 raise
             self._queue.popleft()
-            self.holder = name
+            self.holder, self._owner = name, threading.get_ident()
             self._asked, self._entered = t0, time.perf_counter()
         return self._entered - t0
 
@@ -64,8 +81,18 @@ class ComputeSlot:
             if self.holder is None:
                 raise RuntimeError("the compute slot is not held")
             self.history.append((self.holder, self._asked, self._entered, time.perf_counter()))
-            self.holder = None
+            self.holder, self._owner = None, None
             self._cond.notify_all()
+
+    def check_budget(self, stage: str) -> None:
+        """Called by the holder between steps: raises OverBudget once its hold has lasted
+        longer than `budget_s` (a no-op in a thread that does not hold the slot)."""
+        if self._owner != threading.get_ident():
+            return
+        held = time.perf_counter() - self._entered
+        if held > self.budget_s:
+            raise OverBudget(f"this request passed its {self.budget_s:g} s compute budget ({held:.1f} s, at {stage}); "
+                             "send fewer or smaller drawn-mask layers, or smaller images")
 
     @contextlib.contextmanager
     def hold(self, name: str = "compute") -> Iterator[float]:
@@ -121,3 +148,8 @@ class ChunkedHold:
 
 
 COMPUTE = ComputeSlot()  # the process-wide slot every Lab forward holds
+
+
+def check_budget(stage: str) -> None:
+    """`COMPUTE.check_budget`: the steps of the Lab's work call it between steps."""
+    COMPUTE.check_budget(stage)

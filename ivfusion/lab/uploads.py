@@ -34,11 +34,18 @@ import numpy as np
 from .. import io
 from ..io import ImageError, ImageHeader
 from .models import APP_MAX_SIDE
+from .slot import check_budget
 
 MAX_UPLOAD_PIXELS = 50_000_000  # the decoder's budgets, checked from the header before decoding
 MAX_UPLOAD_BYTES = io.MAX_BYTES  # decoded bytes: 256 MiB (a 50 MP 8-bit RGB image)
 PREVIEW_MAX_BYTES = 32 * 2**20  # an unqueued handler may decode this much (a 2048^2 16-bit RGBA TIFF)
 MASK_MAX_SIDE = 2048  # drawn masks are kept at most this large (the image is at most max_side)
+# A drawn mask is the editor's layers: the Lab's editor (layers=False) sends one, the size of
+# the image drawn on. Each layer costs a decode (about 0.4 s for 49 MP), so a request naming
+# hundreds of them held the compute slot for minutes (issue 25): at most MAX_LAYERS layers and
+# MAX_LAYER_PIXELS pixels in all per editor, checked from their headers before any decode.
+MAX_LAYERS = 4
+MAX_LAYER_PIXELS = MAX_UPLOAD_PIXELS
 _BROWSER_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".avif")
 # One full decode at a time in the whole server: queued events of different concurrency
 # groups (fuse, stability, prefetch) may run together, and their decodes must not add up.
@@ -155,6 +162,7 @@ def load_image(source: Any, name: str, max_side: int | None = None) -> np.ndarra
         img = io.check_array(img, name, max_pixels=MAX_UPLOAD_PIXELS)
         if max_side:
             img = io.fit_max_side(img, max_side)[0]
+    check_budget(name)
     return img
 
 
@@ -265,19 +273,33 @@ def drawn_keep_mask(value: Any, max_side: int = MASK_MAX_SIDE) -> np.ndarray | N
 
     value: a Gradio ImageEditor payload {"background", "layers", "composite"} (file payloads,
     paths or arrays), or an (H, W, 4) RGBA / (H, W) array where painted pixels are opaque / > 0.
-    Layers go through the guarded decoder (the upload budgets apply), and masks larger than
-    `max_side` are area-averaged down to it (the fraction hidden is kept) before the next
-    layer is read. Returns (h, w) float32 in [0, 1].
+    At most MAX_LAYERS layers and MAX_LAYER_PIXELS pixels in all (from their headers, before
+    any decode); each goes through the guarded decoder (the upload budgets apply), masks
+    larger than `max_side` are area-averaged down to it (the fraction hidden is kept) before
+    the next layer is read, and the compute slot's budget is checked after each layer.
+    Returns (h, w) float32 in [0, 1].
     """
     if value is None:
         return None
     layers = value.get("layers") if isinstance(value, dict) else [value]
     if layers is not None and not isinstance(layers, (list, tuple)):
         raise ImageError("drawn mask: the editor sent no list of layers; paint the mask again")
+    layers = [layer for layer in layers or [] if layer is not None]
+    if len(layers) > MAX_LAYERS:
+        raise ImageError(f"drawn mask: {len(layers)} layers received; at most {MAX_LAYERS} are accepted "
+                         "(the Lab's editor sends one)")
+    pixels = 0
+    for k, layer in enumerate(layers):  # headers only: the budget is known before any decode
+        if isinstance(layer, np.ndarray):
+            pixels += int(layer.shape[0]) * int(layer.shape[1]) if layer.ndim >= 2 else layer.size
+        else:
+            h = header(layer, f"drawn mask layer {k + 1}")
+            pixels += h.width * h.height
+    if pixels > MAX_LAYER_PIXELS:
+        raise ImageError(f"drawn mask: its layers hold {pixels / 1e6:.1f} megapixels; at most "
+                         f"{MAX_LAYER_PIXELS / 1e6:.0f} are accepted per image")
     hidden = None  # float32 fraction hidden, at most max_side a side
-    for k, layer in enumerate(layers or []):
-        if layer is None:
-            continue
+    for k, layer in enumerate(layers):
         name = f"drawn mask layer {k + 1}"
         if isinstance(layer, np.ndarray):
             arr = io.check_array(layer, name, max_pixels=MAX_UPLOAD_PIXELS)
@@ -294,6 +316,7 @@ def drawn_keep_mask(value: Any, max_side: int = MASK_MAX_SIDE) -> np.ndarray | N
             hidden = frac
         elif hidden.shape == frac.shape:
             np.maximum(hidden, frac, out=hidden)
+        check_budget(name)
     if hidden is None or not hidden.any():
         return None
     return 1.0 - hidden
