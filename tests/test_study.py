@@ -7,14 +7,17 @@ import json
 import numpy as np
 import pytest
 import scipy.stats
+import torch
 
 from ivfusion.cli import main
 from ivfusion.data import find_pairs, load_pair
+from ivfusion.hub import load_model
 from ivfusion.levels import GATE_LEVELS
+from ivfusion.metrics import pearson
 from ivfusion.predictor import Fuser
 from ivfusion.stability import modified_t_test
 from ivfusion.study import StudySettings, benjamini_hochberg, bootstrap_mean_ci, decide, summarise
-from ivfusion.study.measure import analyse
+from ivfusion.study.measure import IntervenedGate, analyse, weights_key
 
 
 def test_benjamini_hochberg_agrees_with_scipy_and_skips_nan():
@@ -113,6 +116,34 @@ def test_a_planted_relation_is_found_in_the_claims_direction(real_maps):
     assert coarse_out["ci_high"] < 0 and coarse_out["claim_share"] >= 0.9
 
 
+def test_the_intervened_measure_reads_each_intervened_pass_once(shared_dir):
+    # Against passes run one by one with Fuser.intervene (same seeds, so the same masks): per pass,
+    # r of each level's intervened gate (upsampled) and of their mean with |F_d - F| over every pixel
+    settings = StudySettings(k=3, max_side=96)
+    fuser = Fuser("bundled", max_side=settings.max_side)
+    stem, ir, vi = next(iter(find_pairs(shared_dir / "data" / "roadscene" / "test")))
+    seen = IntervenedGate(fuser)
+    analyse(fuser, *load_pair(ir, vi, form="image"), "random", settings, intervened=seen)
+    assert {k: len(v) for k, v in seen.r.items()} == {"coarse": 3, "mid": 3, "fine": 3, "mean": 3}
+    for run in range(settings.k):
+        one = fuser.intervene("random", [settings.seed, run])
+        change = np.abs(one.fused_y - fuser.clean.fused_y)
+        for lv in GATE_LEVELS:
+            assert seen.r[lv.key][run] == pytest.approx(pearson(one.gates_full[lv.index], change), abs=1e-5)
+        assert seen.r["mean"][run] == pytest.approx(pearson(one.gates_full.mean(0), change), abs=1e-5)
+    rows = seen.tests("random")
+    assert [r["level"] for r in rows] == ["coarse", "mid", "fine", "mean"]
+    assert rows[3]["r"] == pytest.approx(np.mean(seen.r["mean"]), abs=1e-6) and 0 <= rows[3]["p"] <= 1
+
+
+def test_the_untrained_null_is_the_same_network_every_time():
+    first = weights_key(load_model("untrained"))
+    torch.manual_seed(12345)  # the global generator's state does not reach it
+    torch.rand(7)
+    assert weights_key(load_model("untrained")) == first
+    assert weights_key(load_model("bundled")) != first
+
+
 def _read(path):
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
@@ -126,11 +157,23 @@ def test_study_command_writes_its_outputs_resumes_from_its_cache_and_repeats_its
     assert main(["study", *args, "--limit", "2", "--out", str(out), "--no-plots"]) == 0
     first = capsys.readouterr().out
     assert "| bundled | complementary | output | coarse |" in first and "(8 computed" in first
-    for name in ("summary.csv", "tests.csv", "study.json", "report.md"):
+    assert "trained minus the untrained null" in first
+    for name in ("contrast.csv", "summary.csv", "tests.csv", "study.json", "report.md"):
         assert (out / name).stat().st_size > 0
     summary = _read(out / "summary.csv")
-    assert len(summary) == 2 * 2 * 2 * 2 * 3  # datasets x weights x interventions x measures x levels
+    # datasets x weights x interventions x (output and features at 3 levels, intervened at 3 and their mean)
+    assert len(summary) == 2 * 2 * 2 * (2 * 3 + 4)
     assert {r["weights"] for r in summary} == {"bundled", "untrained"}
+    contrast = _read(out / "contrast.csv")
+    assert len(contrast) == 2 * 2 * (2 * 3 + 4) and {r["weights"] for r in contrast} == {"bundled"}
+    assert all(int(r["pairs"]) == 2 for r in contrast)
+    tests = {(t["dataset"], t["weights"], t["pair"], t["intervention"], t["measure"], t["level"]): float(t["r"])
+             for t in _read(out / "tests.csv") if t["r"]}
+    for row in contrast:  # the mean of the per-pair differences with the null, on the same pairs
+        key = (row["dataset"], row["intervention"], row["measure"], row["level"])
+        d = [r - tests[(key[0], "untrained", p, *key[1:])] for (ds, w, p, *rest), r in tests.items()
+             if w == "bundled" and (ds, *rest) == key]
+        assert float(row["mean_d"]) == pytest.approx(np.mean(d), abs=1e-9)
 
     # a killed study resumes: cached pairs are read back, a torn record is measured again
     torn = next((out / "cache").rglob("*.json"))
@@ -146,6 +189,7 @@ def test_study_command_writes_its_outputs_resumes_from_its_cache_and_repeats_its
     capsys.readouterr()
     assert _read(again / "summary.csv") == _read(out / "summary.csv")
     assert _read(again / "tests.csv") == _read(out / "tests.csv")
+    assert _read(again / "contrast.csv") == _read(out / "contrast.csv")
     assert json.loads((again / "study.json").read_text())["rows"] == json.loads((out / "study.json").read_text())["rows"]
 
 

@@ -7,15 +7,17 @@ across whole datasets?
 PAIRS: dataset folders holding ir/ and vi/ (`ivfusion.data.find_pairs`). SPEC: any weights spec
 (a folder, a .safetensors file, the authors' .pth, hf://...), 'bundled' for the shipped weights,
 or 'untrained', the null model. For every pair, weights and intervention type (complementary,
-random), K seeded interventions measure per gate level two correlations with the clean gate
-(`measure`): with the fused output's instability, and with the relative change of the
-cross-attended features, each with its modified-t p-value. Across pairs (`stats`): the mean r
-with a bootstrap 95% interval, and the shares of pairs significant in the claim's direction
-(r < 0) and the opposite one after Benjamini-Hochberg control over pairs and levels.
+random), K seeded interventions (the same masks for every weights) measure per gate level
+(`measure`): the clean gate against the fused output's instability and against the relative
+change of the cross-attended features, and the intervened pass's gate against that pass's
+|F_d - F| (what L_inv rewards). The primary table (`stats.contrast`) is the paired contrast of
+each set of weights with the untrained null: per pair d = r - r_null, the mean d with a
+bootstrap 95% interval over pairs and a sign-flip p-value, Benjamini-Hochberg control over each
+family. A second table gives each set of weights against r = 0 (`stats.summarise`).
 
 Each pair's record is cached under OUT/cache, keyed by the settings, the weights' parameters and
 the pair's bytes, so a killed study resumes where it stopped and a rerun only summarises.
-Writes OUT/report.md (the printed table), summary.csv, tests.csv, study.json, r_distribution.png
+Writes OUT/report.md (the printed tables), contrast.csv, summary.csv, tests.csv, study.json, r_distribution.png
 and extremes_<weights>.jpg (the strongest and the weakest pair's maps).
 
 A file with no partner of the same name is named on one line per folder and left out. Exit
@@ -32,10 +34,11 @@ from ..cli_flags import add_device_flag, out_folder_problem, user_error, whole_n
 from ..interventions import MaskConfig
 from .measure import MEASURES, STUDY_INTERVENTIONS, StudySettings, measure_pair
 from .run import StudyResult, load_datasets, run_study
-from .stats import benjamini_hochberg, bootstrap_mean_ci, decide, summarise
+from .stats import benjamini_hochberg, bootstrap_mean_ci, contrast, decide, sign_flip_p, summarise
 
 __all__ = ["MEASURES", "STUDY_INTERVENTIONS", "StudySettings", "StudyResult", "benjamini_hochberg",
-           "bootstrap_mean_ci", "decide", "load_datasets", "measure_pair", "run_study", "summarise"]
+           "bootstrap_mean_ci", "contrast", "decide", "load_datasets", "measure_pair", "run_study", "sign_flip_p",
+           "summarise"]
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:

@@ -1,14 +1,25 @@
 """One pair, one set of weights: the study's correlations, and the cache that makes a study resumable.
 
 For each intervention type the pair gets K seeded interventions (`StabilityAnalysis`, which
-reuses the clean pass and the clean encoder features), and each gate level gives two tests:
+reuses the clean pass and the clean encoder features). The masks depend only on the seed, the
+run's number and the pair's size, so every set of weights sees the same interventions: that is
+what pairs a trained model with the untrained null (`stats.contrast`). Each gate level gives
+three tests:
 
 * "output": the clean gate of that level, upsampled, against the fused output's instability,
   over the pixels visible in at least one run;
 * "features": the clean gate against the relative change of that level's cross-attended
-  features (the features the gate reads).
+  features (the features the gate reads);
+* "intervened": what L_inv rewards, per intervened pass d: the gate *of that pass* (the
+  level's, upsampled; level "mean" is their mean, the G_bar_d that L_inv weighs) against the
+  realised change |F_d - F| of the same pass, over every pixel (L_inv averages over all of
+  them, hidden ones included). r is the mean over the K passes of the per-pass r.
 
-Each test is Pearson r with the p-value of Dutilleul's modified t-test (`ivfusion.stability`).
+"output" and "features" are Pearson r with the p-value of Dutilleul's modified t-test
+(`ivfusion.stability`). "intervened" has one r per pass; its p-value is the one-sample t-test
+of their Fisher z over the K passes (the passes are independent draws of masks on one pair),
+so it asks whether this pair's relation holds across interventions, not whether it is beyond
+spatial autocorrelation: only its contrast with the null answers the paper's question.
 """
 from __future__ import annotations
 
@@ -22,15 +33,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .. import io
 from ..interventions import MaskConfig
-from ..predictor import Fuser
+from ..levels import GATE_LEVELS
+from ..metrics import pearson
+from ..predictor import BatchOutput, Fuser
 from ..stability import Correlation, StabilityAnalysis, StabilityResult
 
-MEASURES = ("output", "features")
+MEASURES = ("output", "features", "intervened")
 STUDY_INTERVENTIONS = ("complementary", "random")  # the interventions of L_inv
-FORMAT = 1  # bump when a record's meaning changes, so older caches are not read as new ones
+G_BAR = "mean"  # the "level" of the intervened measure's G_bar_d, the mean of the three gates
+FORMAT = 2  # bump when a record's meaning changes, so older caches are not read as new ones
 
 
 @dataclass(frozen=True)
@@ -82,15 +97,74 @@ def pair_key(ir_path: Path, vi_path: Path) -> str:
 
 
 def analyse(fuser: Fuser, visible: np.ndarray, infrared: np.ndarray, intervention: str,
-            settings: StudySettings) -> StabilityResult:
-    """K seeded interventions of one type on a pair (the fuser's max_side is the study's)."""
+            settings: StudySettings, *, intervened: IntervenedGate | None = None) -> StabilityResult:
+    """K seeded interventions of one type on a pair (the fuser's max_side is the study's).
+    `intervened`, when given, also sees every pass the analysis runs (no pass of its own)."""
     fuser.set_pair(visible, infrared)
-    return StabilityAnalysis(fuser, [intervention], k=settings.k, seed=settings.seed,
+    seen = fuser if intervened is None else _Watched(fuser, intervened)
+    return StabilityAnalysis(seen, [intervention], k=settings.k, seed=settings.seed,
                              mask_config=settings.mask_config).run()
 
 
+class IntervenedGate:
+    """The "intervened" measure: per intervened pass, r between each level's gate of that pass
+    (bilinearly upsampled, as L_inv's G_bar is made) and their mean G_bar_d, and |F_d - F| over
+    every pixel. A pass that hides nothing changes nothing and is skipped."""
+
+    def __init__(self, fuser: Fuser):
+        self.fuser = fuser
+        self.r: dict[str, list[float]] = {key: [] for key in (*(lv.key for lv in GATE_LEVELS), G_BAR)}
+        self.n_pixels = 0
+
+    def __call__(self, out: BatchOutput) -> None:
+        clean = torch.from_numpy(self.fuser.clean.fused_y)
+        size = tuple(clean.shape)
+        for j, (m_vi, m_ir) in enumerate(out.masks):
+            if m_vi.min() >= 1 and m_ir.min() >= 1:
+                continue
+            change = (out.fused[j, 0] - clean).abs().numpy()
+            gates = [F.interpolate(g[j:j + 1], size=size, mode="bilinear", align_corners=False)[0, 0]
+                     for g in out.gates]
+            for lv in GATE_LEVELS:
+                self.r[lv.key].append(pearson(gates[lv.index].numpy(), change))
+            self.r[G_BAR].append(pearson(torch.stack(gates).mean(0).numpy(), change))
+            self.n_pixels = change.size
+
+    def tests(self, intervention: str) -> list[dict]:
+        """One row per level (and G_BAR): the mean of the passes' r, and the t-test over passes."""
+        from scipy.stats import ttest_1samp
+
+        rows = []
+        for level, rs in self.r.items():
+            finite = np.array([r for r in rs if math.isfinite(r)])
+            r = float(finite.mean()) if finite.size else math.nan
+            p = math.nan
+            if finite.size >= 2:
+                z = np.arctanh(np.clip(finite, -0.999999, 0.999999))
+                p = float(ttest_1samp(z, 0.0).pvalue) if np.ptp(z) > 0 else (1.0 if z[0] == 0 else 0.0)
+            rows.append({"intervention": intervention, "level": level, "measure": "intervened",
+                         **_numbers(Correlation(r, p, self.n_pixels, math.nan, ""))})
+        return rows
+
+
+class _Watched:
+    """A Fuser whose batched passes are also handed to `see`: the intervened measure reads the
+    passes the stability analysis runs anyway, so it costs no forward pass."""
+
+    def __init__(self, fuser: Fuser, see):
+        self._fuser, self._see = fuser, see
+
+    def __getattr__(self, name):
+        return getattr(self._fuser, name)
+
+    def intervene_batch(self, *args, **kwargs):
+        for out in self._fuser.intervene_batch(*args, **kwargs):
+            self._see(out)
+            yield out
+
+
 def tests_of(res: StabilityResult, intervention: str) -> list[dict]:
-    """The study's tests in one analysis: one row per level and measure."""
+    """The study's clean-gate tests in one analysis: one row per level and measure."""
     rows = []
     for lv in res.levels:
         for measure, corr in (("output", lv.output_correlation), ("features", lv.correlation)):
@@ -99,11 +173,15 @@ def tests_of(res: StabilityResult, intervention: str) -> list[dict]:
 
 
 def measure_pair(fuser: Fuser, visible: np.ndarray, infrared: np.ndarray, settings: StudySettings) -> dict:
-    """The record of one pair: {"size": [h, w], "seconds", "tests": rows of `tests_of`}."""
+    """The record of one pair: {"size": [h, w], "seconds", "tests": rows of `tests_of` and
+    `IntervenedGate.tests`}."""
     t0 = time.perf_counter()
     tests = []
     for intervention in settings.interventions:
-        tests += tests_of(analyse(fuser, visible, infrared, intervention, settings), intervention)
+        intervened = IntervenedGate(fuser)
+        tests += tests_of(analyse(fuser, visible, infrared, intervention, settings, intervened=intervened),
+                          intervention)
+        tests += intervened.tests(intervention)
     return {"size": list(fuser.pair.shape), "seconds": round(time.perf_counter() - t0, 3), "tests": tests}
 
 

@@ -1,6 +1,6 @@
-"""What a study writes: the per-level table (printed and in report.md), summary.csv, tests.csv,
-study.json, the distribution of r per level and weights, and the maps of the strongest and
-weakest pairs."""
+"""What a study writes: the contrast with the null and the per-weights table (printed and in
+report.md), contrast.csv, summary.csv, tests.csv, study.json, the distribution of r per level and
+weights, and the maps of the strongest and weakest pairs."""
 from __future__ import annotations
 
 import csv
@@ -18,8 +18,7 @@ from ..levels import GATE_LEVELS
 from ..predictor import Fuser
 from .measure import MEASURES, analyse
 from .run import StudyResult
-
-MEASURE_TEXT = {"output": "gate vs fused-output instability", "features": "gate vs relative feature change"}
+from .stats import NULL
 
 
 def _f(v: float, digits: int = 2, sign: bool = True) -> str:
@@ -29,11 +28,38 @@ def _f(v: float, digits: int = 2, sign: bool = True) -> str:
 
 
 def table(result: StudyResult) -> str:
-    """The per-level table, as Markdown: one block per dataset."""
+    """What the command prints, as Markdown: the contrast with the null (the primary table),
+    then the per-weights table."""
+    return contrast_table(result) + "\n" + weights_table(result)
+
+
+def contrast_table(result: StudyResult) -> str:
+    """The paired contrast of each trained set of weights with the null: one block per dataset."""
+    if not result.contrast:
+        return (f"No contrast with the null: the study has no '{NULL}' weights, or no other weights to compare "
+                f"with it (give --weights {NULL} and at least one other).\n")
+    out = []
+    for d in result.datasets:
+        rows = [r for r in result.contrast if r["dataset"] == d.label]
+        out.append(f"**{d.label}: trained minus the {NULL} null** ({len(d.pairs)} pairs)\n")
+        out.append("| weights | intervention | measure | level | mean d [95% CI] | mean r | null's mean r | p "
+                   "| verdict |")
+        out.append("|---|---|---|---|---|---|---|---|---|")
+        for r in rows:
+            ci = f"{_f(r['mean_d'])} [{_f(r['ci_low'])}, {_f(r['ci_high'])}]"
+            p = "n/a" if not math.isfinite(r["p"]) else f"{r['p']:.4f}"
+            out.append(f"| {r['weights']} | {r['intervention']} | {r['measure']} | {r['level']} | {ci} | "
+                       f"{_f(r['mean_r'])} | {_f(r['mean_r_null'])} | {p} | {r['verdict']} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def weights_table(result: StudyResult) -> str:
+    """Each set of weights on its own (r against 0, not against the null): one block per dataset."""
     out = []
     for d in result.datasets:
         rows = [r for r in result.rows if r["dataset"] == d.label]
-        out.append(f"**{d.label}** ({len(d.pairs)} pairs)\n")
+        out.append(f"**{d.label}: each set of weights on its own** ({len(d.pairs)} pairs)\n")
         out.append("| weights | intervention | measure | level | mean r [95% CI] | median r | claim | opposite | undefined |")
         out.append("|---|---|---|---|---|---|---|---|---|")
         for r in rows:
@@ -48,20 +74,27 @@ def preamble(result: StudyResult) -> str:
     s = result.settings
     weights = "; ".join(f"{w.label}" + (f" = {w.spec}" if w.spec != w.label else "") + f" (parameters {w.key})"
                         for w in result.weights)
-    return (f"K = {s.k} seeded interventions per type and pair (seed {s.seed}), pairs downscaled to a longer side of "
-            f"{s.max_side}, the paper's masks. Measures: *output* = r(gate of the level, upsampled; instability of the "
-            f"fused output), *features* = r(gate; relative change of that level's cross-attended features). The claim "
-            f"predicts r < 0. *claim* / *opposite*: the share of pairs whose test is significant in that direction "
-            f"after Benjamini-Hochberg control at q = {result.q} over the pairs and levels of one dataset, weights, "
-            f"intervention and measure (p-values from Dutilleul's modified t-test). Intervals: bootstrap over pairs. "
-            f"Weights: {weights}.")
+    return (f"K = {s.k} seeded interventions per type and pair (seed {s.seed}; every set of weights gets the same "
+            f"masks), pairs downscaled to a longer side of {s.max_side}, the paper's masks. Measures: *output* = "
+            f"r(clean gate of the level, upsampled; instability of the fused output over the runs that saw the pixel), "
+            f"*features* = r(clean gate; relative change of that level's cross-attended features), *intervened* = "
+            f"mean over the K passes of r(gate of the intervened pass, upsampled, or their mean at level 'mean' = "
+            f"G_bar_d; |F_d - F| of the same pass, every pixel), the relation L_inv rewards. The claim predicts r < 0. "
+            f"Primary table: per pair d = r(weights) - r({NULL}), the mean d with a bootstrap 95% interval over pairs, "
+            f"the p-value of a sign-flip test over pairs, and the verdict after Benjamini-Hochberg control at "
+            f"q = {result.q} over one dataset's and weights' clean-gate tests (output, features) or intervened-gate "
+            f"tests: *claim* (d < 0), *opposite* (d > 0), *none* (no relation beyond the null under these measures). "
+            f"Second table, each set of weights against r = 0: *claim* / *opposite* = the share of pairs whose own "
+            f"test is significant in that direction after Benjamini-Hochberg control at q = {result.q} over the pairs "
+            f"and levels of one dataset, weights, intervention and measure (p-values: Dutilleul's modified t-test; "
+            f"for *intervened*, the t-test of the passes' Fisher z). Weights: {weights}.")
 
 
 def write_outputs(result: StudyResult, out: Path) -> list[Path]:
-    """summary.csv, tests.csv, study.json and report.md under `out`; returns their paths."""
+    """contrast.csv, summary.csv, tests.csv, study.json and report.md under `out`; returns their paths."""
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name, rows in (("summary.csv", result.rows), ("tests.csv", result.tests)):
+    for name, rows in (("contrast.csv", result.contrast), ("summary.csv", result.rows), ("tests.csv", result.tests)):
         buf = StringIO()
         writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["empty"], lineterminator="\n")
         writer.writeheader()
@@ -77,6 +110,7 @@ def write_outputs(result: StudyResult, out: Path) -> list[Path]:
                       "total_s": round(result.total_s, 1)}}
     clean = lambda v: None if isinstance(v, float) and not math.isfinite(v) else v  # noqa: E731  (JSON has no NaN)
     doc["rows"] = [{k: clean(v) for k, v in r.items()} for r in result.rows]
+    doc["contrast"] = [{k: clean(v) for k, v in r.items()} for r in result.contrast]
     io.atomic_write(out / "study.json", json.dumps(doc, indent=1).encode())
     io.atomic_write(out / "report.md", (preamble(result) + "\n\n" + table(result)).encode())
     return paths + [out / "study.json", out / "report.md"]
@@ -130,10 +164,10 @@ def distribution_figure(result: StudyResult, path: Path) -> Path:
 
 def extreme_pairs(result: StudyResult, weights: str) -> list[tuple[str, str, float]]:
     """(dataset, pair, score) of the strongest and the weakest pair for the claim under `weights`:
-    the lowest and the highest mean r over the pair's tests."""
+    the lowest and the highest mean r over the pair's clean-gate tests (the maps the figure shows)."""
     scores: dict[tuple[str, str], list[float]] = {}
     for t in result.tests:
-        if t["weights"] == weights and t["r"] is not None:
+        if t["weights"] == weights and t["r"] is not None and t["measure"] in ("output", "features"):
             scores.setdefault((t["dataset"], t["pair"]), []).append(t["r"])
     if not scores:
         return []

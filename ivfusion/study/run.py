@@ -1,5 +1,5 @@
 """Running a study: every pair of every dataset through every set of weights, from the cache
-where it can (`measure.Cache`), then `stats.decide` and `stats.summarise`."""
+where it can (`measure.Cache`), then `stats.contrast`, `stats.decide` and `stats.summarise`."""
 from __future__ import annotations
 
 import sys
@@ -13,7 +13,7 @@ from ..device import cpu_name, resolve_device
 from ..hub import BUNDLED, UNTRAINED, load_model
 from ..predictor import Fuser
 from .measure import Cache, StudySettings, measure_pair, pair_key, weights_key
-from .stats import decide, summarise
+from .stats import contrast, decide, summarise
 
 
 @dataclass
@@ -41,6 +41,7 @@ class StudyResult:
     weights: list[Weights]
     tests: list[dict]  # one per dataset, weights, pair, intervention, level and measure, with its verdict
     rows: list[dict]  # stats.summarise
+    contrast: list[dict] = field(default_factory=list)  # stats.contrast: the primary statistic
     failures: list[dict] = field(default_factory=list)
     computed: int = 0
     cached: int = 0
@@ -131,5 +132,6 @@ def run_study(datasets: list[Dataset], specs: list[str], settings: StudySettings
     result.stale = len(cache.stale)
     result.tests = decide(result.tests, q)
     result.rows = summarise(result.tests, n_boot=n_boot, seed=settings.seed)
+    result.contrast = contrast(result.tests, q=q, n_boot=n_boot, seed=settings.seed)
     result.total_s = time.perf_counter() - t0
     return result

@@ -1,11 +1,20 @@
-"""The study across pairs: bootstrap intervals of the mean r, and Benjamini-Hochberg control.
+"""The study across pairs: the paired contrast with the null, bootstrap intervals, and
+Benjamini-Hochberg control.
 
-A *family* is one dataset, one set of weights, one intervention type and one measure; its tests
-are its pairs x the three gate levels. Within a family the p-values go through the
-Benjamini-Hochberg step-up procedure at level q (false discovery rate q), and each rejected test
-counts for the claim's direction (r < 0: the gate is more open where the change is smaller) or
-for the opposite one (r > 0). A test whose r is undefined (a constant map) is not rejected and
-is counted apart.
+The primary statistic (`contrast`) compares each trained set of weights with the untrained
+null on the same pairs under the same interventions: per pair, d = r(trained) - r(null); per
+dataset, intervention, measure and level, the mean d with a bootstrap 95% interval over pairs
+and the p-value of a sign-flip test (under "no relation beyond the null" the trained and the
+null model are exchangeable within a pair, so d is as likely to be -d). A contrast family is one
+dataset, one trained set of weights and one family of measures (`FAMILIES`: the clean-gate
+measures, or the intervened gate); its tests are its interventions x measures x levels, and go
+through the Benjamini-Hochberg step-up procedure at level q. The claim predicts d < 0: the gate
+is more open where the change is smaller, more so than in a network that learnt nothing.
+
+Per weights (`decide`, `summarise`) the study also reports the mean r itself, and the shares of
+pairs whose own test is significant: there a family is one dataset, weights, intervention and
+measure, its tests its pairs x levels. A test whose r is undefined (a constant map) is not
+rejected and is counted apart.
 """
 from __future__ import annotations
 
@@ -16,10 +25,12 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from ..levels import GATE_LEVELS
-from .measure import MEASURES
+from .measure import G_BAR, MEASURES
 
 FAMILY = ("dataset", "weights", "intervention", "measure")
 ROW = FAMILY + ("level",)
+FAMILIES = {"output": "clean gate", "features": "clean gate", "intervened": "intervened gate"}
+NULL = "untrained"  # the label of the null model's weights
 
 
 def benjamini_hochberg(p: Sequence[float], q: float = 0.05) -> np.ndarray:
@@ -55,6 +66,65 @@ def bootstrap_mean_ci(values: Sequence[float], *, n_boot: int = 10_000, seed: in
     return float(v.mean()), float(lo), float(hi)
 
 
+def sign_flip_p(d: Sequence[float], *, n_perm: int = 9_999, seed: int = 0) -> float:
+    """Two-sided p-value of the sign-flip test that the paired differences `d` are symmetric
+    about 0 (so their mean is 0): the share of `n_perm` random sign patterns (from `seed`) whose
+    |mean| is at least the observed one, counting the observed pattern, so that p is never below
+    1 / (n_perm + 1) and the test keeps its level for any n_perm. NaN with fewer than two values."""
+    d = np.asarray([x for x in d if x is not None and math.isfinite(x)], np.float64)
+    if d.size < 2:
+        return math.nan
+    observed = abs(d.mean())
+    signs = np.random.default_rng(seed).choice(np.array([-1.0, 1.0]), size=(n_perm, d.size))
+    flipped = np.abs(signs @ d) / d.size
+    return float((1 + np.count_nonzero(flipped >= observed * (1 - 1e-12))) / (n_perm + 1))
+
+
+def contrast(tests: Iterable[dict], *, null: str = NULL, q: float = 0.05, n_boot: int = 10_000,
+             n_perm: int = 9_999, seed: int = 0) -> list[dict]:
+    """The paired contrast of every other set of weights with `null`, one row per dataset,
+    weights, intervention, measure and level (see the module docstring): the pairs with r
+    defined under both, the mean d = r - r_null with its bootstrap 95% interval, the mean r of
+    each, the sign-flip p-value, and the verdict after Benjamini-Hochberg control over the
+    contrast family: "claim" (d < 0), "opposite" (d > 0), "none" or "undefined" (no p).
+    Empty when `null` is not among the weights."""
+    by_key: dict[tuple, dict[str, float]] = defaultdict(dict)
+    weights = set()
+    for t in tests:
+        weights.add(t["weights"])
+        if t["r"] is not None and math.isfinite(t["r"]):
+            by_key[tuple(t[k] for k in ROW)][t["pair"]] = t["r"]
+    if null not in weights:
+        return []
+    rows = []
+    for key, trained in by_key.items():
+        if key[1] == null:
+            continue
+        base = by_key.get((key[0], null, *key[2:]), {})
+        pairs = sorted(set(trained) & set(base))
+        d = [trained[p] - base[p] for p in pairs]
+        mean, lo, hi = bootstrap_mean_ci(d, n_boot=n_boot, seed=seed)
+        rows.append({**dict(zip(ROW, key)), "null": null, "pairs": len(pairs), "mean_d": mean, "ci_low": lo,
+                     "ci_high": hi, "mean_r": float(np.mean([trained[p] for p in pairs])) if pairs else math.nan,
+                     "mean_r_null": float(np.mean([base[p] for p in pairs])) if pairs else math.nan,
+                     "p": sign_flip_p(d, n_perm=n_perm, seed=seed)})
+    families: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        families[(r["dataset"], r["weights"], FAMILIES[r["measure"]])].append(r)
+    for members in families.values():
+        for r, rej in zip(members, benjamini_hochberg([r["p"] for r in members], q)):
+            r["family"] = FAMILIES[r["measure"]]
+            r["verdict"] = ("undefined" if not math.isfinite(r["p"]) else "none" if not rej
+                            else "claim" if r["mean_d"] < 0 else "opposite")
+    return sorted(rows, key=_row_order)
+
+
+def _row_order(r: dict) -> tuple:
+    level_order = {lv.key: i for i, lv in enumerate(GATE_LEVELS)} | {G_BAR: len(GATE_LEVELS)}
+    return (r["dataset"], r["weights"], r["intervention"], MEASURES.index(r["measure"]) if r["measure"] in MEASURES
+            else 9, level_order.get(r["level"], 9))
+
+
 def decide(tests: list[dict], q: float = 0.05) -> list[dict]:
     """The tests with a "verdict" added, family by family: "claim" (rejected, r < 0), "opposite"
     (rejected, r > 0), "none" (not rejected) or "undefined" (no r)."""
@@ -77,10 +147,8 @@ def summarise(decided: Iterable[dict], *, n_boot: int = 10_000, seed: int = 0) -
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for t in decided:
         groups[tuple(t[k] for k in ROW)].append(t)
-    level_order = {lv.key: i for i, lv in enumerate(GATE_LEVELS)}
-    measure_order = {m: i for i, m in enumerate(MEASURES)}
     rows = []
-    for key in sorted(groups, key=lambda k: (k[0], k[1], k[2], measure_order.get(k[3], 9), level_order.get(k[4], 9))):
+    for key in sorted(groups, key=lambda k: _row_order(dict(zip(ROW, k)))):
         members = groups[key]
         rs = [t["r"] for t in members]
         mean, lo, hi = bootstrap_mean_ci(rs, n_boot=n_boot, seed=seed)
