@@ -15,6 +15,7 @@ COMMANDS = {
     "evaluate": "ivfusion.evaluate",
     "bench": "ivfusion.bench",
     "study": "ivfusion.study",
+    "export": "ivfusion.export",
 }
 
 
