@@ -1,9 +1,11 @@
-"""Pairs on disk: the one `find_pairs` (discovery) and the one `load_pair` (reading). The
-training set built on them is `ivfusion.train.dataset.PairDataset`."""
+"""Pairs on disk: the one `find_pairs` (discovery) and the one `load_pair` (reading), and
+`load_scored_pair` for a pair a model is run and scored on. The training set built on them is
+`ivfusion.train.dataset.PairDataset`."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -119,3 +121,27 @@ def load_pair(ir_path: str | os.PathLike, vi_path: str | os.PathLike, form: str 
         ir, _ = io.infrared_to_grey(ir)
         vis = np.ascontiguousarray(io.visible_to_ycrcb(vis)[..., 0])
     return vis, ir
+
+
+class ScoredPair(NamedTuple):
+    """A pair as a model is both run and scored on it (training's validation, the tools):
+    visible_y, infrared: the network's inputs (`load_pair`, form "network");
+    visible: the decoded visible image, whose Cr/Cb the fused image is written with;
+    visible_grey, infrared_grey: the sources as the metrics read their files (form "grey").
+    Score a fused luminance F with
+    `metrics.evaluate_pair(p.infrared_grey, p.visible_grey, metrics.fused_grey(F, p.visible))`,
+    the numbers `ivfusion evaluate` gives for the written file."""
+
+    visible_y: np.ndarray
+    infrared: np.ndarray
+    visible: np.ndarray
+    visible_grey: np.ndarray
+    infrared_grey: np.ndarray
+
+
+def load_scored_pair(ir_path: str | os.PathLike, vi_path: str | os.PathLike) -> ScoredPair:
+    """Read one pair for running and scoring a model on it (`ScoredPair`)."""
+    y, ir = load_pair(ir_path, vi_path)
+    visible_grey, infrared_grey = load_pair(ir_path, vi_path, form="grey")
+    visible, _ = load_pair(ir_path, vi_path, form="image")
+    return ScoredPair(y, ir, visible, visible_grey, infrared_grey)

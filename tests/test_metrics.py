@@ -264,3 +264,36 @@ def test_tiny_images_give_defined_values(pair, shape):
 def test_empty_image_is_an_error():
     with pytest.raises(ValueError, match="empty"):
         M.evaluate_pair(np.zeros((0, 4)), np.zeros((0, 4)), np.zeros((0, 4)))
+
+
+# ---- one path from a fused image to the metrics (metrics.fused_grey) -------------------------
+@pytest.mark.parametrize("folder, stem", [("roadscene/test", "FLIR_00211"),
+                                          pytest.param("msrs/train", "00003N", marks=pytest.mark.slow)])
+def test_a_fused_luminance_its_8_bit_image_and_its_file_score_the_same_grey(shared_dir, untrained, tmp_path,
+                                                                            folder, stem):
+    """Validation and the tools score the network's float output, `ivfusion evaluate` the written
+    file: both must give the grey that OpenCV reads from that file (the reference's way)."""
+    from ivfusion import io
+    from ivfusion.data import find_pairs, load_scored_pair
+    from ivfusion.predictor import Fuser
+
+    (_, ir_path, vi_path), = [p for p in find_pairs(shared_dir / "data" / folder) if p[0] == stem]
+    pair = load_scored_pair(ir_path, vi_path)
+    res = Fuser(untrained, device="cpu", max_side=None).fuse(pair.visible, io.read_image(ir_path))
+    written = tmp_path / "fused.png"
+    io.write_png(written, res.fused_rgb)
+    expected = cv2.cvtColor(cv2.imread(str(written), cv2.IMREAD_COLOR), cv2.COLOR_BGR2GRAY).astype(np.float64)
+    for fused in (written, res.fused_rgb, res.fused_y):
+        np.testing.assert_array_equal(M.fused_grey(fused, pair.visible), expected)
+    # rounding the luminance alone (the old validation path) is another image, so this test tells them apart
+    assert (np.rint(res.fused_y * 255.0) != expected).any()
+    for got, path in ((pair.visible_grey, vi_path), (pair.infrared_grey, ir_path)):
+        np.testing.assert_array_equal(got, cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR),
+                                                        cv2.COLOR_BGR2GRAY).astype(np.float64))
+
+
+def test_a_fused_luminance_without_a_visible_image_is_a_grey_image():
+    y = np.array([[0.0, 0.25, 0.5], [0.75, 1.0, 1.2]], np.float32)
+    np.testing.assert_array_equal(M.fused_grey(y), [[0, 64, 128], [191, 255, 255]])  # round(255 y), clipped
+    with pytest.raises(ValueError, match=r"\(H, W\) luminance"):
+        M.fused_grey(np.zeros((4, 4, 3), np.float32))

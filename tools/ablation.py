@@ -69,9 +69,9 @@ def run(names: list[str], steps: int) -> None:
 
 
 def _val_pairs():
-    from ivfusion.data import find_pairs, load_pair
+    from ivfusion.data import find_pairs, load_scored_pair
 
-    return [load_pair(ir, vi) for _, ir, vi in find_pairs("../shared/data/msrs/train")[:6]]
+    return [load_scored_pair(ir, vi) for _, ir, vi in find_pairs("../shared/data/msrs/train")[:6]]
 
 
 def baseline_row() -> dict:

@@ -28,8 +28,8 @@ from gate_stats import LEVELS, gate_row, load_pairs  # noqa: E402
 def stats(model, pairs, train_mode: bool) -> dict:
     model = copy.deepcopy(model).train(train_mode)  # a copy: train mode would update running stats
     rows = []
-    for y, ir in pairs:
-        _, gates = model(torch.from_numpy(y)[None, None], torch.from_numpy(ir)[None, None])
+    for p in pairs:
+        _, gates = model(torch.from_numpy(p.visible_y)[None, None], torch.from_numpy(p.infrared)[None, None])
         rows.append(gate_row(gates, sep=" "))
     return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
 
@@ -50,8 +50,8 @@ def bn_ratios(model, pairs) -> list[tuple[float, float]]:
             seen.setdefault(lvl, []).append((var, shift))
 
         hooks.append(bn.register_forward_hook(hook))
-    for y, ir in pairs:
-        model(torch.from_numpy(y)[None, None], torch.from_numpy(ir)[None, None])
+    for p in pairs:
+        model(torch.from_numpy(p.visible_y)[None, None], torch.from_numpy(p.infrared)[None, None])
     return [tuple(float(np.mean([r[k] for r in seen[lvl]])) for k in (0, 1)) for lvl in range(3)]
 
 

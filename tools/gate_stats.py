@@ -5,7 +5,8 @@
 
 For each gate level (coarse 1/4, mid 1/2, fine 1/1) and each pair: the gate map's spatial mean,
 spatial std and 1st-99th percentile span; the table shows their means over the pairs, plus
-Qabf and VIF of the fused output. Evaluation mode (BN running statistics), full-size pairs.
+Qabf and VIF of the fused output, scored as `ivfusion evaluate` scores the written file
+(`metrics.fused_grey`). Evaluation mode (BN running statistics), full-size pairs.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 
 from ivfusion import metrics
-from ivfusion.data import find_pairs, load_pair
+from ivfusion.data import find_pairs, load_scored_pair
 from ivfusion.levels import gate_stats as level_stats
 from ivfusion.hub import load_model
 from ivfusion.levels import GATE_LEVELS
@@ -37,19 +38,20 @@ def gate_stats(model, pairs, with_metrics: bool = True) -> dict:
     """Mean over pairs of per-level gate mean/std/p1-p99 span (and Qabf, VIF)."""
     model.eval()
     rows = []
-    for y, ir in pairs:
-        fused, gates = model(torch.from_numpy(y)[None, None], torch.from_numpy(ir)[None, None])
+    for p in pairs:
+        fused, gates = model(torch.from_numpy(p.visible_y)[None, None], torch.from_numpy(p.infrared)[None, None])
         row = gate_row(gates)
         if with_metrics:
-            f8 = np.rint(fused[0, 0].numpy() * 255)
-            s = metrics.evaluate_pair(np.rint(ir * 255), np.rint(y * 255), f8)
+            f = metrics.fused_grey(fused[0, 0].numpy(), p.visible)
+            s = metrics.evaluate_pair(p.infrared_grey, p.visible_grey, f)
             row.update({"Qabf": float(s["Qabf"]), "VIF": float(s["VIF"])})
         rows.append(row)
     return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
 
 
 def load_pairs(folder: str, limit: int | None = None, skip: int = 0) -> list:
-    return [load_pair(ir, vi) for _, ir, vi in find_pairs(folder)[skip:][:limit]]
+    """data.ScoredPair of the folder's pairs, by name."""
+    return [load_scored_pair(ir, vi) for _, ir, vi in find_pairs(folder)[skip:][:limit]]
 
 
 def table(results: dict[str, dict]) -> str:

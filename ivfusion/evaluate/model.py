@@ -8,7 +8,7 @@ from ..cli_flags import failure_reason
 from ..data import load_pair
 from ..interventions import INTERVENTIONS
 from ..levels import GATE_LEVELS
-from ..metrics import METRIC_NAMES, to_grey
+from ..metrics import METRIC_NAMES, fused_grey
 from . import pool as _pool
 from ..levels import gate_stats
 from .results import EvaluationResults, InterventionReport, MethodResult, PathLike, Scores, nan_mean
@@ -71,7 +71,7 @@ def evaluate_model(
                 try:
                     for kind in kinds:
                         res = fuser.fuse(visible, infrared, intervention=kind, seed=seed + i)
-                        fused = to_grey(res.fused_rgb)
+                        fused = fused_grey(res.fused_rgb)
                         if fused.shape != a.shape:
                             raise ValueError(f"model output is {size_text(fused.shape)} but the pair is "
                                              f"{size_text(a.shape)}")

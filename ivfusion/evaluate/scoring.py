@@ -16,7 +16,7 @@ import numpy as np
 from ..cli_flags import failure_reason
 from ..data import find_pairs, load_pair
 from ..io import list_images
-from ..metrics import evaluate_pair, read_grey
+from ..metrics import evaluate_pair, fused_grey
 from . import pool as _pool
 from .results import EvaluationResults, MethodResult, PathLike, Scores
 
@@ -62,7 +62,7 @@ def score_pair(task) -> Tuple[str, Optional[str], Dict[str, Union[Scores, str]]]
             out[method] = "missing output (no image with this stem)"
             continue
         try:
-            f = read_grey(path)
+            f = fused_grey(path)
         except Exception as e:
             out[method] = f"unreadable output: {failure_reason(e)}"
             continue

@@ -12,7 +12,8 @@ from zero, saturated to 0..255), used for histograms only.
 
 Colour images are first converted to grey with OpenCV's weights, rounded (:func:`to_grey`);
 files are read for metrics with :func:`read_grey`, exactly as the reference values were made
-(OpenCV, 3-channel BGR, ``COLOR_BGR2GRAY``).
+(OpenCV, 3-channel BGR, ``COLOR_BGR2GRAY``). A fused image, whether a file, an 8-bit array or
+the network's float luminance, reaches the metrics through :func:`fused_grey` only.
 
 Known differences to other evaluators (documented here, deliberately not copied):
 
@@ -47,7 +48,7 @@ from typing import Dict, Tuple
 import numpy as np
 
 from .fused import AG, EN, SD, SF
-from .grey import _check_same_size, read_grey, to_grey
+from .grey import _check_same_size, fused_grey, read_grey, to_grey
 from .sources import CC, MI, PSNR, SCD, SSIM, VIF, Qabf
 from .stats import pearson
 
@@ -56,6 +57,7 @@ __all__ = [
     "HIGHER_IS_BETTER",
     "to_grey",
     "read_grey",
+    "fused_grey",
     "pearson",
     "EN",
     "SD",

@@ -85,6 +85,38 @@ def read_grey(path: Union[str, Path]) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY).astype(np.float64)
 
 
+def fused_grey(fused: Union[str, Path, np.ndarray], visible: np.ndarray | None = None) -> np.ndarray:
+    """The one path from a fused image to the grey levels the metrics score (float64, whole
+    numbers 0..255): the fused image as ``ivfusion fuse`` writes it, read as the reference
+    reads files. ``ivfusion evaluate`` (files and in-memory model outputs), training's
+    validation and the tools all score fused images through it, so that one image gives one
+    number whichever command measured it.
+
+    ``fused`` is one of:
+      - a file path: :func:`read_grey`;
+      - an 8-bit array, grey ``(H, W)`` or RGB ``(H, W, 3)``, a fused image as written:
+        :func:`to_grey` (equal to :func:`read_grey` of its lossless file);
+      - the network's float luminance ``(H, W)`` in [0, 1]: first made the 8-bit image that
+        ``ivfusion fuse`` writes, with ``visible`` (the decoded visible image, as
+        ``io.read_image`` gives it) its Cr/Cb put back (``io.restore_colour``), without it a
+        grey image; then as above. Rounding the luminance alone instead (what validation and
+        tools/gate_stats did) moved Qabf in the third decimal.
+    """
+    if isinstance(fused, (str, Path)):
+        return read_grey(fused)
+    f = np.asarray(fused)
+    if np.issubdtype(f.dtype, np.floating):
+        if f.ndim != 2:
+            raise ValueError(f"a float fused image is the network's (H, W) luminance, got shape {f.shape}")
+        from .. import io
+
+        if visible is None:
+            f = np.clip(np.rint(f.astype(np.float64) * 255.0), 0, 255).astype(np.uint8)
+        else:
+            f = io.restore_colour(f, io.visible_to_ycrcb(np.asarray(visible)))
+    return to_grey(f)
+
+
 def _as_grey(x: np.ndarray) -> np.ndarray:
     """Grey float64 view used by the single metrics (accepts colour too)."""
     a = np.asarray(x)

@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 
 from .. import losses
-from ..data import find_pairs, load_pair
+from ..data import find_pairs, load_scored_pair
 from ..device import bf16_native, resolve_device
 from ..hub import save_weights
 from ..levels import gate_stats
@@ -75,7 +75,7 @@ def main(cfg: TrainConfig, echo=print) -> dict:
     # ---- data ----------------------------------------------------------------------------
     try:  # the data's own errors (no pairs, unreadable or unregistered files) name the problem
         dataset = PairDataset(cfg.data, cfg.crop, cfg.seed, cfg.masks, cfg.holdout)
-        val_set = [load_pair(ir, vi) for _, ir, vi in find_pairs(cfg.val)[: cfg.val_pairs]] if cfg.val else []
+        val_set = [load_scored_pair(ir, vi) for _, ir, vi in find_pairs(cfg.val)[: cfg.val_pairs]] if cfg.val else []
     except ValueError as e:
         raise ConfigError(str(e)) from None
     missing = sorted(set(cfg.holdout) - {n.rsplit("/", 1)[-1] for n in dataset.held_out})
@@ -185,15 +185,17 @@ def validate(model: ISFuse, pairs, device, lambda1: float) -> dict:
     was_training = model.training
     model.eval()
     rows = []
-    for y, ir in pairs:
+    for pair in pairs:
+        y, ir = pair.visible_y, pair.infrared
         vis_t, ir_t = torch.from_numpy(y)[None, None].to(device), torch.from_numpy(ir)[None, None].to(device)
         fused, gates = model(vis_t, ir_t)
         row = {"val_L_f": losses.fusion_loss(fused, ir_t, vis_t, lambda1).item()}
         for name, stats in gate_stats(gates).items():
             row[f"val_gate_std_{name}"], row[f"val_gate_span_{name}"] = stats["std"], stats["p1_p99"]
         if metrics is not None:
-            f8 = np.rint(fused[0, 0].float().cpu().numpy() * 255)
-            scores = metrics.evaluate_pair(np.rint(ir * 255), np.rint(y * 255), f8)
+            # the fused image as `ivfusion evaluate` scores its written file: the same numbers
+            f = metrics.fused_grey(fused[0, 0].float().cpu().numpy(), pair.visible)
+            scores = metrics.evaluate_pair(pair.infrared_grey, pair.visible_grey, f)
             row.update({f"val_{k}": float(scores[k]) for k in ("Qabf", "SSIM", "VIF", "MI")})
         rows.append(row)
     model.train(was_training)
