@@ -256,10 +256,11 @@ def test_an_out_that_is_a_file_is_one_line(tmp_path, capsys):
 
     afile = tmp_path / "afile"
     afile.write_text("not a folder")
-    for out in (afile, afile / "sub"):
-        assert main(["study", str(tmp_path), "--weights", "untrained", "--out", str(out)]) == 2
+    for command, out in [("study", afile), ("study", afile / "sub"), ("train", afile), ("train", afile / "sub")]:
+        args = [str(tmp_path), "--weights", "untrained"] if command == "study" else ["--val", "none"]
+        assert main([command, *args, "--out", str(out)]) == 2
         err = capsys.readouterr().err
-        assert err == f"ivfusion study: error: --out {out} is not a folder ({afile} is a file); give a folder\n"
+        assert err == f"ivfusion {command}: error: --out {out} is not a folder ({afile} is a file); give a folder\n"
 
 
 def test_study_names_unmatched_files_exits_1_on_a_failed_pair_and_remeasures_a_malformed_record(

@@ -5,6 +5,7 @@ import copy
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -288,6 +289,7 @@ def test_defaults_are_the_authors_recipe_and_flags_reach_nested_fields(tmp_path)
     (["--model.r", "0"], "r"),
     (["--data", "/nonexistent/folder"], "/nonexistent/folder"),
     (["--device", "gpu0"], "--device: device 'gpu0' is unknown; accepted: auto, cpu, cuda or cuda:N"),
+    (["--seed", "-1"], "--seed must be >= 0, got -1"),
 ])
 def test_bad_settings_are_one_line_errors(flags, message, capsys, tmp_path):
     from ivfusion.cli import main as cli
@@ -345,7 +347,8 @@ def test_resume_tolerates_a_log_line_torn_by_a_kill_and_refuses_a_folder_without
 
 @pytest.mark.parametrize("content, suffix, message", [
     ("a: [", ".yaml", "not readable YAML"), ("- 1", ".yaml", "expected a mapping"),
-    ("model: 5", ".yaml", "'model' must be a mapping"), ("xx", ".json", "not readable JSON")])
+    ("model: 5", ".yaml", "'model' must be a mapping"), ("xx", ".json", "not readable JSON"),
+    ("holdout:\n  - [a, b]\n", ".yaml", "--holdout: give pair names (file stems), got [['a', 'b']]")])
 def test_bad_config_files_are_one_line_errors(content, suffix, message, tmp_path, capsys):
     from ivfusion.cli import main as cli
 
@@ -364,3 +367,92 @@ def test_training_precision_is_bf16_where_native_unless_set():
     assert training_precision(TrainConfig(), cpu) == bf16_native()
     assert training_precision(TrainConfig(amp=False), cpu) is False
     assert training_precision(TrainConfig(amp=True), cpu) is True
+
+
+# ---- resuming: what may change, and a state that cannot continue (issue 25) ---------------
+def _one_step_run(pair_folder, out, **kw):
+    lines = []
+    main(TrainConfig(data=[str(pair_folder)], val=None, out=str(out), crop=32, batch_size=2, steps=1, val_every=1,
+                     threads=1, **kw), echo=lines.append)
+    return lines
+
+
+def test_a_resumed_run_refuses_a_changed_setting_and_takes_the_safe_ones(pair_folder, tmp_path, capsys):
+    from ivfusion.cli import main as cli
+
+    out = tmp_path / "run"
+    _one_step_run(pair_folder, out)
+    capsys.readouterr()  # its progress bar
+    saved = (out / "train_config.json").read_bytes()
+    (tmp_path / "c.yaml").write_text("masks:\n  max_holes: 3\n")
+    for flags, name, was, asked in [(["--crop", "36"], "--crop", "32", "36"),
+                                    (["--model.dim", "16"], "--model.dim", "32", "16"),
+                                    (["--config", str(tmp_path / "c.yaml")], "--masks.max-holes", "6", "3")]:
+        assert cli(["train", "--out", str(out), "--resume", *flags]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"ivfusion train: error: --resume: {name} is {was} in the run being resumed") and \
+            f"asked {asked};" in err and err.count("\n") == 1 and "Traceback" not in err, err
+        assert (out / "train_config.json").read_bytes() == saved  # refused before anything is written
+    # the same value again, and the settings a resumed run may change, are taken
+    assert cli(["train", "--out", str(out), "--resume", "--crop", "32", "--steps", "2", "--threads", "1",
+                "--log-every", "1"]) == 0
+    capsys.readouterr()
+    config = json.loads((out / "train_config.json").read_text())
+    assert (config["steps"], config["crop"], config["log_every"]) == (2, 32, 1)
+    assert torch.load(out / "resume.pt", weights_only=True)["step"] == 2
+
+
+def test_a_resume_state_that_cannot_continue_is_one_line(pair_folder, tmp_path, capsys):
+    from ivfusion.cli import main as cli
+
+    good = tmp_path / "good"
+    _one_step_run(pair_folder, good)
+    capsys.readouterr()  # its progress bar
+    state = torch.load(good / "resume.pt", weights_only=True)
+
+    def truncated(out):
+        (out / "resume.pt").write_bytes((good / "resume.pt").read_bytes()[:1000])
+
+    def key_missing(out):
+        torch.save({k: v for k, v in state.items() if k != "optimizer"}, out / "resume.pt")
+
+    def other_network(out):  # a config edited by hand: dim 16, the state's weights are dim 32
+        config = json.loads((good / "train_config.json").read_text())
+        (out / "train_config.json").write_text(json.dumps({**config, "model": {**config["model"], "dim": 16}}))
+
+    def torn_config(out):
+        (out / "train_config.json").write_text('{"crop": ')
+
+    for spoil, message in [(truncated, "is not a readable training state"), (key_missing, "lacks optimizer"),
+                           (other_network, "size mismatch for"), (torn_config, "is not a readable saved config")]:
+        out = tmp_path / spoil.__name__
+        shutil.copytree(good, out)
+        spoil(out)
+        assert cli(["train", "--out", str(out), "--resume"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("ivfusion train: error: --resume: ") and message in err, err
+        assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_divergence_names_the_checkpoint_really_on_disk(pair_folder, tmp_path):
+    from ivfusion.train import TrainingDiverged
+
+    out = tmp_path / "run"
+    cfg = dict(data=[str(pair_folder)], val=None, out=str(out), crop=32, batch_size=2, threads=1, val_every=50)
+    with pytest.raises(TrainingDiverged) as diverged:  # diverges long before the first checkpoint
+        main(TrainConfig(steps=40, lr=1e30, **cfg), echo=lambda *a: None)
+    assert "no checkpoint was written (the first was due at step 40)" in str(diverged.value)
+    assert not (out / "resume.pt").exists()
+
+    main(TrainConfig(steps=3, **{**cfg, "val_every": 2}), echo=lambda *a: None)  # checkpoints at steps 2 and 3
+    with pytest.raises(TrainingDiverged) as diverged:
+        main(TrainConfig(steps=40, lr=1e30, resume=True, **cfg), echo=lambda *a: None)
+    assert torch.load(out / "resume.pt", weights_only=True)["step"] == 3
+    assert f"the last checkpoint in {out} is from step 3;" in str(diverged.value)
+
+
+def test_files_without_a_partner_are_named_when_training(pair_folder, tmp_path):
+    (pair_folder / "vi" / "lonely.png").write_bytes(next((pair_folder / "vi").glob("*.png")).read_bytes())
+    lines = _one_step_run(pair_folder, tmp_path / "run")
+    assert (f"{pair_folder}: skipped 1 file(s) with no file of the same name on the other side: lonely.png "
+            "(visible only)") in lines

@@ -84,7 +84,10 @@ class TrainConfig:
             if not ok:
                 raise ConfigError(msg)
 
-        need(isinstance(self.data, list) and self.data and all(self.data), "--data: give at least one folder holding ir/ and vi/")
+        need(isinstance(self.data, list) and self.data and all(isinstance(d, str) and d for d in self.data),
+             f"--data: give at least one folder holding ir/ and vi/, got {self.data!r}")
+        need(isinstance(self.holdout, list) and all(isinstance(s, str) for s in self.holdout),
+             f"--holdout: give pair names (file stems), got {self.holdout!r}")
         need(self.val is None or str(self.val).strip() != "", "--val: empty; give a folder holding ir/ and vi/, or 'none' for no validation")
         need(self.crop >= 16 and self.crop % 4 == 0, f"--crop must be a multiple of 4 and >= 16, got {self.crop}")
         need(self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}")
@@ -93,6 +96,7 @@ class TrainConfig:
             need(getattr(self, name) >= 1, f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         need(math.isfinite(self.lr) and self.lr > 0, f"--lr must be a finite number > 0, got {self.lr}")
         need(self.warmup >= 0 and self.workers >= 0 and self.threads >= 0, "--warmup, --workers and --threads must be >= 0")
+        need(self.seed >= 0, f"--seed must be >= 0, got {self.seed}")
         try:
             check_device_name(self.device)
         except ValueError as e:
@@ -156,7 +160,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     flag(g, "crop", "crop side; smaller pairs are left out", type=int, metavar="N")
     flag(g, "out", "run folder: checkpoints, log.jsonl, curves.png", metavar="DIR")
     flag(g, "init", "weights spec to start from (fine-tuning); unset: random init", metavar="SPEC")
-    flag(g, "resume", "continue the run in --out from its last checkpoint", action=argparse.BooleanOptionalAction)
+    flag(g, "resume", "continue the run in --out from its last checkpoint; of its settings only "
+         + ", ".join(map(_flag_name, RESUME_SAFE)) + " may change", action=argparse.BooleanOptionalAction)
     g = p.add_argument_group("the network (ISFuseConfig)")
     flag(g, "model.dim", "channels of every feature map", type=int, metavar="N")
     flag(g, "model.r", "side of the CFI's pooled key/value grid", type=int, metavar="N")
@@ -221,18 +226,28 @@ def _merge(base: dict, over: dict) -> dict:
 def config_from_args(args) -> TrainConfig:
     """Defaults < saved config of the resumed run < --config file < flags. With --resume, the
     interrupted run's saved config takes the place of the defaults, so `--out DIR --resume`
-    alone continues that run."""
+    alone continues that run; a --config file or flag that changes one of its settings other
+    than RESUME_SAFE is a ConfigError naming it (saved vs asked)."""
     values = _defaults()
     saved = Path(getattr(args, "out", None) or TrainConfig.out) / "train_config.json"
-    if getattr(args, "resume", None) and saved.is_file():
-        _merge(values, json.loads(saved.read_text()))
+    resumed = bool(getattr(args, "resume", None) and saved.is_file())
+    if resumed:
+        try:
+            _merge(values, json.loads(saved.read_text()))
+        except (OSError, ValueError, AttributeError) as e:  # AttributeError: JSON but not a mapping
+            raise ConfigError(f"--resume: {saved} is not a readable saved config ({e}); restore it, or start "
+                              "a new run in another --out") from None
+    asked: dict = {}
     if getattr(args, "config", None):
         path = Path(args.config)
         if not path.is_file():
             raise ConfigError(f"--config {path}: no such file")
-        _merge(values, _nest(_read_config_file(path)))
+        _merge(asked, _nest(_read_config_file(path)))
     flags = {name: getattr(args, name) for name in setting_names() if getattr(args, name, None) is not None}
-    _merge(values, _nest(flags))
+    _merge(asked, _nest(flags))
+    if resumed:
+        _refuse_changes(values, asked, saved)
+    _merge(values, asked)
     if isinstance(values.get("val"), str) and values["val"].lower() == "none":
         values["val"] = None
     _check_fields(values)
@@ -242,6 +257,31 @@ def config_from_args(args) -> TrainConfig:
         raise
     except (TypeError, ValueError) as e:  # range checks of ISFuseConfig / MaskConfig
         raise ConfigError(str(e)) from None
+
+
+# What a resumed run may change: how long it runs (a cosine schedule stretches to the new
+# --steps) and the machine it runs on. Everything else defines the run (its data, crops, masks,
+# network, objective, optimiser and validation) and stays as saved.
+RESUME_SAFE = ("steps", "threads", "workers", "device", "amp", "val_every", "log_every")
+
+
+def _flag_name(setting: str) -> str:
+    return "--" + setting.replace("_", "-")
+
+
+def _refuse_changes(saved: dict, asked: dict, path: Path, prefix: str = "") -> None:
+    """ConfigError for the first asked setting that differs from the resumed run's."""
+    for key, value in asked.items():
+        name, was = prefix + key, saved.get(key)
+        if isinstance(value, dict) and isinstance(was, dict):
+            _refuse_changes(was, value, path, name + ".")
+        elif name in RESUME_SAFE or name in ("out", "resume") or value == was:  # a run folder may move
+            continue
+        elif not (name == "val" and str(value).lower() == "none" and was is None):
+            raise ConfigError(f"--resume: {_flag_name(name)} is {json.dumps(was)} in the run being resumed ({path}), "
+                              f"asked {json.dumps(value)}; a resumed run may change only "
+                              f"{', '.join(map(_flag_name, RESUME_SAFE))}; start a new run in another --out "
+                              "to change the rest")
 
 
 def _read_config_file(path: Path) -> dict:

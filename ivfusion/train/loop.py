@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 
 from .. import losses
+from ..cli_flags import failure_reason, out_folder_problem
 from ..data import find_pairs, load_scored_pair
 from ..device import bf16_native, resolve_device
 from ..hub import save_weights
@@ -71,6 +72,9 @@ def main(cfg: TrainConfig, echo=print) -> dict:
         # fixed crop sizes: let cuDNN pick the fastest kernels (determinism is promised on CPU only)
         torch.backends.cudnn.benchmark = True
     out = Path(cfg.out)
+    problem = out_folder_problem(out)
+    if problem:
+        raise ConfigError(f"--out {problem}")
 
     # ---- data ----------------------------------------------------------------------------
     try:  # the data's own errors (no pairs, unreadable or unregistered files) name the problem
@@ -84,6 +88,11 @@ def main(cfg: TrainConfig, echo=print) -> dict:
     if master and (dataset.skipped or dataset.held_out):
         echo(f"{len(dataset.skipped)} pairs smaller than {cfg.crop}x{cfg.crop} and {len(dataset.held_out)} held-out "
              f"pairs left out; training on {len(dataset)}")
+    if master:  # a file without a partner is never skipped silently
+        for folder in [*cfg.data, *([cfg.val] if cfg.val else [])]:
+            note = find_pairs(folder, allow_empty=True).unmatched_note(folder)
+            if note:
+                echo(note)
 
     # ---- model and optimiser, or the state of an interrupted run --------------------------
     model = ISFuse(cfg.model).to(device)
@@ -97,10 +106,7 @@ def main(cfg: TrainConfig, echo=print) -> dict:
         if not (out / "log.jsonl").is_file():
             raise ConfigError(f"--resume: {state_path} is there but {out / 'log.jsonl'} is missing; "
                               "restore it, or start a new run in another --out")
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        step, best, elapsed = int(state["step"]), float(state["best"]), float(state["elapsed_s"])
+        step, best, elapsed = _load_state(state_path, model, optimizer)
         history = [h for h in _read_log(out / "log.jsonl") if h["step"] <= step]
     else:
         if cfg.resume and not (out / "train_config.json").is_file():
@@ -111,6 +117,7 @@ def main(cfg: TrainConfig, echo=print) -> dict:
             from ..hub import load_model
 
             model.load_state_dict(load_model(cfg.init).state_dict())
+    saved_at = step if step else None  # the step of the last checkpoint on disk, for the divergence message
     if master:
         echo(f"training on {device} in {'bf16 autocast' if amp else 'fp32'}")
     model.train()
@@ -140,8 +147,9 @@ def main(cfg: TrainConfig, echo=print) -> dict:
         terms = train_step(net, optimizer, batch, cfg, device, amp)
         step += 1
         if not math.isfinite(terms["loss"]):  # the checkpoints on disk stay the last finite ones
-            raise TrainingDiverged(f"the loss is {terms['loss']} at step {step}; the last checkpoint in {out} is from "
-                                   f"step {step - step % cfg.val_every}; lower --lr (now {cfg.lr:g})")
+            kept = (f"the last checkpoint in {out} is from step {saved_at}" if saved_at else
+                    f"no checkpoint was written (the first was due at step {min(cfg.val_every, cfg.steps)})")
+            raise TrainingDiverged(f"the loss is {terms['loss']} at step {step}; {kept}; lower --lr (now {cfg.lr:g})")
 
         if master and (step % cfg.log_every == 0 or step == cfg.steps):
             rec = {"step": step, **terms, "lr": lr_at(cfg, step - 1), "time_s": round(time.time() - t0, 2)}
@@ -163,6 +171,7 @@ def main(cfg: TrainConfig, echo=print) -> dict:
                 save_weights(model, out / "last")
                 _save_state(state_path, model, optimizer, step, best, time.time() - t0)
                 _plot(out, history)
+            saved_at = step
             if distributed:
                 dist.barrier()
     bar.close()
@@ -208,6 +217,31 @@ def _save_state(path: Path, model, optimizer, step: int, best: float, elapsed: f
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                 "best": best, "elapsed_s": elapsed}, tmp)
     os.replace(tmp, path)
+
+
+def _load_state(path: Path, model, optimizer) -> tuple[int, float, float]:
+    """Load what `_save_state` wrote into model and optimizer; returns (step, best, elapsed_s).
+    A torn or foreign file, or one whose shapes do not fit the configured network, is a
+    ConfigError naming the problem."""
+    advice = "restore it, or start a new run in another --out"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises RuntimeError, EOFError, UnpicklingError...
+        raise ConfigError(f"--resume: {path} is not a readable training state "
+                          f"({failure_reason(e).split('. ')[0]}); {advice}") from None
+    keys = ("model", "optimizer", "step", "best", "elapsed_s")
+    missing = [k for k in keys if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise ConfigError(f"--resume: {path} lacks {', '.join(missing)}; {advice}")
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        return int(state["step"]), float(state["best"]), float(state["elapsed_s"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        detail = (lines[1] if len(lines) > 1 else lines[0] if lines else type(e).__name__)[:200]
+        raise ConfigError(f"--resume: {path} does not fit the network and optimiser of "
+                          f"{path.parent / 'train_config.json'} ({detail}); {advice}") from None
 
 
 def _read_log(path: Path) -> list[dict]:
