@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from ivfusion.interventions import (INTERVENTIONS, Intervention, MaskConfig, apply_masks,
+from ivfusion.interventions import (INTERVENTIONS, MASK_STYLES, MAX_HOLES, Intervention, MaskConfig, apply_masks,
                                     get_intervention, sample_mask_batch, sample_masks)
 
 SIZES = [(64, 64), (37, 91), (240, 320), (20, 20), (8, 30)]
@@ -180,10 +180,19 @@ def test_unknown_mask_style_is_named():
 @pytest.mark.parametrize("kwargs, message", [
     (dict(mask_size=1.5), "mask_size must be a whole number"), (dict(mask_size=float("nan")), "mask_size must be"),
     (dict(max_holes=2.0), "max_holes must be a whole number"), (dict(disk_prob=float("nan")), "disk_prob must be"),
-    (dict(max_fraction=float("nan")), "max_fraction must be")])
+    (dict(max_fraction=float("nan")), "max_fraction must be"),
+    (dict(max_holes=MAX_HOLES + 1), f"max_holes must be at most {MAX_HOLES} \\(each hole costs a pass"),
+    (dict(min_holes=100_000, max_holes=100_000), "max_holes must be at most")])
 def test_mask_config_refuses_non_integer_and_nan_settings_at_once(kwargs, message):
     with pytest.raises(ValueError, match=message):
         MaskConfig(**kwargs)
+
+
+def test_as_many_holes_as_the_bound_are_drawn_and_stay_within_half_the_image():
+    for style in MASK_STYLES:
+        cfg = MaskConfig(style=style, min_holes=MAX_HOLES, max_holes=MAX_HOLES)
+        m_vi, m_ir = sample_masks("complementary", 256, 256, 0, cfg)
+        assert 0 < ((m_vi == 0) | (m_ir == 0)).mean() <= 0.5, style
 
 
 def test_mask_config_defaults_to_the_authors_code_sampler():

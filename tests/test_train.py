@@ -290,6 +290,7 @@ def test_defaults_are_the_authors_recipe_and_flags_reach_nested_fields(tmp_path)
     (["--data", "/nonexistent/folder"], "/nonexistent/folder"),
     (["--device", "gpu0"], "--device: device 'gpu0' is unknown; accepted: auto, cpu, cuda or cuda:N"),
     (["--seed", "-1"], "--seed must be >= 0, got -1"),
+    (["--masks.max-holes", "100000"], "max_holes must be at most 128"),
 ])
 def test_bad_settings_are_one_line_errors(flags, message, capsys, tmp_path):
     from ivfusion.cli import main as cli
