@@ -29,7 +29,7 @@ import gradio as gr  # noqa: E402
 from ivfusion import lab  # noqa: E402
 from ivfusion.io import ImageError  # noqa: E402
 from ivfusion.lab import callbacks as cb  # noqa: E402
-from ivfusion.lab.callbacks import (COMPARE_OUTPUTS, FUSE_OUTPUTS, MODEL_OUTPUTS, PAIR_OUTPUTS,  # noqa: E402
+from ivfusion.lab.callbacks import (COMPARE_OUTPUTS, FUSE_OUTPUTS, LESSON_OUTPUTS, MODEL_OUTPUTS, PAIR_OUTPUTS,  # noqa: E402
                                     RENDER_OUTPUTS, STABILITY_BUDGET_PER, STABILITY_OUTPUTS, ordered, user_errors)
 from ivfusion.lab.render import DEFAULT_GATE_SCALE, GATE_SCALE_CHOICES  # noqa: E402
 from ivfusion.levels import GATE_LEVELS  # noqa: E402
@@ -135,15 +135,21 @@ class LabApp(cb.LabCallbacks):
 
     def on_pair_change(self, visible, infrared, hole_percent):
         """A new image in either input: in one request, the pair description, the hole size in
-        pixels, the old results cleared (they belong to the previous pair) and the mask
-        editors emptied (the draw panel fills them again when it opens). Outputs:
-        PAIR_OUTPUTS."""
-        out = {n: None for n in FUSE_OUTPUTS[:-1]}
-        out.update({n: "" for n in ("gate_captions", "difference_caption")})
-        out["notices"] = "New pair loaded: press **Fuse**."
-        out.update(pair_info=self.info(visible, infrared), hole_text=self.hole_text(visible, hole_percent),
-                   draw_visible=None, draw_infrared=None)
-        return ordered(PAIR_OUTPUTS, out)
+        pixels and the mask editors emptied (the draw panel fills them again when it opens).
+        The results stay on screen until the next Fuse. Outputs: PAIR_OUTPUTS."""
+        return ordered(PAIR_OUTPUTS, dict(pair_info=self.info(visible, infrared),
+                                          hole_text=self.hole_text(visible, hole_percent),
+                                          draw_visible=None, draw_infrared=None))
+
+    def on_step(self, choice):
+        """A lesson step was picked: its card, and the controls and pair it sets (the
+        results stay until Fuse). Outputs: LESSON_OUTPUTS."""
+        step = lab.lesson.step_of(choice)
+        if step is None:
+            return ordered(LESSON_OUTPUTS, {n: gr.skip() for n in LESSON_OUTPUTS} | {"card": lab.lesson.card(None)})
+        pair = {Path(v).stem: (v, i) for v, i, _ in lab.example_pairs()}.get(lab.lesson.EXAMPLE, (None, None))
+        return ordered(LESSON_OUTPUTS, {"card": lab.lesson.card(step), "visible": pair[0] or gr.skip(),
+                                        "infrared": pair[1] or gr.skip(), **step.controls})
 
     # -- layout
     def build(self) -> gr.Blocks:
@@ -201,6 +207,13 @@ class LabApp(cb.LabCallbacks):
                         gate_md = gr.Markdown(first.get("gate_captions"), elem_classes="lab-note",
                                               elem_id="gate-captions")
                     with gr.Column(scale=3, min_width=300):
+                        # -- lesson (H5): step cards beside the controls; each step sets them
+                        with gr.Group(elem_id="lesson"):
+                            step_menu = gr.Dropdown(list(lab.lesson.CHOICES), value=None, label="Lesson: pick a step",
+                                                    elem_id="lesson-step")
+                            step_card = gr.Markdown(lab.lesson.card(None), elem_id="lesson-card",
+                                                    elem_classes="lab-note")
+                        # -- end lesson
                         gr.Markdown("**Interventions** (they combine)")
                         with gr.Row():
                             complementary = gr.Checkbox(cb.DEFAULTS["complementary"], label="Complementary masking")
@@ -308,15 +321,20 @@ class LabApp(cb.LabCallbacks):
             # prefetch of its clean pass. No handler writes back into the component that
             # triggered it, except on_input's PNG copy of a TIFF, which the browser cannot show.
             comps.update(pair_info=pair_md, hole_text=hole_md, draw_visible=draw_vis, draw_infrared=draw_ir)
+            comps_lesson = dict(card=step_card, visible=visible, infrared=infrared, model=model,
+                                complementary=complementary, random_masking=random_masking, dropout=dropout,
+                                hole_percent=hole_percent, holes=holes, seed=seed)
             pair_outputs = [comps[n] for n in PAIR_OUTPUTS]
             for src in (visible, infrared):
+                # the clean pass is prefetched after an upload only: an example click or a lesson step
+                # changes both images (a prefetch per change would run a mixed pair), and fuses itself
                 src.upload(self.on_input, [src], [src], api_visibility="private", preprocess=False,
-                           concurrency_id="upload", concurrency_limit=4, show_progress="hidden")
-                src.change(self.on_pair_change, [visible, infrared, hole_percent], pair_outputs,
-                           api_visibility="private", queue=False, preprocess=False, show_progress="hidden",
-                           trigger_mode="always_last").then(
+                           concurrency_id="upload", concurrency_limit=4, show_progress="hidden").then(
                     self.prefetch, [visible, infrared, model], None, preprocess=False,
                     concurrency_id="compute", show_progress="hidden", api_visibility="private")
+                src.change(self.on_pair_change, [visible, infrared, hole_percent], pair_outputs,
+                           api_visibility="private", queue=False, preprocess=False, show_progress="hidden",
+                           trigger_mode="always_last")
             for editor, src in ((draw_vis, visible), (draw_ir, infrared)):
                 editor.clear(_editor_value, [src], [editor], api_visibility="private", queue=False,
                              preprocess=False)
@@ -327,8 +345,6 @@ class LabApp(cb.LabCallbacks):
                               api_visibility="private", queue=False, preprocess=False, show_progress="hidden")
             hole_percent.change(self.hole_text, [visible, hole_percent], [hole_md], api_visibility="private",
                                 queue=False, preprocess=False, show_progress="hidden", trigger_mode="always_last")
-            gallery.select(self.pick_example, None, [visible, infrared], api_visibility="private", queue=False,
-                           show_progress="hidden")
             model.change(_named(self.choose_model, MODEL_OUTPUTS), [model, state], [model, model_md, state],
                          api_visibility="private", concurrency_id="models").then(
                 self.prefetch, [visible, infrared, model], None, preprocess=False,
@@ -348,6 +364,18 @@ class LabApp(cb.LabCallbacks):
                                 "per-level gate maps and captions, and notices (names and order: docs/API.md).")
             fused.success(self.metrics, [state], [table], api_name="metrics", concurrency_id="metrics",
                           show_progress="minimal")
+            # an example click shows that example's results at once: the pair is set, then fused with
+            # the current controls (from the shared cache when anyone computed it: every example is
+            # precomputed with the default controls)
+            gallery.select(self.pick_example, None, [visible, infrared], api_visibility="private", queue=False,
+                           show_progress="hidden").then(
+                gpu(_named(self.fuse, FUSE_OUTPUTS)), [*common, gate_scale, state], fuse_outputs, preprocess=False,
+                concurrency_id="fuse", concurrency_limit=cb.FUSE_WORKERS, api_visibility="private").success(
+                self.metrics, [state], [table], concurrency_id="metrics", show_progress="minimal",
+                api_visibility="private")
+            # -- lesson (H5): a step sets the pair and the controls; the student presses Fuse
+            step_menu.change(self.on_step, [step_menu], [comps_lesson[n] for n in LESSON_OUTPUTS],
+                             api_visibility="private", queue=False, show_progress="hidden")
             gate_scale.change(_named(self.rerender, RENDER_OUTPUTS), [gate_scale, state], render_outputs,
                               api_name="render", concurrency_id="render", show_progress="hidden")
             dl_btn.click(self.downloads, [state], [files], api_name="downloads", concurrency_id="metrics")

@@ -67,7 +67,9 @@ def intervention_loss(
 
     F_d is the output under intervention d and intervened_gates[d] that pass's three gate
     maps (coarsest first); G_bar_d is their mean at full size (`mean_gate`). An output that
-    changes where the gate is open (claims stability) is penalised.
+    changes where the gate is open (claims stability) is penalised. The clean output F is not
+    detached: the term's gradient reaches the clean pass as well as the intervened one (the
+    paper does not say; docs/TRAINING.md).
     regulariser: "aggregated" (the authors' code): R(G_bar_d); "per-level": the mean over the
     three levels of R(G_d^level) at each level's own size, so no level can stay flat behind
     the average; "area-only": |mean(G_bar_d) - eta| without the entropy term, which (see

@@ -10,8 +10,10 @@ from .blocks import double_conv, upsample_to
 class Decoder(nn.Module):
     """x3 = Psi_3; x2 = D4(up(x3) + Psi_2); x1 = D5(up(x2) + Psi_1); F = Sigmoid(Conv3x3(x1)).
 
-    `up` is bilinear to the next level's exact size. The output layer is 3x3 as in the released
-    checkpoint (the supplementary's Algorithm 1 writes 1x1).
+    `up` is bilinear to the next level's exact size. Algorithm 1 writes Psi_2 = CFI + D(Psi_3)
+    (decode, then add); this adds, then decodes, as the authors' test.py does and their
+    checkpoint needs. The output layer is 3x3 as in the released checkpoint (Algorithm 1
+    writes 1x1).
     """
 
     def __init__(self, dim: int = 32, negative_slope: float = 0.01):
