@@ -19,6 +19,7 @@ from .cli_flags import (add_device_flag, add_modality_flags, failure_reason, mis
 from .interventions import INTERVENTIONS, get_intervention
 from .levels import GATE_LEVELS, npz_key
 from .modeling.isfuse import MIN_SIDE
+from .predictor import DEFAULT_MAX_SIDE
 
 
 def add_parser(subparsers) -> None:
@@ -35,7 +36,8 @@ def add_parser(subparsers) -> None:
                    help="also write <stem>_gates.npz: the gate maps at native size ("
                         + ", ".join(npz_key(lv) for lv in GATE_LEVELS) + ") and gates_full (3, H, W)")
     add_device_flag(p, "auto")
-    p.add_argument("--max-side", type=int, default=2048, help="downscale images whose longer side exceeds this")
+    p.add_argument("--max-side", type=_max_side, default=DEFAULT_MAX_SIDE, metavar="N",
+                   help=f"downscale images whose longer side exceeds N; none: never (default {DEFAULT_MAX_SIDE})")
     p.add_argument("--resize-ir", action="store_true", help="resize an infrared image of another size to the visible size")
     p.add_argument("--path", default="auto",
                    help="inference path (ivfusion.fast.PATHS): auto (the fastest within 2/255 of the reference on "
@@ -48,6 +50,14 @@ def add_parser(subparsers) -> None:
     q.add_argument("--size", type=whole_number(MIN_SIDE), nargs=2, default=(256, 256), metavar=("H", "W"),
                    help=f"image size for the MACs, each side at least {MIN_SIDE} (default 256 256)")
     q.set_defaults(func=run_info)
+
+
+def _max_side(text: str) -> int | None:
+    """--max-side: a side of at least MIN_SIDE, or 'none' (an explicit word, so that a 0 or a
+    negative number is refused rather than silently turning downscaling off)."""
+    if text.strip().lower() == "none":
+        return None
+    return whole_number(MIN_SIDE, why=" or 'none' (never downscale)")(text)
 
 
 def _gates_bytes(result) -> bytes:

@@ -222,6 +222,7 @@ def test_every_training_setting_has_one_flag_and_every_flag_shows_its_default():
     (["evaluate", "--digits", "-5"], "argument --digits: must be a whole number from 0 to 12"),
     (["evaluate", "--seed", "-1"], "argument --seed: must be a whole number >= 0, got '-1'"),
     (["fuse", "--seed", "-1"], "argument --seed: must be a whole number >= 0, got '-1'"),
+    (["fuse", "--max-side", "0"], "argument --max-side: must be a whole number >= 4 or 'none' (never downscale)"),
     (["study", "somewhere", "--weights", "untrained", "--seed", "-1"], "argument --seed: must be a whole number >= 0"),
 ])
 def test_a_number_out_of_range_is_a_usage_error_at_parse_time(argv, message, capsys):
@@ -232,6 +233,15 @@ def test_a_number_out_of_range_is_a_usage_error_at_parse_time(argv, message, cap
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and "Traceback" not in err
     assert err.splitlines()[-1].startswith(f"ivfusion {argv[0]}: error: {message}"), err
+
+
+def test_downscaling_is_turned_off_by_name_only():
+    from ivfusion.cli import build_parser
+
+    parser = build_parser("fuse")
+    assert parser.parse_args(["fuse", "--out", "o", "--max-side", "none"]).max_side is None
+    assert parser.parse_args(["fuse", "--out", "o", "--max-side", "4"]).max_side == 4
+    assert parser.parse_args(["fuse", "--out", "o"]).max_side == 2048
 
 
 def test_info_refuses_a_size_past_the_largest_image_and_counts_any_other_without_running_it(capsys):
