@@ -29,6 +29,7 @@ import gradio as gr  # noqa: E402
 from ivfusion import lab  # noqa: E402
 from ivfusion.io import ImageError  # noqa: E402
 from ivfusion.lab import callbacks as cb  # noqa: E402
+from ivfusion.lab import browser as in_browser  # noqa: E402 - the in-browser Fuse (issue 28)
 from ivfusion.lab.callbacks import (COMPARE_OUTPUTS, FUSE_OUTPUTS, LESSON_OUTPUTS, MODEL_OUTPUTS, PAIR_OUTPUTS,  # noqa: E402
                                     RENDER_OUTPUTS, STABILITY_BUDGET_PER, STABILITY_OUTPUTS, ordered, user_errors)
 from ivfusion.lab.render import DEFAULT_GATE_SCALE, GATE_SCALE_CHOICES  # noqa: E402
@@ -184,6 +185,7 @@ class LabApp(cb.LabCallbacks):
                         model_md = gr.Markdown(self.model_info(self.default_model), elem_classes="lab-note")
                     with gr.Column(scale=5, min_width=300, elem_id="results"):
                         notices = gr.Markdown(first.get("notices"), elem_id="notices", elem_classes="lab-note")
+                        gr.HTML('<div id="ivf-web"></div>', elem_id="ivf-web-host")  # filled by web/lab.js
                         gr.Markdown("**Fused image**: clean (no intervention) | intervened | the change",
                                     elem_classes="lab-note")
                         with gr.Row(equal_height=True):  # wraps on a phone
@@ -230,6 +232,7 @@ class LabApp(cb.LabCallbacks):
                             seed = gr.Number(0, precision=0, minimum=0, maximum=lab.settings.MAX_SEED, label="Seed",
                                              scale=1, min_width=90, elem_id="seed")
                             fuse_btn = gr.Button("Fuse", variant="primary", elem_id="fuse-btn", scale=3)
+                            web_btn = gr.Button("Fuse", variant="primary", elem_id="fuse-web-btn", scale=3)
                         gr.Markdown("**Example pairs** (visible | infrared): click one", elem_classes="lab-note")
                         gallery = gr.Gallery(
                             [(lab.examples.thumbnail(v, i, self.static_dir), label) for v, i, label in examples],
@@ -395,6 +398,8 @@ class LabApp(cb.LabCallbacks):
             # cooperative: the run stops at its next intervention and says so (Gradio's `cancels`
             # would leave the worker thread computing and mark the outputs as errors)
             cancel_btn.click(self.cancel, [state], None, queue=False, api_visibility="private")
+            # -- the in-browser Fuse (ivfusion/lab/browser.py): browser mode shows web_btn instead of fuse_btn
+            self.browser = in_browser.wire(self, demo, web_btn, common, visible, infrared, gate_scale)
         return demo
 
 
@@ -436,6 +441,7 @@ def build_demo(bank: lab.ModelBank | None = None, max_size: int | None = None,
 
 LAUNCH_KWARGS = dict(theme=gr.themes.Soft(), css=CSS, max_file_size="50mb", show_error=True,
                      footer_links=["api", "gradio"])
+LAUNCH_KWARGS["head"] = in_browser.head()  # the in-browser Fuse's script
 
 
 def launch(demo: gr.Blocks, **kwargs):
