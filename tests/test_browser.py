@@ -295,7 +295,7 @@ def test_compare_mode_shows_two_models_gates(server, chromium_path):
         page.screenshot(path=str(OUT / "app-compare-1400.png"), full_page=True)
 
 
-def test_a_corrupt_upload_gives_a_toast_and_clears_old_results(server, chromium_path, tmp_path):
+def test_a_corrupt_upload_gives_a_toast_and_keeps_the_old_results(server, chromium_path, tmp_path):
     from playwright.sync_api import expect
 
     url, _ = server
@@ -307,8 +307,8 @@ def test_a_corrupt_upload_gives_a_toast_and_clears_old_results(server, chromium_
         toast = page.locator(".toast-body").filter(has_text="not a readable image").first
         expect(toast).to_be_visible(timeout=60_000)
         assert "Traceback" not in page.content()
-        expect(page.locator("#notices")).to_contain_text("New pair loaded", timeout=30_000)
-        assert page.locator("#fused-clean img").count() == 0  # the old result is gone
+        expect(page.locator("#pair-info")).to_contain_text("Cannot use this pair", timeout=30_000)
+        assert page.locator("#fused-clean img").count() == 1  # the old result stays until the next Fuse
         page.screenshot(path=str(OUT / "app-corrupt-upload-390.png"))
 
 

@@ -8,6 +8,7 @@ One module per concern:
 * `session`: per-session state and per-request files.
 * `settings`: the intervention controls (`Settings`) and the keep masks they make.
 * `examples`: the bundled example pairs.
+* `lesson`: the lesson's steps on the Lab tab.
 * `runs`: one request, the clean and the intervened pass (`LabRun`), from a `SharedPair`.
 * `cache`: what visitors share, by content: pairs' clean passes and finished results.
 * `render`: the figures of one request.
@@ -15,7 +16,7 @@ One module per concern:
 * `analysis`: the stability analysis as the page shows it.
 * `callbacks`: the page's callbacks with named outputs (needs Gradio; imported by app.py).
 """
-from . import downloads, examples, render, settings
+from . import downloads, examples, lesson, render, settings
 from .analysis import interventions_of, run_stability, stability_figures
 from .downloads import METRIC_HEADERS, METRICS_NOTE, metric_sources, metrics_table, save_image, write_downloads
 from .examples import DEFAULT_EXAMPLE, EXAMPLES, EXAMPLES_DIR, example_pairs

@@ -29,7 +29,7 @@ from .. import viz
 from ..hub import WeightsError
 from ..io import ImageError
 from ..levels import GATE_LEVELS
-from . import analysis, cache, downloads, examples, models, render, runs, session, settings, uploads
+from . import analysis, cache, downloads, examples, lesson, models, render, runs, session, settings, uploads
 from .slot import COMPUTE
 
 log = logging.getLogger("ivfusion.app")
@@ -41,9 +41,12 @@ RENDER_OUTPUTS = ("gates", "gate_captions")
 FUSE_OUTPUTS = ("fused_clean", "fused_intervened", "difference", "difference_caption", "inputs",
                 *RENDER_OUTPUTS, "notices", "state")
 STABILITY_OUTPUTS = ("instability", "mean_gate", "features", "summary")
-# a new image in either input: the pair's description, the hole size, the old results cleared
-# and the mask editors emptied, in one unqueued request (app.LabApp.on_pair_change)
-PAIR_OUTPUTS = ("pair_info", "hole_text", "draw_visible", "draw_infrared", *FUSE_OUTPUTS[:-1])
+# a new image in either input: the pair's description, the hole size and the mask editors
+# emptied, in one unqueued request (app.LabApp.on_pair_change); the results stay until Fuse
+PAIR_OUTPUTS = ("pair_info", "hole_text", "draw_visible", "draw_infrared")
+# a lesson step picked (app.LabApp.on_step): its card, the pair and the controls it sets
+LESSON_OUTPUTS = ("card", "visible", "infrared", "model", "complementary", "random_masking", "dropout", "hole_percent",
+                  "holes", "seed")
 # a model was chosen: its description, the menu (back to the session's last usable model when
 # this one cannot be loaded) and the session state
 MODEL_OUTPUTS = ("model", "model_info", "state")
@@ -115,6 +118,7 @@ class LabCallbacks:
         self.default_metrics: list[list] | None = None
         # sessions that have had a result (bounded): to tell "expired" from "never fused"
         self._had_result: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self.precomputed = threading.Event()  # set once the background precompute is over
         if precompute and self.default_pair[0]:
             try:
                 out = self._fuse_named(*self.default_pair, self.default_model, folder=self.static_dir, **DEFAULTS)
@@ -123,6 +127,23 @@ class LabCallbacks:
                 self.default_metrics = downloads.metrics_table(self.default_run)
             except Exception:  # noqa: BLE001 - the page then opens empty, as before
                 log.exception("could not precompute the default example")
+            threading.Thread(target=self._precompute_rest, name="ivfusion-lab-precompute", daemon=True).start()
+        else:
+            self.precomputed.set()
+
+    def _precompute_rest(self) -> None:
+        """In the background, after start-up: the lesson's steps and every example with the
+        default controls, into the shared result cache, so that a step or an example click
+        shows its result at once. Each takes the compute slot in turn with the visitors'
+        requests (first come, first served). The authors' checkpoint is never fetched for it."""
+        jobs = [(self.default_pair, {**DEFAULTS, **st.controls}) for st in lesson.STEPS if not st.needs_download]
+        jobs += [((v, i), {**DEFAULTS, "model": self.default_model}) for v, i, _ in examples.example_pairs()]
+        for (v, i), controls in jobs:
+            try:
+                self._fuse_named(v, i, **controls)
+            except Exception:  # noqa: BLE001 - a precomputed result is a convenience only
+                log.debug("precompute skipped", exc_info=True)
+        self.precomputed.set()
 
     # -- helpers
     def _settings(self, complementary, random_masking, dropout, hole_percent, holes, seed) -> settings.Settings:
