@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass
 
@@ -74,6 +73,3 @@ class ISFuseConfig:
         if unknown:
             raise ValueError(f"unknown ISFuseConfig fields {unknown}; accepted: {sorted(names)}")
         return cls(**d)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)

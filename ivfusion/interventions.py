@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-import torch
 
 
 # The most holes a mask may have: enough for the paper's 16-pixel holes to fill max_fraction 0.5
@@ -289,20 +288,3 @@ def sample_masks(
     kind: an INTERVENTIONS name. rng: a numpy Generator or an int seed.
     """
     return get_intervention(kind).sample(height, width, as_rng(rng), config)
-
-
-def sample_mask_batch(
-    kind: str, batch: int, height: int, width: int, rng=None, config: MaskConfig = MaskConfig(),
-    device: torch.device | str = "cpu",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample keep masks for a batch: two (batch, 1, height, width) float32 tensors."""
-    rng = as_rng(rng)
-    pairs = [sample_masks(kind, height, width, rng, config) for _ in range(batch)]
-    m_vi = torch.from_numpy(np.stack([p[0] for p in pairs]))[:, None].to(device)
-    m_ir = torch.from_numpy(np.stack([p[1] for p in pairs]))[:, None].to(device)
-    return m_vi, m_ir
-
-
-def apply_masks(vis, ir, m_vi, m_ir):
-    """(vis * M_vi, ir * M_ir) for numpy arrays or torch tensors of broadcastable shapes."""
-    return vis * m_vi, ir * m_ir

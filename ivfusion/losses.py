@@ -102,7 +102,8 @@ def necessity_loss(
     the output usable when one modality is missing.
     "contribution" (the paper's wording, that each modality must contribute something of its
     own): sum over the two of relu(margin - L1(F, F_x-only)), which penalises a fused output
-    that one modality alone already reproduces.
+    that one modality alone already reproduces. Untested in training: no run has used it, and
+    only its formula is tested (tests/test_losses.py); kept as the one reading of the text.
     """
     d_ir, d_vi = F.l1_loss(fused, ir_only), F.l1_loss(fused, vis_only)
     if variant == "reference":

@@ -2,10 +2,9 @@
 style against expectations written here from its rule, not from the sampler."""
 import numpy as np
 import pytest
-import torch
 
-from ivfusion.interventions import (INTERVENTIONS, MASK_STYLES, MAX_HOLES, Intervention, MaskConfig, apply_masks,
-                                    get_intervention, sample_mask_batch, sample_masks)
+from ivfusion.interventions import (INTERVENTIONS, MASK_STYLES, MAX_HOLES, Intervention, MaskConfig,
+                                    get_intervention, sample_masks)
 
 SIZES = [(64, 64), (37, 91), (240, 320), (20, 20), (8, 30)]
 
@@ -76,24 +75,6 @@ def test_a_seed_fixes_every_mask(kind):
 def test_different_seeds_give_different_masks():
     masks = {sample_masks("complementary", 64, 96, s)[0].tobytes() for s in range(10)}
     assert len(masks) == 10
-
-
-def test_batch_masks_are_per_sample_and_seeded():
-    m_vi, m_ir = sample_mask_batch("complementary", 4, 32, 48, 7)
-    assert m_vi.shape == m_ir.shape == (4, 1, 32, 48) and m_vi.dtype == torch.float32
-    assert len({m_vi[i].numpy().tobytes() for i in range(4)}) == 4
-    again, _ = sample_mask_batch("complementary", 4, 32, 48, 7)
-    torch.testing.assert_close(m_vi, again)
-    assert not torch.any((m_vi == 0) & (m_ir == 0))
-
-
-def test_apply_masks_works_on_numpy_and_torch():
-    m_vi, m_ir = sample_masks("complementary", 16, 16, 0, MaskConfig(mask_size=4))
-    vis, ir = np.full((16, 16), 0.5, np.float32), np.ones((16, 16), np.float32)
-    v, i = apply_masks(vis, ir, m_vi, m_ir)
-    assert v[m_vi == 0].max() == 0 and v[m_vi == 1].min() == 0.5 and i[m_ir == 0].max() == 0
-    tv, ti = apply_masks(torch.from_numpy(vis), torch.from_numpy(ir), torch.from_numpy(m_vi), torch.from_numpy(m_ir))
-    np.testing.assert_array_equal(tv.numpy(), v)
 
 
 def test_bad_arguments_are_named():
