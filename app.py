@@ -421,16 +421,18 @@ def build_demo(bank: lab.ModelBank | None = None, max_size: int | None = None,
     # no request holds the compute slot past this budget and one more step (ivfusion.lab.slot)
     lab.slot.COMPUTE.budget_s = lab.settings.env_number("IVFUSION_HOLD_BUDGET_S", lab.slot.HOLD_BUDGET_S, 1, 3600,
                                                         float)
+    # settings first: a junk one stops the app before any model or thread starts
+    concurrency = concurrency or lab.settings.env_number("IVFUSION_CONCURRENCY", 1, 1, 64)
+    max_size = max_size or lab.settings.env_number("IVFUSION_QUEUE", 96, 1, 1000)
+    hops = guard.proxy_hops()
     lab_app = LabApp(bank, precompute=precompute)
     demo = lab_app.build()
     demo.lab_app = lab_app  # for in-process benchmarks (ivfusion.bench.app)
-    concurrency = concurrency or lab.settings.env_number("IVFUSION_CONCURRENCY", 1, 1, 64)
-    max_size = max_size or lab.settings.env_number("IVFUSION_QUEUE", 96, 1, 1000)
     # api_open=False: a queued event cannot be called past the queue through /gradio_api/run/
     # (Gradio opens those routes off Spaces), so the queue's size, the places per visitor and
     # stability's one-at-a-time rule hold for every client; gradio_client goes through the queue.
     demo.queue(max_size=max_size, default_concurrency_limit=concurrency, api_open=False)
-    demo.guard = guard.GuardState()
+    demo.guard = guard.GuardState(hops=hops)
     # the page's own files (start-up results, thumbnails, Gradio's copies of them) are never evicted
     demo.guard.ledger.protect(get_upload_folder(), lab.session.static_dir())
     demo.places = places.QueuePlaces(demo, demo.guard)  # one visitor cannot hoard the queue

@@ -10,12 +10,19 @@
   a .pth / .pt file      the authors' released checkpoint (best.pth), keys mapped to ours;
   hf://owner/repo[/file] a Hugging Face Hub repository (a file in it, or model.safetensors);
   "untrained"            a freshly initialised network (seeded), for teaching contrasts only.
+
+The network never holds a caller up for long: an hf:// spec first checks that the Hub opens a
+connection (`hub_reachable`, 3 s), then the whole fetch has a deadline (`HUB_DEADLINE_S`,
+IVFUSION_HUB_DEADLINE_S), connect and read together. Past it the caller gets a WeightsError
+at once, while the download goes on in a background thread into the Hub's cache, where the
+next load finds it. HF_HUB_OFFLINE=1 uses the local cache only.
 """
 from __future__ import annotations
 
 import os
 import re
 import struct
+import threading
 import warnings
 import zipfile
 from importlib import resources
@@ -28,6 +35,62 @@ from .modeling import ISFuse
 
 UNTRAINED = "untrained"
 BUNDLED = "bundled"
+HUB_DEADLINE_S = 15.0  # a whole fetch from the network (connect and read), IVFUSION_HUB_DEADLINE_S
+
+
+def hub_deadline_s(env: dict[str, str] | None = None) -> float:
+    """The network deadline in seconds (IVFUSION_HUB_DEADLINE_S, default HUB_DEADLINE_S)."""
+    raw = (os.environ if env is None else env).get("IVFUSION_HUB_DEADLINE_S", "").strip()
+    if not raw:
+        return HUB_DEADLINE_S
+    try:
+        value = float(raw)
+        ok = 0 < value <= 3600
+    except ValueError:
+        ok = False
+    if not ok:
+        raise WeightsError(f"IVFUSION_HUB_DEADLINE_S={raw!r}: expected seconds from 0 to 3600 "
+                           f"(unset: {HUB_DEADLINE_S:g})")
+    return value
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face Hub (HF_ENDPOINT) opens a TCP connection within `timeout`
+    seconds (True when HF_HUB_OFFLINE is set: then only the local cache is used). Saves the Hub
+    client's half a minute of retries on a machine without network."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return True
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    try:
+        with socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def run_with_deadline(fn, seconds: float, late: str):
+    """fn() in a background thread, waited for at most `seconds`: its value, or its exception;
+    past the deadline a WeightsError(`late`), while fn goes on (a download then lands in its
+    cache for the next call)."""
+    box: dict = {}
+
+    def target():
+        try:
+            box["value"] = fn()
+        except BaseException as e:  # noqa: BLE001 - handed to the caller
+            box["error"] = e
+
+    thread = threading.Thread(target=target, name="ivfusion-fetch", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise WeightsError(late)
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 def bundled_path(name: str = "") -> Path:
@@ -216,7 +279,11 @@ def _load_hub(ref: str) -> ISFuse:
     if len(parts) < 2 or not all(parts[:2]):
         raise WeightsError(f"hf://{ref}: expected hf://owner/repo or hf://owner/repo/file")
     repo_id, filename = "/".join(parts[:2]), "/".join(parts[2:]) or "model.safetensors"
-    try:
+    if not hub_reachable():
+        raise WeightsError(f"could not fetch hf://{ref}: the Hugging Face Hub cannot be reached (offline?). "
+                           "Set HF_HUB_OFFLINE=1 to use a copy in the local Hub cache, or use a local weights path.")
+
+    def fetch() -> Path:
         from huggingface_hub import hf_hub_download
 
         local = Path(hf_hub_download(repo_id, filename))
@@ -225,9 +292,17 @@ def _load_hub(ref: str) -> ISFuse:
                 hf_hub_download(repo_id, str(Path(filename).with_name("config.json")))
             except Exception:  # a bare weights file with the default config is valid
                 pass
+        return local
+
+    deadline = hub_deadline_s()
+    try:
+        local = run_with_deadline(fetch, deadline, f"could not fetch hf://{ref}: the Hugging Face Hub did not answer "
+                                                   f"within {deadline:g} s (the download goes on in the background)")
+    except WeightsError:
+        raise
     except Exception as e:  # network, auth, missing repo: all end the same way for the user
         raise WeightsError(
-            f"could not fetch hf://{ref} from the Hugging Face Hub ({type(e).__name__}: {e}). "
+            f"could not fetch hf://{ref} from the Hugging Face Hub ({type(e).__name__}: {_first_line(e)}). "
             "Offline? Use a local weights path, or the bundled default (no spec)."
         ) from e
     model = _load_local(local)  # the same checks as a local file

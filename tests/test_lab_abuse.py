@@ -218,3 +218,75 @@ def test_a_fuse_with_a_hundred_mask_layers_is_refused_in_one_line(server, pair, 
     data[editor]["layers"] = [layer]  # the page's own editor sends one: it is used
     assert call(server, fn_index, dep, data, timeout=120)["ok"]
     assert server.alive() and not server.tracebacks(), server.tracebacks()
+
+
+# ----------------------------------------------------------------------------- a silent network
+@pytest.fixture()
+def silent_hub():
+    """A stand-in for the Hub or GitHub at the network boundary: it accepts connections and
+    never answers (the only stub in these tests: an external service)."""
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    held, stop = [], threading.Event()
+
+    def accept():
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except OSError:
+                pass
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    stop.set()
+    thread.join(5)
+    for conn in held:
+        conn.close()
+    listener.close()
+
+
+def _closed_port() -> str:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+def _load_hub_weights(endpoint: str) -> str:
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    env.update(HF_ENDPOINT=endpoint, IVFUSION_HUB_DEADLINE_S="2")
+    code = "from ivfusion.hub import load_model\ntry:\n    load_model('hf://owner/repo')\nexcept Exception as e:\n    print(e)"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    return out.stdout.strip()
+
+
+def test_a_silent_hub_is_given_up_at_the_deadline_and_no_network_at_once(silent_hub):
+    assert "the Hugging Face Hub did not answer within 2 s" in _load_hub_weights(silent_hub)
+    assert "the Hugging Face Hub cannot be reached" in _load_hub_weights(_closed_port())
+
+
+def test_the_lab_starts_on_the_bundled_weights_when_the_network_is_silent_and_says_why(silent_hub, pair, tmp_path):
+    env = {"IVFUSION_MAX_SIDE": "128", "IVFUSION_WEIGHTS": "hf://owner/repo", "HF_ENDPOINT": silent_hub,
+           "HF_HUB_OFFLINE": "", "IVFUSION_HUB_DEADLINE_S": "3", "IVFUSION_DEFAULT_MODEL": "authors",
+           "IVFUSION_OFFICIAL_URL": silent_hub + "/best.pth", "IVFUSION_CACHE": str(tmp_path / "cache")}
+    with AppServer(env=env, log_dir=tmp_path, start_timeout=120) as srv:
+        page = str(srv.config)
+        assert "did not download within 3 s" in page, page[:2000]  # the authors' model, the Space's default
+        assert not srv.broken_images()
+        res = _fuse(srv, srv.upload(pair[0]), srv.upload(pair[1]))
+        assert res["ok"], res
+        assert srv.alive() and not srv.tracebacks(), srv.tracebacks()
+    env["IVFUSION_DEFAULT_MODEL"] = "bundled"
+    with AppServer(env=env, log_dir=tmp_path, start_timeout=120) as srv:
+        assert "did not answer within 3 s" in str(srv.config)  # IVFUSION_WEIGHTS=hf://...
+        assert not srv.broken_images()

@@ -9,6 +9,9 @@ Environment variables (read by `ModelBank`):
                               Unset: it is downloaded on first choice from `OFFICIAL_URL`
                               (SHA-256 checked) into the cache folder, and reused from there.
   IVFUSION_OFFICIAL_URL       where to download it from (default `OFFICIAL_URL`).
+  IVFUSION_HUB_DEADLINE_S     seconds a download may take, connect and read together (default 15):
+                              past it the bundled weights serve, with a notice saying why, while
+                              the download goes on into the cache (`ivfusion.hub.run_with_deadline`).
   IVFUSION_CACHE              the cache folder (default $XDG_CACHE_HOME/ivfusion or ~/.cache/ivfusion).
   IVFUSION_MAX_SIDE           images whose longer side exceeds this are downscaled (default 640,
                               `APP_MAX_SIDE`).
@@ -32,7 +35,8 @@ import urllib.request
 from pathlib import Path
 from typing import Callable
 
-from ..hub import DEFAULT_WEIGHTS, UNTRAINED, WeightsError, load_model
+from ..hub import hub_reachable  # noqa: F401 - re-exported by ivfusion.lab
+from ..hub import DEFAULT_WEIGHTS, UNTRAINED, WeightsError, hub_deadline_s, load_model, run_with_deadline
 from ..predictor import Fuser
 from .settings import env_number
 
@@ -65,23 +69,6 @@ def make_fuser(spec: str | os.PathLike | None = None, device: str = "auto", max_
     stay allocated while other requests run their forward passes."""
     return Fuser(load_model(spec), device=device, max_side=max_side, path="auto" if fast else "reference",
                  keep_features=False)
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the Hugging Face Hub answers a TCP connection within `timeout` seconds (True
-    when HF_HUB_OFFLINE is set: then only the local cache is used, which is fast). Saves the
-    Hub client's half a minute of retries on a machine without network."""
-    import socket
-    from urllib.parse import urlparse
-
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
-        return True
-    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
-    try:
-        with socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout):
-            return True
-    except OSError:
-        return False
 
 
 def cache_dir(env: dict[str, str] | None = None) -> Path:
@@ -174,6 +161,10 @@ class ModelBank:
         self.official_spec = env.get("IVFUSION_OFFICIAL_WEIGHTS") or None
         self.official_url = env.get("IVFUSION_OFFICIAL_URL") or OFFICIAL_URL
         self.fetch_timeout = fetch_timeout
+        try:
+            hub_deadline_s(env)  # a junk value stops the app at start, in one line
+        except WeightsError as e:
+            raise ValueError(str(e)) from None
         self._fusers: dict[str, Fuser] = {}
         self._notes: dict[str, list[str]] = {}
         self._errors: dict[str, tuple[str, float | None]] = {}  # message, monotonic time (None: for good)
@@ -192,9 +183,6 @@ class ModelBank:
             fuser = None
             if self.trained_spec:
                 try:
-                    if str(self.trained_spec).startswith("hf://") and not hub_reachable():
-                        raise WeightsError("the Hugging Face Hub cannot be reached (offline?); set HF_HUB_OFFLINE=1 "
-                                           "to use a copy in the local Hub cache")
                     fuser = self._fuser(self.trained_spec)
                 except Exception as e:  # noqa: BLE001 - any failure of the operator's weights: fall back
                     log.warning("IVFUSION_WEIGHTS=%s could not be loaded: %s", self.trained_spec, e)
@@ -205,8 +193,13 @@ class ModelBank:
             if fuser is None:
                 fuser = self._fuser(DEFAULT_WEIGHTS)
         elif choice == OFFICIAL_CHOICE:
-            spec = self.official_spec or fetch_official(self.official_url, cache_dir(self.env), progress,
-                                                        self.fetch_timeout)
+            spec = self.official_spec
+            if not spec:  # a total deadline, connect and read: past it the download goes on into the cache
+                deadline = hub_deadline_s(self.env)
+                spec = run_with_deadline(
+                    lambda: fetch_official(self.official_url, cache_dir(self.env), progress, self.fetch_timeout),
+                    deadline, f"the authors' released model did not download within {deadline:g} s (it goes on "
+                              "in the background; choose it again in a few minutes)")
             try:
                 fuser = self._fuser(spec)
             except WeightsError as e:
