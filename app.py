@@ -279,7 +279,7 @@ class LabApp(cb.LabCallbacks):
                     compare_fused = gr.Image(label="Fused, intervened: first model | second model", show_label=True,
                                              interactive=False, elem_id="compare-fused", **png)
                     compare_imgs = [gr.Image(label=f"{lv.label}: first model above, second below (clean | intervened "
-                                                   "| change)", show_label=False, elem_id=f"compare-{lv.key}", **heat)
+                                                   "| change)", show_label=True, elem_id=f"compare-{lv.key}", **heat)
                                     for lv in GATE_LEVELS]
                 gr.Markdown("### Stability analysis\nRuns K seeded interventions (the masking ones selected above; "
                             "none selected: complementary and random masking alternately; modality dropout is left "
@@ -352,6 +352,9 @@ class LabApp(cb.LabCallbacks):
                          api_visibility="private", concurrency_id="models").then(
                 self.prefetch, [visible, infrared, model], None, preprocess=False,
                 concurrency_id="compute", show_progress="hidden", api_visibility="private")
+            # the compare menu follows the main model, so any two models can be compared
+            model.change(self.compare_choices, [model, other_model], [other_model], api_visibility="private",
+                         queue=False, show_progress="hidden")
             # wiring: actions
             common = [visible, infrared, model, complementary, random_masking, dropout, hole_percent, holes, seed,
                       draw_vis, draw_ir]

@@ -206,10 +206,11 @@ def test_compare_runs_the_same_pair_and_masks_through_two_models(lab_app):
     run_a = lab.run_session_pair(a, lab.Settings(True, False, "none", 12.5, 3, 2))
     run_b = lab.run_session_pair(b, lab.Settings(True, False, "none", 12.5, 3, 2))
     np.testing.assert_array_equal(run_a.intervened.masks[0], run_b.intervened.masks[0])  # the same masks
-    fused = read_image(out["compare_fused"])
+    fused = read_image(out["compare_fused"]["value"])
+    assert out["compare_fused"]["label"] == "Fused, intervened: Bundled (left) | Untrained (right)"
     np.testing.assert_array_equal(fused[:, :128], run_a.intervened.fused_rgb)
     np.testing.assert_array_equal(fused[:, -128:], run_b.intervened.fused_rgb)
-    strip = read_image(out["compare_fine"])
+    strip = read_image(out["compare_fine"]["value"])
     assert strip.shape[0] > 2 * 128 * 0.75  # two strips, one above the other
     assert lab.UNTRAINED_CHOICE in out["compare_summary"] and "the same masks" in out["compare_summary"]
     with pytest.raises(gr.Error, match="Choose a second model"):

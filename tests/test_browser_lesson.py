@@ -49,3 +49,25 @@ def test_a_lesson_step_sets_its_controls(server, chromium_path):
         expect(page.get_by_label("Random masking")).not_to_be_checked(timeout=30_000)
         expect(page.get_by_label("drop infrared")).to_be_checked()
         page.screenshot(path=str(OUT / "app-lesson-step-1400.png"))
+
+
+def test_compare_rows_carry_model_names(server, chromium_path):
+    from playwright.sync_api import expect
+
+    url, _ = server
+    with lab_page(url, chromium_path, 1400, 1000) as page:
+        page.locator("#compare-section").get_by_text("Compare two models").click()
+        page.locator("#compare-btn").click()  # the untrained network by default: offline
+        expect(page.locator("#compare-text")).to_contain_text("shared by the three levels and both models",
+                                                             timeout=180_000)
+        for level in ("coarse", "mid", "fine"):
+            expect(page.locator(f"#compare-{level}")).to_contain_text("Bundled (top) | Untrained (bottom)")
+        expect(page.locator("#compare-fused")).to_contain_text("Bundled (left) | Untrained (right)")
+        # the compare menu follows the main model: with the untrained network as the main one, the
+        # bundled weights can be chosen to compare against
+        page.get_by_label("Model", exact=True).click()
+        page.get_by_role("option", name=lab.UNTRAINED_CHOICE).click()
+        page.get_by_label("Compare with").click()
+        expect(page.get_by_role("option", name=lab.DEFAULT_CHOICE)).to_be_visible(timeout=30_000)
+        expect(page.get_by_role("option", name=lab.UNTRAINED_CHOICE)).to_have_count(0)
+        page.screenshot(path=str(OUT / "app-compare-names-1400.png"), full_page=True)

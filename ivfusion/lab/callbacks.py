@@ -265,7 +265,8 @@ class LabCallbacks:
         run = self._last_run(state, request) or self.default_run
         if run is None:
             return {n: gr.skip() for n in RENDER_OUTPUTS}
-        gates, gate_captions = render.gate_figure(render.render_levels(run, gate_scale))
+        limit = render.change_limit([run])
+        gates, gate_captions = render.gate_figure(render.render_levels(run, gate_scale, limit), limit)
         return {"gates": downloads.save_image(session.request_dir(), "gates", gates, lossless=False),
                 "gate_captions": gate_captions}
 
@@ -318,19 +319,35 @@ class LabCallbacks:
                 results.append((name or models.DEFAULT_CHOICE, runs.run_session_pair(pair, s, drawn)))
         folder = session.request_dir()
         fused = viz.side_by_side([r.intervened.fused_rgb for _, r in results], gap=8)
-        out: dict[str, Any] = {"compare_fused": downloads.save_image(folder, "compare_fused", fused, lossless=True)}
-        levels = [render.render_levels(r, gate_scale) for _, r in results]
+        names = [short_name(n) for n, _ in results]
+        # each picture's label names the models where they are (gr.update: the API still gets the file)
+        out: dict[str, Any] = {"compare_fused": gr.update(
+            value=downloads.save_image(folder, "compare_fused", fused, lossless=True),
+            label=f"Fused, intervened: {names[0]} (left) | {names[1]} (right)")}
+        limit = render.change_limit([r for _, r in results])  # one change scale for both models
+        levels = [render.render_levels(r, gate_scale, limit, name=short_name(n)) for n, r in results]
         lines = [f"Left / top: **{results[0][0]}**. Right / bottom: **{results[1][0]}**. "
-                 f"Intervention: {results[0][1].label}, the same masks for both (seed {s.seed})."]
+                 f"Intervention: {results[0][1].label}, the same masks for both (seed {s.seed}).",
+                 render.scale_caption(limit, "the three levels and both models")]
         for i, level in enumerate(GATE_LEVELS):
             a, b = levels[0][i], levels[1][i]
             stack = viz.stacked([a.image, b.image])
-            out[f"compare_{level.key}"] = downloads.save_image(folder, f"compare_{level.key}", stack, lossless=False)
+            out[f"compare_{level.key}"] = gr.update(
+                value=downloads.save_image(folder, f"compare_{level.key}", stack, lossless=False),
+                label=f"{level.label}: {names[0]} (top) | {names[1]} (bottom); clean | intervened | change")
             lines.append(f"{level.label}: {results[0][0]}: mean gate clean {float(results[0][1].clean.gates[i].mean()):.3f}; "
                          f"{results[1][0]}: {float(results[1][1].clean.gates[i].mean()):.3f}.")
         out["compare_summary"] = "  \n".join(lines)
         out["state"] = state
         return out
+
+    def compare_choices(self, model, other):
+        """The compare menu for a main model: every other model, keeping the current choice
+        unless it is now the main one (then the untrained network, or the first other)."""
+        others = [c for c in self.bank.choices() if c != (model or self.default_model)]
+        if other not in others:
+            other = models.UNTRAINED_CHOICE if models.UNTRAINED_CHOICE in others else others[0]
+        return gr.update(choices=others, value=other)
 
     def prefetch(self, visible, infrared, model):
         """A pair was loaded (or the model changed): compute its clean pass now, into the shared
@@ -469,7 +486,7 @@ def _finished(run: runs.LabRun, scale: str, load_notices) -> tuple[cache.CachedR
     the encoded bytes); and the seconds of rendering and encoding."""
     t0 = time.perf_counter()
     figs = render.render(run, scale)
-    gates, gate_captions = render.gate_figure(figs.levels)
+    gates, gate_captions = render.gate_figure(figs.levels, figs.change_limit)
     t1 = time.perf_counter()
     images = downloads.encode_images({
         "fused_clean": (figs.fused_clean, True), "fused_intervened": (figs.fused_intervened, True),
@@ -489,3 +506,12 @@ def _has_layers(editor_value) -> bool:
         return False
     layers = editor_value.get("layers") if isinstance(editor_value, dict) else [editor_value]
     return bool(layers) and any(layer is not None for layer in layers)
+
+
+SHORT_NAMES = {models.DEFAULT_CHOICE: "Bundled", models.OFFICIAL_CHOICE: "Authors'",
+               models.UNTRAINED_CHOICE: "Untrained"}
+
+
+def short_name(model: str | None) -> str:
+    """A model's name short enough to title a figure row."""
+    return SHORT_NAMES.get(model or models.DEFAULT_CHOICE, str(model)[:24])

@@ -1,8 +1,9 @@
 """The figures of one request, and re-rendering them for a display option (no forward pass).
 
 Per gate level the page shows three maps side by side: the clean pass's gate, the intervened
-pass's gate (both on one colour scale) and the gate change, intervened - clean, on a
-diverging scale centred on 0. Each map is titled inside the picture (level and map), so the
+pass's gate (both on one colour scale) and the gate change, intervened - clean, on one
+symmetric diverging scale centred on 0 shared by the three levels (and by both models when
+two are compared), stated in the caption. Each map is titled inside the picture (level and map), so the
 labels stay with it when a phone pans or zooms; the numbers (means, ranges) are returned as
 caption text for the page.
 """
@@ -55,12 +56,25 @@ class LabFigures:
     difference: np.ndarray
     difference_caption: str
     levels: list[LevelFigures]
+    change_limit: float
 
 
-def render_levels(run: LabRun, gate_scale: str = "fixed") -> list[LevelFigures]:
+def change_limit(runs: list[LabRun]) -> float:
+    """The half-width of the one symmetric gate-change scale shared by the three levels (and by
+    every run given: both models in compare mode), so that a 0.05 shift never looks as
+    saturated as a 0.5 one; `viz.change_range` of all their changes together."""
+    changes = [r.intervened.gates_full - r.clean.gates_full for r in runs]  # (3, H, W) each
+    return viz.change_range(np.concatenate([c.reshape(-1, c.shape[-1]) for c in changes]))
+
+
+def render_levels(run: LabRun, gate_scale: str = "fixed", limit: float | None = None,
+                  name: str | None = None) -> list[LevelFigures]:
     """The three levels' gate maps on `gate_scale` (a page choice or a viz.GATE_SCALES name);
-    a stretched scale is shared by a level's clean and intervened maps."""
+    a stretched scale is shared by a level's clean and intervened maps; the change maps share
+    one symmetric scale, `limit` (default: `change_limit` of this run). name: a label put
+    before each row's title (the model, in compare mode)."""
     scale = gate_scale_name(gate_scale)
+    limit = change_limit([run]) if limit is None else float(limit)
     base = run.clean.fused_y  # edges of both modalities' structure, for orientation
     edges = viz.edge_mask(base, viz.display_size(*base.shape, max_side=LEVEL_MAP_SIDE, min_side=LEVEL_MAP_SIDE // 2))
     out = []
@@ -71,26 +85,33 @@ def render_levels(run: LabRun, gate_scale: str = "fixed") -> list[LevelFigures]:
         clean_img = viz.gate_image(run.clean.gates_full[k], None, lo, hi, run.eta, bar=False, edges=edges)
         inter_img = viz.gate_image(run.intervened.gates_full[k], None, lo, hi, run.eta, edges=edges)
         change = run.intervened.gates_full[k] - run.clean.gates_full[k]
-        limit = viz.change_range(change)
         change_img = viz.gate_change_image(change, None, limit, edges=edges)
         m_c, m_i = float(g_clean.mean()), float(g_inter.mean())
         p1, p99 = (float(v) for v in np.percentile(np.concatenate([g_clean.ravel(), g_inter.ravel()]), [1, 99]))
         span = ("0 to 1" if (lo, hi) == (0.0, 1.0) else
                 f"{lo:.3f} to {hi:.3f}, stretched: the gates use only {100 * (p99 - p1):.1f}% of their 0-1 range")
-        name = level.label[:1].upper() + level.label[1:]
-        caption = (f"**{name} gates**: clean | intervened | change. "
+        label = level.label[:1].upper() + level.label[1:]
+        caption = (f"**{label} gates**: clean | intervened | change. "
                    f"Mean clean {m_c:.3f}, intervened {m_i:.3f} (target \u03b7 = {run.eta:g}); gate colours span "
-                   f"{span}; change scale \u00b1{limit:.3f}.")
-        image = viz.side_by_side([viz.with_title(clean_img, f"{name}: clean"),
+                   f"{span}; largest change {float(np.abs(change).max()):.3f}.")
+        title = f"{name}: {label}" if name else label
+        image = viz.side_by_side([viz.with_title(clean_img, f"{title}: clean"),
                                   viz.with_title(inter_img, "intervened"), viz.with_title(change_img, "change")], gap=12)
         out.append(LevelFigures(clean_img, inter_img, change_img, image, caption))
     return out
 
 
-def gate_figure(levels: list[LevelFigures]) -> tuple[np.ndarray, str]:
+def scale_caption(limit: float, what: str = "the three levels") -> str:
+    """The caption line that states the shared change scale."""
+    return (f"**Change scale**: one symmetric scale, \u00b1{limit:.3f}, shared by {what} (red: the gate opened, "
+            "blue: it closed, white: no change), so equal colours mean equal changes.")
+
+
+def gate_figure(levels: list[LevelFigures], limit: float | None = None) -> tuple[np.ndarray, str]:
     """The page's one gate picture (the levels' rows, coarse to fine, stacked: one file to send)
-    and its caption (one line per level)."""
-    return viz.stacked([fig.image for fig in levels], gap=16), "  \n".join(fig.caption for fig in levels)
+    and its caption (the shared change scale when `limit` is given, then one line per level)."""
+    lines = ([scale_caption(limit)] if limit is not None else []) + [fig.caption for fig in levels]
+    return viz.stacked([fig.image for fig in levels], gap=16), "  \n".join(lines)
 
 
 def render(run: LabRun, gate_scale: str = "fixed") -> LabFigures:
@@ -98,6 +119,7 @@ def render(run: LabRun, gate_scale: str = "fixed") -> LabFigures:
     diff, diff_caption = viz.difference_image(run.intervened.fused_y, run.clean.fused_y)
     in_vis = viz.to_uint8(run.intervened.inputs["visible_y"])
     in_ir = viz.to_uint8(run.intervened.inputs["infrared"])
+    limit = change_limit([run])
     return LabFigures(
         fused_clean=run.clean.fused_rgb,
         fused_intervened=run.intervened.fused_rgb,
@@ -106,5 +128,6 @@ def render(run: LabRun, gate_scale: str = "fixed") -> LabFigures:
         inputs=viz.side_by_side([in_vis, in_ir], gap=8)[..., 0],  # grey on white: one channel to encode
         difference=diff,
         difference_caption=diff_caption,
-        levels=render_levels(run, gate_scale),
+        levels=render_levels(run, gate_scale, limit),
+        change_limit=limit,
     )
