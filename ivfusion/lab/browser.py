@@ -178,7 +178,9 @@ def _png_url(mask: np.ndarray) -> str:
 
 def head() -> str:
     """The page's script tag (for `launch(head=...)`)."""
-    return f'<script src="{file_url(SCRIPT)}" defer></script>'
+    # the browser's Fuse button stays hidden until the script has loaded the model
+    return ('<style>body:not(.ivf-browser) #fuse-web-btn {display: none !important}</style>'
+            f'<script src="{file_url(SCRIPT)}" defer></script>')
 
 
 

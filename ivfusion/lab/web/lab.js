@@ -10,7 +10,7 @@
 (() => {
   "use strict";
   const L = (window.ivfusionLab = {
-    cfg: null, session: null, backend: null, state: "starting", why: "", mode: "browser",
+    cfg: null, session: null, backend: null, state: "starting", why: "",
     pair: null, clean: null, last: null, live: { on: false, busy: false, pending: null, frames: [], fps: 0 },
   });
   const $ = (id) => document.getElementById(id);
@@ -65,8 +65,10 @@
     try {
       [L.session, L.backend] = await createSession(cfg);
       L.state = "ready";
-      setMode(L.mode);
-      setStatus(`Model loaded: Fuse runs in your browser (${L.backend}).`);
+      document.body.classList.add("ivf-browser");
+      label("fuse-web-btn", "Fuse in your browser");
+      label("fuse-btn", "Fuse on the server");
+      setStatus(`Model loaded: Fuse runs in your browser (${L.backend}); the server's Fuse stays beside it.`);
     } catch (e) {
       fail(`the model could not be loaded in your browser (${String(e.message || e).split("\n")[0]})`);
     }
@@ -75,18 +77,13 @@
   function fail(why) {
     L.state = "failed";
     L.why = why;
-    setMode("server");
-    const radio = document.querySelector('input[name="ivf-mode"][value="browser"]');
-    if (radio) radio.disabled = true;
+    document.body.classList.remove("ivf-browser");
     setStatus(`Fuse runs on the server: ${why}.`);
   }
 
-  function setMode(mode) {
-    L.mode = mode === "browser" && L.state === "ready" ? "browser" : "server";
-    document.body.classList.toggle("ivf-browser", L.mode === "browser");
-    const radio = document.querySelector(`input[name="ivf-mode"][value="${L.mode}"]`);
-    if (radio) radio.checked = true;
-    if (L.mode === "server") showBrowserResults(false);
+  function label(id, text) {
+    const b = $(id);
+    if (b) b.textContent = text;
   }
 
   function setStatus(text) {
@@ -98,13 +95,8 @@
     document.body.classList.toggle("ivf-shown", on);
   }
 
-  // which Fuse button shows: the server's until the model has loaded (and whenever the
-  // visitor chooses the server)
-  const modeStyle = document.createElement("style");
-  modeStyle.textContent = `
-    body.ivf-browser #fuse-btn {display: none !important}
-    body:not(.ivf-browser) #fuse-web-btn {display: none !important}`;
-  document.head.appendChild(modeStyle);
+  // The browser's Fuse button shows once the model has loaded (browser.head hides it until
+  // then); the server's stays beside it, as the visitor's choice and the fallback.
   const CSS = `
     body:not(.ivf-shown) #ivf-results {display: none}
     body.ivf-shown #fused-clean, body.ivf-shown #fused-intervened, body.ivf-shown #difference,
@@ -127,9 +119,6 @@
     const rows = LEVELS.map((lv) => `<div class="ivf-note">${lv}</div><canvas id="ivf-gate-${lv}-clean"></canvas>` +
       `<canvas id="ivf-gate-${lv}-int"></canvas><canvas id="ivf-gate-${lv}-change"></canvas>`).join("");
     host.innerHTML = `
-      <div class="ivf-bar"><span>Compute Fuse:</span>
-        <label><input type="radio" name="ivf-mode" value="browser" checked> in your browser</label>
-        <label><input type="radio" name="ivf-mode" value="server"> on the server</label></div>
       <div id="ivf-status" class="ivf-note"></div>
       <div id="ivf-results">
         <div id="ivf-where" class="ivf-note"></div>
@@ -146,9 +135,17 @@
           <span id="ivf-fps"></span></div>
       </div>`;
     host.addEventListener("change", (ev) => {
-      if (ev.target.name === "ivf-mode") setMode(ev.target.value);
       if (ev.target.id === "ivf-live") L.live.on = ev.target.checked;
     });
+    // a server Fuse (the visitor's click, or the fallback's): its results show, and the page says so
+    document.addEventListener("click", (ev) => {
+      if (ev.target.closest && ev.target.closest("#fuse-btn")) {
+        showBrowserResults(false);
+        L.where = "on the server";
+        setStatus(`Last result: computed on the server${L.fallbackWhy ? ` (${L.fallbackWhy})` : ""}.`);
+        L.fallbackWhy = "";
+      }
+    }, true);
     const view = $("ivf-fused-int");
     view.addEventListener("pointermove", (ev) => {
       if (!L.live.on || !L.pair) return;
@@ -331,7 +328,7 @@
   // ------------------------------------------------------------------ Fuse
   // m: the server's answer (browser.BrowserModel.masks); vis, ir: the image components' values
   L.fuse = async function (m, vis, ir, gateScale) {
-    if (L.mode !== "browser") return;
+    if (L.state !== "ready") return toServer(L.why || "the model is not loaded in your browser");
     if (!m || m.compute !== "browser") return toServer(m ? m.why : "no masks came back");
     const t0 = performance.now();
     try {
@@ -348,6 +345,8 @@
       L.stretched = /stretch/.test(gateScale || "");
       render(res, L.stretched);
       L.last = { ...res, backend: L.backend, clean: L.clean, where: `in your browser (${L.backend})` };
+      L.where = L.last.where;
+      L.count = (L.count || 0) + 1;
       showBrowserResults(true);
       const total = performance.now() - t0;
       $("ivf-where").textContent = `Computed in your browser (${L.backend}): ${m.label}; forward ` +
@@ -360,11 +359,23 @@
 
   // the server's Fuse, as the fallback: the page says why
   function toServer(why) {
-    showBrowserResults(false);
-    setStatus(`Computed on the server: ${why}.`);
+    L.fallbackWhy = why;
     const btn = $("fuse-btn");
     if (btn) btn.click();
   }
+
+  // the forward pass alone at height x width (random inputs, nothing hidden): the median of
+  // `runs` timed passes after one untimed, in ms (tools/browser_bench.py prints it)
+  L.bench = async function (h, w, runs) {
+    const n = h * w, rnd = () => Float32Array.from({ length: n }, Math.random);
+    const p = { h, w, n, ycc: { y: rnd() }, ir: rnd() };
+    const ones = new Float32Array(n).fill(1);
+    await forward(p, ones, ones);
+    const times = [];
+    for (let k = 0; k < runs; k++) times.push((await forward(p, ones, ones)).ms);
+    times.sort((a, b) => a - b);
+    return times[Math.floor(times.length / 2)];
+  };
 
   // ------------------------------------------------------------------ live mode
   // (fx, fy): the pointer in [0, 1] over the intervened image; one hole of the last Fuse's
@@ -394,6 +405,7 @@
       Object.assign(res, { mVi, mIr, label: `live hole (${which})`, holePx: side });
       render(res, L.stretched);
       L.last = { ...res, backend: L.backend, clean: L.clean, where: `in your browser (${L.backend})` };
+      L.live.count = (L.live.count || 0) + 1;
       const now = performance.now();
       L.live.frames = L.live.frames.filter((t) => now - t < 2000).concat([now]);
       const f = L.live.frames;
