@@ -401,7 +401,7 @@ class LabApp(cb.LabCallbacks):
             # cooperative: the run stops at its next intervention and says so (Gradio's `cancels`
             # would leave the worker thread computing and mark the outputs as errors)
             cancel_btn.click(self.cancel, [state], None, queue=False, api_visibility="private")
-            # -- the in-browser Fuse (ivfusion/lab/browser.py): browser mode shows web_btn instead of fuse_btn
+            # -- the in-browser Fuse (ivfusion/lab/browser.py): web_btn shows beside fuse_btn once the model has loaded
             self.browser = in_browser.wire(self, demo, web_btn, common, visible, infrared, gate_scale)
         return demo
 
