@@ -113,7 +113,7 @@ class LabApp(cb.LabCallbacks):
         cannot show the file (TIFF; 16-bit depth is kept)."""
         if source is None:
             return gr.skip()
-        lab.uploads.header(source, "image")  # a corrupt or oversized upload is reported now, from its header
+        lab.uploads.verify(source, "image")  # a corrupt, truncated or oversized upload is reported now
         png = lab.display_copy(source, lab.request_dir())
         # gr.skip(), not gr.update(): an unchanged value written back would fire the image's
         # change event again (one more request chain per upload)
@@ -127,12 +127,16 @@ class LabApp(cb.LabCallbacks):
         except (ImageError, ValueError) as e:
             return f"**Cannot use this pair:** {e}"
 
-    def pick_example(self, evt: gr.SelectData):
-        """An example thumbnail was clicked: load its pair."""
+    def pick_example(self, evt: gr.EventData):
+        """An example thumbnail was clicked: load its pair. gr.EventData, not gr.SelectData:
+        Gradio builds a SelectData by indexing the event's data, so a client sending none got
+        an HTTP 500; anything but a valid index is skipped here."""
         pairs = lab.example_pairs()
-        if evt is None or not 0 <= evt.index < len(pairs):
+        data = getattr(evt, "_data", None)
+        index = data.get("index") if isinstance(data, dict) else None
+        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(pairs):
             return gr.skip(), gr.skip()
-        return pairs[evt.index][0], pairs[evt.index][1]
+        return pairs[index][0], pairs[index][1]
 
     def on_pair_change(self, visible, infrared, hole_percent):
         """A new image in either input: in one request, the pair description, the hole size in
@@ -455,6 +459,7 @@ def launch(demo: gr.Blocks, **kwargs):
 
     from ivfusion.lab import guard
 
+    guard.quiet_refusals()
     return demo.launch(**LAUNCH_KWARGS, app_kwargs={"middleware": [Middleware(guard.Guard, state=demo.guard)]},
                        **kwargs)
 
@@ -478,7 +483,16 @@ def main() -> None:
     import signal
 
     atexit.register(lab.session.cleanup_at_exit, demo.guard.ledger)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # so that the atexit cleanup runs
+
+    def on_sigterm(*_):
+        # clean up, then leave at once: an interpreter shutdown while a background thread is in
+        # torch (the start-up precompute, a download) aborts the process (SIGABRT) instead
+        lab.session.cleanup_at_exit(demo.guard.ledger)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
     launch(demo)
 
 

@@ -290,3 +290,23 @@ def test_the_lab_starts_on_the_bundled_weights_when_the_network_is_silent_and_sa
     with AppServer(env=env, log_dir=tmp_path, start_timeout=120) as srv:
         assert "did not answer within 3 s" in str(srv.config)  # IVFUSION_WEIGHTS=hf://...
         assert not srv.broken_images()
+
+
+def test_refused_requests_are_one_log_line_each_and_pick_example_survives_no_event_data(server, tmp_path):
+    outside = tmp_path / "outside.png"
+    outside.write_bytes(b"not for the Lab")
+    fn_index, dep = dependency(server.config, "fuse")
+    # a path Gradio itself refuses (not uploaded, with meta): refused in one line, no traceback
+    data = payload(server.config, dep, {"path": str(outside), "meta": {"_type": "gradio.FileData"}})
+    res = call(server, fn_index, dep, data, timeout=60)
+    assert not res["ok"]
+    gallery = next(c["id"] for c in server.config["components"] if c.get("props", {}).get("elem_id") == "examples")
+    pick = next(i for i, d in enumerate(server.config["dependencies"])
+                if d.get("targets") and d["targets"][0] == [gallery, "select"])
+    for event_data in (None, {"index": None}, {"index": 10**9}, {"index": 0, "value": None}):
+        body = {"data": [], "fn_index": pick, "session_hash": "pick", "event_data": event_data, "trigger_id": None}
+        r = httpx.post(server.api + "/run/predict", json=body, timeout=60)
+        assert r.status_code == 200, (event_data, r.status_code, r.text[:200])
+    log = server.log_tail(200000)
+    assert "refused request: InvalidPathError" in log
+    assert "Traceback" not in log, log[-3000:]

@@ -278,3 +278,62 @@ def test_a_hold_past_its_budget_stops_at_the_next_step_with_one_line(tmp_path, m
             uploads.drawn_keep_mask({"background": None, "layers": layers, "composite": None})
     # outside the slot (an unqueued handler) the budget does not apply
     assert uploads.drawn_keep_mask({"background": None, "layers": layers, "composite": None}) is not None
+
+
+# ----------------------------------------------------------------------------- what the page says about an upload
+def test_the_pair_note_never_says_ready_for_a_file_fuse_would_refuse(tmp_path):
+    import cv2
+    import numpy as np
+
+    from ivfusion.io import ImageError
+    from ivfusion.lab import uploads
+
+    ok = tmp_path / "ok.png"
+    cv2.imwrite(str(ok), (np.random.default_rng(0).random((120, 160, 3)) * 255).astype(np.uint8))
+    assert "Ready" in uploads.pair_info(str(ok), str(ok))
+    data = ok.read_bytes()
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(data[: len(data) // 2])  # a truncated PNG: its header is fine
+    # a large one (over the preview decode budget) is judged by its end marker
+    big = tmp_path / "big.png"
+    img = np.zeros((3000, 3000, 3), np.uint16)
+    img[::5] = 40000
+    cv2.imwrite(str(big), img)
+    big_cut = tmp_path / "big_cut.png"
+    big_cut.write_bytes(big.read_bytes()[:-200])
+    for bad in (cut, big_cut):
+        with pytest.raises(ImageError):
+            uploads.load_image(str(bad), "visible image")  # what Fuse does
+        with pytest.raises(ImageError, match="^visible image: "):
+            uploads.pair_info(str(bad), str(ok))
+    assert "Visible" in uploads.pair_info(str(big), None)
+
+
+def test_an_elongated_upload_is_refused_with_its_own_size(tmp_path):
+    import cv2
+    import numpy as np
+
+    from ivfusion.io import ImageError
+    from ivfusion.lab import uploads
+
+    long = tmp_path / "long.png"
+    cv2.imwrite(str(long), np.zeros((10, 100000), np.uint8))
+    ok = tmp_path / "ok.png"
+    cv2.imwrite(str(ok), np.zeros((64, 64), np.uint8))
+    expected = r"^visible image: 100000x10 pixels would be 640x\d once downscaled to at most 640 a side"
+    with pytest.raises(ImageError, match=expected):
+        uploads.load_pair(str(long), str(ok), 640)
+    with pytest.raises(ImageError, match=expected):
+        uploads.pair_info(str(long), str(ok), 640)
+    thin = tmp_path / "thin.png"
+    cv2.imwrite(str(thin), np.zeros((1, 100000), np.uint8))
+    with pytest.raises(ImageError, match=r"^visible image: 100000x1 pixels; ISFuse needs at least"):
+        uploads.load_pair(str(thin), str(ok), 640)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "none"])
+def test_a_max_side_of_zero_never_turns_downscaling_off(value):
+    from ivfusion.lab.models import ModelBank
+
+    with pytest.raises(ValueError, match=rf"^IVFUSION_MAX_SIDE={value!r}: expected a whole number from 64 to 8192"):
+        ModelBank(env={"IVFUSION_MAX_SIDE": value})

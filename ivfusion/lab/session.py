@@ -204,6 +204,7 @@ def _pid_alive(pid: int) -> bool:
 
 _LAB_FOLDER: Path | None = None
 _LAB_LOCK = threading.Lock()
+_CLOSED = False  # set by cleanup_at_exit: the folder is never made again
 
 
 def check_private(folder: str | os.PathLike, what: str = "the Lab's folder") -> Path:
@@ -233,6 +234,8 @@ def lab_folder() -> Path:
     (killed before they could clean up) and that this user owns are removed then."""
     global _LAB_FOLDER
     with _LAB_LOCK:
+        if _CLOSED:
+            raise RuntimeError("the Lab is shutting down: its folder is gone")
         if _LAB_FOLDER is None or _LAB_FOLDER.parent == Path() or not _LAB_FOLDER.is_dir():
             tmp = Path(tempfile.gettempdir())
             for old in tmp.glob(LAB_PREFIX + "*-*"):
@@ -251,7 +254,7 @@ def static_dir() -> Path:
     """This process's folder for start-up files (thumbnails, the precomputed result), inside
     its private `lab_folder`; removed with it at exit."""
     folder = lab_folder() / "static"
-    folder.mkdir(exist_ok=True)
+    folder.mkdir(exist_ok=True)  # not parents: see request_dir
     return folder
 
 
@@ -263,7 +266,10 @@ def cleanup_at_exit(ledger=None) -> None:
     """At exit (SIGTERM included, see app.main): remove this process's private folder (its
     start-up files, request folders and, when private, Gradio's upload folder), and the
     uploads `ledger` (a `guard.UploadLedger`) recorded elsewhere. Nothing another process
-    wrote is touched."""
+    wrote is touched. A request still running then cannot make the folder again."""
+    global _CLOSED
+    with _LAB_LOCK:
+        _CLOSED = True
     if _LAB_FOLDER is not None:
         shutil.rmtree(_LAB_FOLDER, ignore_errors=True)
     if ledger is not None:
@@ -333,8 +339,12 @@ def remove_request_folders(root: Path, max_age_s: float) -> int:
 def request_dir(root: Path | None = None, max_age_s: float = FILES_TTL_S) -> Path:
     """A fresh temporary folder for one request's files (under this process's private
     folder by default); folders older than max_age_s from earlier requests are removed."""
-    root = Path(root or requests_root())
-    root.mkdir(parents=True, exist_ok=True)
+    if root is None:
+        root = requests_root()
+        root.mkdir(exist_ok=True)  # not parents: a folder removed at exit is never made again
+    else:
+        root = Path(root)
+        root.mkdir(parents=True, exist_ok=True)
     remove_request_folders(root, max_age_s)
     folder = root / uuid.uuid4().hex
     folder.mkdir()

@@ -33,6 +33,7 @@ import numpy as np
 
 from .. import io
 from ..io import ImageError, ImageHeader
+from ..modeling.isfuse import MIN_SIDE
 from .models import APP_MAX_SIDE
 from .slot import check_budget
 
@@ -46,6 +47,7 @@ MASK_MAX_SIDE = 2048  # drawn masks are kept at most this large (the image is at
 # MAX_LAYER_PIXELS pixels in all per editor, checked from their headers before any decode.
 MAX_LAYERS = 4
 MAX_LAYER_PIXELS = MAX_UPLOAD_PIXELS
+_VERIFIED_MAX = 256  # files whose full check is remembered (by path, size and mtime)
 _BROWSER_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".avif")
 # One full decode at a time in the whole server: queued events of different concurrency
 # groups (fuse, stability, prefetch) may run together, and their decodes must not add up.
@@ -143,6 +145,68 @@ def header(source: Any, name: str) -> ImageHeader:
         raise _named(e, path, name) from None
 
 
+_verified: dict[tuple, str | None] = {}  # (path, size, mtime) -> error text, None when it decodes
+
+
+def verify(source: Any, name: str) -> ImageHeader:
+    """The upload's header, after a full check of the file (`header` reads only the header, so
+    a truncated PNG or a file the decoder refuses looked "Ready" until Fuse refused it): files
+    within PREVIEW_MAX_BYTES decoded are decoded once (one at a time, the result remembered
+    per file), larger PNG and JPEG files are checked for their end marker. Safe in unqueued
+    events. Raises ImageError as Fuse would."""
+    h = header(source, name)
+    path = _path_of(source, name)
+    try:
+        st = os.stat(path)
+    except OSError:
+        raise ImageError(f"{name}: no such file; upload it again") from None
+    key = (path, st.st_size, st.st_mtime_ns)
+    if key not in _verified:
+        error = None
+        try:
+            if h.decoded_bytes <= PREVIEW_MAX_BYTES:
+                with _DECODE_LOCK:
+                    io.read_image(path, max_pixels=MAX_UPLOAD_PIXELS, max_bytes=PREVIEW_MAX_BYTES, name=name)
+            elif not _ends_whole(path, h.format):
+                error = (f"{name}: the file is cut short (its end is missing); upload it again; accepted: "
+                         f"{io.ACCEPTED}")
+        except ImageError as e:
+            error = str(_named(e, path, name))
+        if len(_verified) >= _VERIFIED_MAX:
+            _verified.pop(next(iter(_verified)))
+        _verified[key] = error
+    if _verified[key]:
+        raise ImageError(_verified[key])
+    return h
+
+
+def _ends_whole(path: str, fmt: str) -> bool:
+    """Whether a PNG ends with its IEND chunk, a JPEG with its EOI marker (other formats: True)."""
+    fmt = (fmt or "").upper()
+    if fmt not in ("PNG", "JPEG", "MPO"):
+        return True
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        f.seek(max(0, f.tell() - 12))
+        tail = f.read()
+    return tail.endswith(b"IEND\xaeB`\x82") if fmt == "PNG" else tail.rstrip(b"\0").endswith(b"\xff\xd9")
+
+
+def fusable_size(width: int, height: int, name: str, max_side: int | None) -> None:
+    """Refuse, naming the upload's own size, an image that is, or once downscaled to
+    `max_side` would be, under ISFuse's minimum side (a 100000x1 upload was refused as
+    "640x1 pixels", the size after downscaling)."""
+    if min(width, height) < MIN_SIDE:
+        raise ImageError(f"{name}: {width}x{height} pixels; ISFuse needs at least {MIN_SIDE}x{MIN_SIDE}")
+    if max_side and max(width, height) > max_side:
+        s = max_side / max(width, height)
+        w, h = max(1, round(width * s)), max(1, round(height * s))
+        if min(w, h) < MIN_SIDE:
+            raise ImageError(f"{name}: {width}x{height} pixels would be {w}x{h} once downscaled to at most {max_side} "
+                             f"a side, under ISFuse's minimum of {MIN_SIDE}x{MIN_SIDE}; crop it to a less elongated "
+                             "shape")
+
+
 def load_image(source: Any, name: str, max_side: int | None = None) -> np.ndarray:
     """An uploaded image as a numpy array (RGB/grey, 8- or 16-bit as stored). Decodes: call
     it from queued events only.
@@ -171,6 +235,10 @@ def load_pair(visible: Any, infrared: Any, max_side: int | None) -> tuple[np.nda
     limit, so the Fuser gets the very arrays it would have made), and notices saying what
     was done. Decodes: queued events only."""
     notes = []
+    for source, name in ((visible, "visible image"), (infrared, "infrared image")):
+        if source is not None and not isinstance(source, np.ndarray):
+            h = header(source, name)
+            fusable_size(h.width, h.height, name, max_side)
     if max_side:
         hv = header(visible, "visible image") if not isinstance(visible, np.ndarray) else None
         (vh, vw) = (hv.height, hv.width) if hv else visible.shape[:2]
@@ -212,7 +280,8 @@ def pair_info(visible: Any, infrared: Any, max_side: int = APP_MAX_SIDE) -> str:
             img = io.check_array(source, name, max_pixels=MAX_UPLOAD_PIXELS)
             sizes[key], text = img.shape[:2], describe_image(img)
         else:
-            h = header(source, name)
+            h = verify(source, name)
+            fusable_size(h.width, h.height, name, max_side)
             sizes[key], text = (h.height, h.width), describe_header(h)
         parts.append(f"**{key.capitalize()}:** {text}")
     if not parts:
