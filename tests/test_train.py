@@ -22,6 +22,7 @@ from ivfusion.modeling import ISFuse
 from ivfusion.train import TrainConfig, config_from_args, main
 from ivfusion.train.config import ConfigError, add_arguments
 from ivfusion.train.dataset import PairDataset
+from tests.helpers import SHARED
 
 pytestmark = pytest.mark.slow  # the whole module is slow: training runs and subprocesses
 
@@ -30,7 +31,9 @@ TINY = ["--crop", "48", "--batch-size", "4", "--val-pairs", "1", "--log-every", 
 
 
 def train_cmd(data, out, steps, *extra):
-    return [sys.executable, "-m", "ivfusion", "train", "--data", str(data), "--val", str(data), "--out", str(out),
+    # validation on a folder the run does not train on (a training folder gives only its held-out pairs)
+    val = SHARED / "data" / "roadscene" / "test"
+    return [sys.executable, "-m", "ivfusion", "train", "--data", str(data), "--val", str(val), "--out", str(out),
             "--steps", str(steps), *TINY, *extra]
 
 
@@ -105,7 +108,8 @@ def test_resume_after_kill_continues_the_same_run(pair_folder, tmp_path):
 def test_torchrun_two_process_gloo(pair_folder, tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "ivfusion",
-           "train", "--data", str(pair_folder), "--val", str(pair_folder), "--out", str(out), "--steps", "3",
+           "train", "--data", str(pair_folder), "--val", str(SHARED / "data" / "roadscene" / "test"), "--out", str(out),
+           "--steps", "3",
            "--val-every", "3", *TINY]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)

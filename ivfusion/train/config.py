@@ -17,6 +17,7 @@ from ..config import ISFuseConfig
 from ..device import DEVICE_NAMES, check_device_name
 from ..interventions import MASK_STYLES, MaskConfig
 from ..losses import NECESSITY_VARIANTS, REGULARISERS
+from .augment import AugmentConfig
 
 LR_SCHEDULES = ("constant", "cosine")
 PASSES = ("separate", "pooled")
@@ -33,11 +34,19 @@ class TrainConfig:
     1e-4, batch 16, about their 3.4k steps (50 epochs of ~1.1k pairs)."""
 
     data: list[str] = field(default_factory=lambda: ["../shared/data/roadscene/train", "../shared/data/msrs/train"])
-    val: str | None = "../shared/data/roadscene/test"  # a folder, or "none" for no validation
+    # validation folders ("none": no validation); a training folder is validated on its held-out
+    # pairs only, so that validation never scores a pair the run trains on
+    val: list[str] = field(default_factory=lambda: ["../shared/data/roadscene/test"])
     out: str = "runs/isfuse"
     init: str | None = None  # weights spec to start from (fine-tuning); None = random init
     model: ISFuseConfig = field(default_factory=ISFuseConfig)  # the network, and eta
     masks: MaskConfig = field(default_factory=MaskConfig)
+    # what each batch holds and how its crops are altered (night quota, exposure, zoom); all off
+    # in the authors' recipe, see ivfusion/train/augment.py
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # False: the control of issue 24, the same network and data trained on L_f of the clean pass
+    # alone (one forward per sample; no interventions, no L_inv, no L_nec, no gate regulariser)
+    interventions: bool = True
     # the objective (supplementary Algorithm 1): L = L_f + alpha L_inv + beta L_nec
     alpha: float = 0.1  # weight of L_inv
     beta: float = 0.05  # weight of L_nec
@@ -76,6 +85,12 @@ class TrainConfig:
             self.model = ISFuseConfig.from_dict(self.model)
         if isinstance(self.masks, dict):
             self.masks = MaskConfig(**self.masks)
+        if isinstance(self.augment, dict):
+            self.augment = AugmentConfig(**self.augment)
+        if self.val is None or (isinstance(self.val, str) and self.val.lower() == "none"):
+            self.val = []
+        elif isinstance(self.val, str):  # configs written before validation took several folders
+            self.val = [self.val]
         self.check()
 
     def check(self) -> None:
@@ -88,7 +103,9 @@ class TrainConfig:
              f"--data: give at least one folder holding ir/ and vi/, got {self.data!r}")
         need(isinstance(self.holdout, list) and all(isinstance(s, str) for s in self.holdout),
              f"--holdout: give pair names (file stems), got {self.holdout!r}")
-        need(self.val is None or str(self.val).strip() != "", "--val: empty; give a folder holding ir/ and vi/, or 'none' for no validation")
+        need(isinstance(self.val, list) and all(isinstance(v, str) for v in self.val),
+             f"--val: give folders holding ir/ and vi/, or 'none' for no validation, got {self.val!r}")
+        need(all(v.strip() for v in self.val), "--val: empty; give folders holding ir/ and vi/, or 'none' for no validation")
         need(self.crop >= 16 and self.crop % 4 == 0, f"--crop must be a multiple of 4 and >= 16, got {self.crop}")
         need(self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}")
         need(self.steps >= 1, f"--steps must be >= 1, got {self.steps}")
@@ -114,7 +131,7 @@ class TrainConfig:
 # Written out like every other subcommand's. Each flag's default stays None, so that a resumed
 # run's saved config and a --config file can fill what the command line leaves unset
 # (config_from_args); the help shows TrainConfig's value.
-_NESTED = {"model": ISFuseConfig, "masks": MaskConfig}
+_NESTED = {"model": ISFuseConfig, "masks": MaskConfig, "augment": AugmentConfig}
 
 
 def setting_names() -> list[str]:
@@ -155,7 +172,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="YAML or JSON file of TrainConfig fields (flags override it)")
     g = p.add_argument_group("data and output")
     flag(g, "data", "training folders, each holding ir/ and vi/", nargs="+", metavar="DIR")
-    flag(g, "val", "validation folder, or 'none'", metavar="DIR")
+    flag(g, "val", "validation folders, or 'none'; a training folder is validated on its held-out pairs only",
+         nargs="+", metavar="DIR")
     flag(g, "holdout", "pair names (file stems) left out of training", nargs="+", metavar="STEM")
     flag(g, "crop", "crop side; smaller pairs are left out", type=int, metavar="N")
     flag(g, "out", "run folder: checkpoints, log.jsonl, curves.png", metavar="DIR")
@@ -178,7 +196,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     flag(g, "masks.disk_prob", "probability that a hole is a disk; none: the style's own", type=_number_or_none(float),
          metavar="P")
     flag(g, "masks.max_fraction", "largest hidden fraction of an image", type=float, metavar="X")
+    g = p.add_argument_group("what each batch holds and how its crops are altered (AugmentConfig)")
+    flag(g, "augment.night_share", "share of every batch drawn from night pairs; 0: uniform over all pairs",
+         type=float, metavar="X")
+    flag(g, "augment.night_below", "a pair is night when its visible luminance mean (0-1) is below this",
+         type=float, metavar="X")
+    flag(g, "augment.photometric", "probability, per sample and modality, of a random gain and gamma",
+         type=float, metavar="P")
+    flag(g, "augment.darken", "probability that a daylight sample is made night-like (visible darkened with "
+         "sensor noise, infrared rescaled)", type=float, metavar="P")
+    flag(g, "augment.zoom", "random-resized crops: largest region side as a multiple of the crop; 1: plain crops",
+         type=float, metavar="X")
+    flag(g, "augment.flat_below", "redraw a crop whose two modalities both have a std below this; 0: off",
+         type=float, metavar="X")
     g = p.add_argument_group("the objective: L = L_f + alpha L_inv + beta L_nec")
+    flag(g, "interventions", "train under the three interventions (Algorithm 1); --no-interventions: the "
+         "control, L_f on the clean pass alone", action=argparse.BooleanOptionalAction)
     flag(g, "alpha", "weight of L_inv", type=float, metavar="X")
     flag(g, "beta", "weight of L_nec", type=float, metavar="X")
     flag(g, "lambda1", "weight of the Laplacian term inside L_f", type=float, metavar="X")
@@ -248,8 +281,7 @@ def config_from_args(args) -> TrainConfig:
     if resumed:
         _refuse_changes(values, asked, saved)
     _merge(values, asked)
-    if isinstance(values.get("val"), str) and values["val"].lower() == "none":
-        values["val"] = None
+    values["val"] = _val_folders(values.get("val"))
     _check_fields(values)
     try:
         return TrainConfig(**values)
@@ -277,11 +309,20 @@ def _refuse_changes(saved: dict, asked: dict, path: Path, prefix: str = "") -> N
             _refuse_changes(was, value, path, name + ".")
         elif name in RESUME_SAFE or name in ("out", "resume") or value == was:  # a run folder may move
             continue
-        elif not (name == "val" and str(value).lower() == "none" and was is None):
+        elif not (name == "val" and _val_folders(value) == _val_folders(was)):
             raise ConfigError(f"--resume: {_flag_name(name)} is {json.dumps(was)} in the run being resumed ({path}), "
                               f"asked {json.dumps(value)}; a resumed run may change only "
                               f"{', '.join(map(_flag_name, RESUME_SAFE))}; start a new run in another --out "
                               "to change the rest")
+
+
+def _val_folders(val) -> list:
+    """--val as a list of folders: 'none' (alone, any case) or None is no validation, and a single
+    folder written as a string (configs before several folders) is a list of one."""
+    if val is None:
+        return []
+    val = [val] if isinstance(val, str) else val
+    return [] if isinstance(val, list) and len(val) == 1 and str(val[0]).lower() == "none" else val
 
 
 def _read_config_file(path: Path) -> dict:

@@ -19,7 +19,7 @@ from ..hub import save_weights
 from ..levels import gate_stats
 from ..modeling import ISFuse
 from .config import ConfigError, TrainConfig
-from .dataset import PairDataset, StepBatchSampler
+from .dataset import PairDataset, QuotaBatchSampler, StepBatchSampler
 from .step import FiveWay, train_step
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
@@ -78,8 +78,8 @@ def main(cfg: TrainConfig, echo=print) -> dict:
 
     # ---- data ----------------------------------------------------------------------------
     try:  # the data's own errors (no pairs, unreadable or unregistered files) name the problem
-        dataset = PairDataset(cfg.data, cfg.crop, cfg.seed, cfg.masks, cfg.holdout)
-        val_set = [load_scored_pair(ir, vi) for _, ir, vi in find_pairs(cfg.val)[: cfg.val_pairs]] if cfg.val else []
+        dataset = PairDataset(cfg.data, cfg.crop, cfg.seed, cfg.masks, cfg.holdout, cfg.augment)
+        val_sets = validation_sets(cfg)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     missing = sorted(set(cfg.holdout) - {n.rsplit("/", 1)[-1] for n in dataset.held_out})
@@ -89,7 +89,7 @@ def main(cfg: TrainConfig, echo=print) -> dict:
         echo(f"{len(dataset.skipped)} pairs smaller than {cfg.crop}x{cfg.crop} and {len(dataset.held_out)} held-out "
              f"pairs left out; training on {len(dataset)}")
     if master:  # a file without a partner is never skipped silently
-        for folder in [*cfg.data, *([cfg.val] if cfg.val else [])]:
+        for folder in [*cfg.data, *cfg.val]:
             note = find_pairs(folder, allow_empty=True).unmatched_note(folder)
             if note:
                 echo(note)
@@ -129,7 +129,14 @@ def main(cfg: TrainConfig, echo=print) -> dict:
         (out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
         _rewrite_log(out, history)
 
-    sampler = StepBatchSampler(len(dataset), cfg.batch_size, rank, world, cfg.seed, step, cfg.steps)
+    if cfg.augment.night_share > 0:
+        sampler = QuotaBatchSampler(dataset.night, cfg.batch_size, rank, world, cfg.seed, step, cfg.steps,
+                                    cfg.augment.night_share)
+    else:
+        sampler = StepBatchSampler(len(dataset), cfg.batch_size, rank, world, cfg.seed, step, cfg.steps)
+    if master and cfg.augment.night_share > 0:
+        echo(f"night quota: {sampler.quota[1]} of every {cfg.batch_size} crops from the {sum(dataset.night)} "
+             f"night pairs, {sampler.quota[0]} from the {len(dataset) - sum(dataset.night)} others")
     # no random state lives in the workers (every draw is keyed by (seed, step, index)), so
     # restarting the loader at `step` continues the run exactly
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.workers,
@@ -160,7 +167,7 @@ def main(cfg: TrainConfig, echo=print) -> dict:
 
         if step % cfg.val_every == 0 or step == cfg.steps:
             if master:
-                val = validate(model, val_set, device, cfg.lambda1) if val_set else {}
+                val = validate_sets(model, val_sets, device, cfg.lambda1) if val_sets else {}
                 if val:
                     val["step"] = step
                     history.append(val)
@@ -183,10 +190,39 @@ def main(cfg: TrainConfig, echo=print) -> dict:
     return result
 
 
+def validation_sets(cfg: TrainConfig) -> dict[str, list]:
+    """{label: [data.ScoredPair, ...]} for each --val folder, its first val_pairs pairs. A folder
+    that is also a training folder gives its held-out pairs only (none held out: an error), so
+    that validation never scores a pair the run trains on."""
+    train = {Path(d).resolve() for d in cfg.data}
+    sets = {}
+    for folder in cfg.val:
+        pairs = find_pairs(folder)
+        label = "/".join(Path(folder).resolve().parts[-2:])
+        if Path(folder).resolve() in train:
+            pairs = [p for p in pairs if p[0] in cfg.holdout]
+            if not pairs:
+                raise ConfigError(f"--val {folder} is a training folder and none of its pairs is held out; "
+                                  "name them with --holdout, or validate on another folder")
+            label += " (held out)"
+        sets[label] = [load_scored_pair(ir, vi) for _, ir, vi in list(pairs)[: cfg.val_pairs]]
+    return sets
+
+
+def validate_sets(model: ISFuse, sets: dict[str, list], device, lambda1: float) -> dict:
+    """One validation record: the first folder's numbers as flat val_* keys (val_L_f chooses
+    best.pth), and every folder's under "val": {label: numbers}."""
+    per = {label: validate(model, pairs, device, lambda1) for label, pairs in sets.items()}
+    return {**next(iter(per.values())), "val": per}
+
+
 @torch.no_grad()
 def validate(model: ISFuse, pairs, device, lambda1: float) -> dict:
     """On full-size pairs in eval mode: mean L_f, Qabf/SSIM/VIF/MI, and per gate level the
-    spatial std and the 1st-99th percentile span (how much structure the gates have)."""
+    spatial std and the 1st-99th percentile span (how much structure the gates have); the mean
+    of the fused image and of its two sources (0-255), and val_above_darker, the number of
+    pairs whose fused mean is at or above the darker source's (a model that darkens the night
+    puts its output below both inputs)."""
     try:
         from .. import metrics
     except ImportError:
@@ -199,6 +235,9 @@ def validate(model: ISFuse, pairs, device, lambda1: float) -> dict:
         vis_t, ir_t = torch.from_numpy(y)[None, None].to(device), torch.from_numpy(ir)[None, None].to(device)
         fused, gates = model(vis_t, ir_t)
         row = {"val_L_f": losses.fusion_loss(fused, ir_t, vis_t, lambda1).item()}
+        f_mean, y_mean, ir_mean = (float(a.mean()) * 255 for a in (fused.clamp(0, 1).float().cpu().numpy(), y, ir))
+        row.update({"val_fused_mean": f_mean, "val_visible_mean": y_mean, "val_infrared_mean": ir_mean,
+                    "val_above_darker": float(f_mean >= min(y_mean, ir_mean))})
         for name, stats in gate_stats(gates).items():
             row[f"val_gate_std_{name}"], row[f"val_gate_span_{name}"] = stats["std"], stats["p1_p99"]
         if metrics is not None:
@@ -208,7 +247,9 @@ def validate(model: ISFuse, pairs, device, lambda1: float) -> dict:
             row.update({f"val_{k}": float(scores[k]) for k in ("Qabf", "SSIM", "VIF", "MI")})
         rows.append(row)
     model.train(was_training)
-    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+    out = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+    out["val_above_darker"], out["val_pairs"] = int(sum(r["val_above_darker"] for r in rows)), len(rows)
+    return out
 
 
 def _save_state(path: Path, model, optimizer, step: int, best: float, elapsed: float) -> None:
@@ -278,7 +319,7 @@ def _plot(out: Path, history: list[dict]) -> None:
     val_keys = [k for k in ("val_Qabf", "val_SSIM", "val_VIF", "val_MI") if val and k in val[0]]
     fig, axes = plt.subplots(1, 1 + len(val_keys), figsize=(4 * (1 + len(val_keys)), 3.2), squeeze=False)
     ax = axes[0, 0]
-    for k in ("loss", "L_f", "L_inv", "L_nec"):
+    for k in [k for k in ("loss", "L_f", "L_inv", "L_nec") if train and k in train[0]]:  # the control: loss, L_f
         ax.plot([h["step"] for h in train], [h[k] for h in train], label=k)
     ax.plot([h["step"] for h in val], [h["val_L_f"] for h in val], "k--o", ms=3, label="val L_f")
     ax.set_xlabel("step"), ax.set_title("losses"), ax.legend(fontsize=7)

@@ -45,7 +45,12 @@ class FiveWay(nn.Module):
 def compute_loss(outs: list[Tensor], gates: list[tuple[Tensor, ...]], vis: Tensor, ir: Tensor,
                  cfg: TrainConfig) -> dict[str, Tensor]:
     """Algorithm 1, lines 30-34: L_f on the original pass, L_inv over the complementary and
-    random passes (their own gates), L_nec over the two dropouts; returns all four terms."""
+    random passes (their own gates), L_nec over the two dropouts; returns all four terms.
+    Without interventions (the control, cfg.interventions False) `outs` is the clean pass alone
+    and the loss is L_f alone: no L_inv, no L_nec, no gate regulariser."""
+    if not cfg.interventions:
+        l_f = losses.fusion_loss(outs[0], ir, vis, cfg.lambda1)
+        return {"loss": l_f, "L_f": l_f}
     f, f_comp, f_rand, f_ir_only, f_vi_only = outs
     l_f = losses.fusion_loss(f, ir, vis, cfg.lambda1)
     l_inv = losses.intervention_loss(f, [f_comp, f_rand], [gates[1], gates[2]], cfg.model.eta, cfg.regulariser)
@@ -56,10 +61,15 @@ def compute_loss(outs: list[Tensor], gates: list[tuple[Tensor, ...]], vis: Tenso
 def train_step(net: nn.Module, optimizer: torch.optim.Optimizer, batch: dict[str, Tensor], cfg: TrainConfig,
                device: torch.device, amp: bool = False) -> dict[str, float]:
     """One optimisation step on a PairDataset batch through `net` (a FiveWay, possibly DDP-wrapped),
-    the forwards under bf16 autocast when `amp`. Returns the loss terms as floats."""
+    the forwards under bf16 autocast when `amp`. Returns the loss terms as floats. The control
+    (cfg.interventions False) runs the original pair alone: one forward per sample, not five."""
     image = batch["image"].to(device, non_blocking=True)
     vis, ir = image[:, :1], image[:, 1:]
-    pairs = variants(vis, ir, batch["comp"].to(device, non_blocking=True), batch["rand"].to(device, non_blocking=True))
+    if cfg.interventions:
+        pairs = variants(vis, ir, batch["comp"].to(device, non_blocking=True),
+                         batch["rand"].to(device, non_blocking=True))
+    else:
+        pairs = [(vis, ir)]
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
         outs, gates = net(pairs)
     terms = compute_loss(outs, gates, vis, ir, cfg)
