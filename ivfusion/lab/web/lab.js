@@ -11,7 +11,7 @@
   "use strict";
   const L = (window.ivfusionLab = {
     cfg: null, session: null, backend: null, state: "starting", why: "",
-    pair: null, clean: null, last: null, live: { on: false, busy: false, pending: null, frames: [], fps: 0 },
+    pair: null, clean: null, last: null, live: { on: false, busy: false, pending: null, frames: [], fps: 0, count: 0 },
   });
   const $ = (id) => document.getElementById(id);
   const LEVELS = ["coarse", "mid", "fine"];
@@ -137,6 +137,19 @@
     host.addEventListener("change", (ev) => {
       if (ev.target.id === "ivf-live") L.live.on = ev.target.checked;
     });
+    // a new pair (an example clicked, a file chosen): the browser's old results go, as the server's do
+    const newPair = (ev) => {
+      if (ev.target.closest && ev.target.closest("#examples, #visible-input, #infrared-input")) {
+        showBrowserResults(false);
+        L.live.on = false;
+        const live = $("ivf-live");
+        if (live) live.checked = false;
+      }
+    };
+    document.addEventListener("change", newPair, true);
+    document.addEventListener("click", (ev) => {
+      if (ev.target.closest && ev.target.closest("#examples")) newPair(ev);
+    }, true);
     // a server Fuse (the visitor's click, or the fallback's): its results show, and the page says so
     document.addEventListener("click", (ev) => {
       if (ev.target.closest && ev.target.closest("#fuse-btn")) {
@@ -391,6 +404,7 @@
     const [fx, fy] = L.live.pending;
     L.live.pending = null;
     L.live.busy = true;
+    const t0 = performance.now();
     try {
       const side = L.last.holePx || 16;
       const x0 = Math.round(fx * p.w - side / 2), y0 = Math.round(fy * p.h - side / 2);
@@ -406,10 +420,10 @@
       render(res, L.stretched);
       L.last = { ...res, backend: L.backend, clean: L.clean, where: `in your browser (${L.backend})` };
       L.live.count = (L.live.count || 0) + 1;
-      const now = performance.now();
-      L.live.frames = L.live.frames.filter((t) => now - t < 2000).concat([now]);
-      const f = L.live.frames;
-      L.live.fps = f.length > 1 ? ((f.length - 1) * 1000) / (f[f.length - 1] - f[0]) : 0;
+      // the rate while the pointer keeps moving: one frame (masks, forward, drawing) after
+      // another, over the last five frames
+      L.live.frames = L.live.frames.concat([performance.now() - t0]).slice(-5);
+      L.live.fps = 1000 / (L.live.frames.reduce((a, b) => a + b, 0) / L.live.frames.length);
       $("ivf-fps").textContent = `${L.live.fps.toFixed(1)} frames/s (forward ${res.ms.toFixed(0)} ms, ${L.backend})`;
       $("ivf-where").textContent = `Computed in your browser (${L.backend}): live hole in the ${which} image.`;
     } finally {
