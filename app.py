@@ -75,6 +75,9 @@ CSS = """
   .phone-only {display: block !important}
   #how-it-works table {display: block; overflow-x: auto}
   #metrics table {font-size: 0.85em}
+  /* the architecture figure spans the screen (it was drawn 326 px wide in a fixed-height box) */
+  #architecture, #architecture .image-container, #architecture .image-frame {height: auto !important}
+  #architecture img {width: 100% !important; height: auto !important; max-height: none !important}
 }
 """
 
@@ -374,6 +377,9 @@ class LabApp(cb.LabCallbacks):
                                 "per-level gate maps and captions, and notices (names and order: docs/API.md).")
             fused.success(self.metrics, [state], [table], api_name="metrics", concurrency_id="metrics",
                           show_progress="minimal")
+            # on a phone the results sit above the controls: Fuse brings them into view (no server call)
+            fuse_btn.click(None, None, None, js="() => { if (window.innerWidth <= 600) "
+                           "document.querySelector('#results')?.scrollIntoView({behavior: 'smooth'}); }")
             # an example click shows that example's results at once: the pair is set, then fused with
             # the current controls (from the shared cache when anyone computed it: every example is
             # precomputed with the default controls)

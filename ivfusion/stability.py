@@ -27,6 +27,14 @@ by 180 degrees, so no shared layout; shift test 18.3%) and in 2.7-4.3% of pairin
 (shift test 5.8-18.8%). It pays in power: an image against itself plus twice an unrelated one
 gave p < 0.05 in 50% of 60 pairs (shift test 63%). The claim predicts r < 0 (stable where the
 gate is open).
+
+Which interventions were drawn is random too: with few runs, r's sign changed with K on real
+pairs. So the verdict's p-value (`Correlation.p_runs`) adds to the spatial test's variance the
+variance of r over BOOTSTRAP resamples of the K runs (in Fisher's z), no verdict is drawn from
+fewer than MIN_K runs (a cancelled run included: its data are still shown), and r after the
+first 1, 2, 4, ... runs is reported so a reader sees whether the sign has settled.
+`python tools/p_calibration.py --only-stability` measures the false-verdict rate on unrelated
+images.
 """
 from __future__ import annotations
 
@@ -45,6 +53,8 @@ from .metrics import pearson
 from .predictor import Fuser
 
 Intervention = str | Sequence[str]  # a registry name, or names whose masks multiply
+MIN_K = 8  # fewer runs give r and the maps but no verdict: on real pairs r's sign still changed with K
+BOOTSTRAP = 200  # resamples of the K runs
 
 
 @dataclass
@@ -64,6 +74,13 @@ class Correlation:
     n_pixels: int
     n_eff: float
     reading: str
+    # which interventions were drawn is random too: p of r against 0 with both the spatial
+    # variance (the modified t's n_eff) and the variance of r over resamples of the K runs
+    # (bootstrap), in Fisher's z; NaN when not computed
+    p_runs: float = float("nan")
+    runs: int = 0  # the runs r is computed over
+    r_by_k: tuple[tuple[int, float], ...] = ()  # r after the first k runs, k = 1, 2, 4, ... and all
+    verdict: bool = False  # whether the reading draws a conclusion (at least MIN_K runs, p_runs < 0.05)
 
 
 @dataclass
@@ -115,6 +132,7 @@ class StabilityResult:
     visible_rgb: np.ndarray
     seconds: float = 0.0
     notices: list[str] = field(default_factory=list)
+    output_runs: "RunMaps | None" = None  # the per-run maps the instability was made of
 
 
 class StabilityAnalysis:
@@ -180,6 +198,8 @@ class StabilityAnalysis:
             feat_sq = [torch.zeros(c.shape[-2:], dtype=torch.float64) for c in clean_cross]
             feat_n = [torch.zeros_like(s) for s in feat_sq]
         done, cancelled = 0, False
+        out_runs: list[tuple[torch.Tensor, torch.Tensor]] = []  # per run: (visible * change^2, visible)
+        feat_runs: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in GATE_LEVELS]
         while done < self.k:
             if is_cancelled():
                 cancelled = True
@@ -193,8 +213,10 @@ class StabilityAnalysis:
             out = next(fuser.intervene_batch(plan, batch_pixels=len(plan) * h * w, return_cross=self.features))
             for j, (m_vi, m_ir) in enumerate(out.masks):
                 visible_px = torch.from_numpy((m_vi >= 1) & (m_ir >= 1)).double()
-                out_sq += visible_px * (out.fused[j, 0] - clean_fused).double() ** 2
+                sq = visible_px * (out.fused[j, 0] - clean_fused).double() ** 2
+                out_sq += sq
                 out_n += visible_px
+                out_runs.append((sq.float(), visible_px.float()))
                 if self.features:
                     for lv, level in enumerate(GATE_LEVELS):
                         c = out.cross[lv][j]
@@ -202,6 +224,7 @@ class StabilityAnalysis:
                         d2 = (c - clean_cross[lv]).pow_(2).mean(0, dtype=torch.float64)
                         feat_sq[lv] += vis_l * d2
                         feat_n[lv] += vis_l
+                        feat_runs[lv].append(((vis_l * d2).float(), vis_l.float()))
                 done += 1
                 if progress is not None:
                     progress(done, self.k)
@@ -214,29 +237,133 @@ class StabilityAnalysis:
                            "run), so the output instability is undefined.")
         if cancelled:
             notices.append(f"Cancelled after {done} of {self.k} runs; the maps cover the runs done.")
-        correlation = self.correlate(instability, gate, "the fused output changes")
+        weights = bootstrap_weights(done, self.seed)
+        out_stack = _stack(out_runs)
+        out_gates = [gate] + ([clean.gates_full[lv.index].astype(np.float32) for lv in GATE_LEVELS]
+                              if self.features else [])
+        # the output's resamples once for its four gates (a resample's map is the expensive part)
+        out_boot = (resampled_r(out_stack, out_gates, weights) if self.p_values and out_stack is not None
+                    else [None] * len(out_gates))
+        correlation = self.correlate(instability, gate, "the fused output changes", out_stack, out_boot[0])
         levels = []
         if self.features:
             for lv, level in enumerate(GATE_LEVELS):
                 size = clean_cross[lv].double().pow(2).mean(0).sqrt()
-                change = _rms(feat_sq[lv], feat_n[lv]) / size.clamp_min(1e-3 * float(size.mean())).float().numpy()
+                scale = 1.0 / size.clamp_min(1e-3 * float(size.mean())).float().numpy()
+                change = _rms(feat_sq[lv], feat_n[lv]) * scale
                 g = clean.gates[level.index].astype(np.float32)
-                corr = self.correlate(change, g, f"the {level.label} cross-attended features change")
-                out_corr = self.correlate(instability, clean.gates_full[level.index].astype(np.float32),
-                                          "the fused output changes")
+                stack = _stack(feat_runs[lv], scale)
+                boot = resampled_r(stack, [g], weights)[0] if self.p_values and stack is not None else None
+                corr = self.correlate(change, g, f"the {level.label} cross-attended features change", stack, boot)
+                out_corr = self.correlate(instability, out_gates[1 + lv], "the fused output changes", out_stack,
+                                          out_boot[1 + lv])
                 levels.append(LevelStability(level, change, g, feat_n[lv].numpy().astype(np.int32), corr, out_corr))
         return StabilityResult(instability, out_n.numpy().astype(np.int32), gate, correlation, levels, names,
-                               self.k, done, cancelled, self.seed, pair.visible_rgb, time.perf_counter() - t0, notices)
+                               self.k, done, cancelled, self.seed, pair.visible_rgb, time.perf_counter() - t0, notices,
+                               out_stack)
 
-    def correlate(self, instability: np.ndarray, gate: np.ndarray, what: str) -> Correlation:
-        """r, its modified-t p-value and a plain reading, for one map against one gate map."""
+    def correlate(self, instability: np.ndarray, gate: np.ndarray, what: str, runs: "RunMaps | None" = None,
+                  r_boot: np.ndarray | None = None) -> Correlation:
+        """r, its p-values and a plain reading, for one map against one gate map. runs: the
+        per-run maps the instability was made of (`_stack`), for r against K; r_boot: r over
+        resamples of those runs (`resampled_r`), for the p-value that allows for them."""
         valid = np.isfinite(instability) & np.isfinite(gate)
         n = int(valid.sum())
         r = pearson(instability[valid], gate[valid]) if n >= 3 else float("nan")
-        p, n_eff = float("nan"), float("nan")
+        p, n_eff, p_runs, by_k = float("nan"), float("nan"), float("nan"), ()
+        k = 0 if runs is None else runs.k
+        if runs is not None:
+            by_k = r_against_k(runs, gate)
         if self.p_values and math.isfinite(r):
             p, n_eff = modified_t_test(instability, gate)
-        return Correlation(r, p, n, n_eff, reading(r, p, what))
+            if r_boot is not None and k >= 2:
+                p_runs = combined_p(r, n_eff, r_boot)
+        verdict = k >= MIN_K and math.isfinite(p_runs) and p_runs < 0.05
+        return Correlation(r, p, n, n_eff, reading(r, p_runs, what, k), p_runs, k, by_k, verdict)
+
+
+@dataclass
+class RunMaps:
+    """Per-run maps of one measure, flattened: sq (K, P) the visible-masked squared change,
+    vis (K, P) the visibility, and scale (P,) a factor applied after the RMS (the feature
+    view's division by the clean features' size), with the map's shape."""
+
+    sq: np.ndarray
+    vis: np.ndarray
+    scale: np.ndarray | None
+    shape: tuple[int, int]
+
+    @property
+    def k(self) -> int:
+        return self.sq.shape[0]
+
+    def rms(self, sq: np.ndarray, vis: np.ndarray) -> np.ndarray:
+        """The instability map(s) of summed runs, NaN where never visible."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out = np.where(vis > 0, np.sqrt(sq / np.maximum(vis, 1e-12)), np.nan)
+        return out * self.scale if self.scale is not None else out
+
+
+def bootstrap_weights(runs: int, seed: int = 0) -> np.ndarray | None:
+    """BOOTSTRAP resamples of `runs` runs with replacement, as run counts (resamples x runs)."""
+    if not runs:
+        return None
+    rng = np.random.default_rng([seed, 2**20])
+    return rng.multinomial(runs, [1.0 / runs] * runs, size=BOOTSTRAP).astype(np.float32)
+
+
+def _stack(runs: list[tuple[torch.Tensor, torch.Tensor]], scale: np.ndarray | None = None) -> RunMaps | None:
+    if not runs:
+        return None
+    shape = tuple(runs[0][0].shape)
+    sq = np.stack([a.numpy().ravel() for a, _ in runs])
+    vis = np.stack([b.numpy().ravel() for _, b in runs])
+    return RunMaps(sq, vis, None if scale is None else np.asarray(scale, np.float32).ravel(), shape)
+
+
+def _rows_r(maps: np.ndarray, gate: np.ndarray) -> np.ndarray:
+    """Pearson r of each row of `maps` (NaN = left out) against `gate` (P,)."""
+    out = np.full(maps.shape[0], np.nan)
+    g_ok = np.isfinite(gate)
+    for i, m in enumerate(maps):
+        ok = np.isfinite(m) & g_ok
+        if ok.sum() >= 3:
+            out[i] = pearson(m[ok], gate[ok])
+    return out
+
+
+def r_against_k(runs: RunMaps, gate: np.ndarray) -> tuple[tuple[int, float], ...]:
+    """r after the first k runs, for k = 1, 2, 4, 8, ... and all K: whether the sign has settled."""
+    ks = sorted({k for k in (1, 2, 4, 8, 16, 32, 64) if k < runs.k} | {runs.k})
+    sq, vis = np.cumsum(runs.sq, 0), np.cumsum(runs.vis, 0)
+    maps = runs.rms(sq[[k - 1 for k in ks]], vis[[k - 1 for k in ks]])
+    return tuple((k, float(r)) for k, r in zip(ks, _rows_r(maps, np.asarray(gate, np.float64).ravel())))
+
+
+def resampled_r(runs: RunMaps, gates: Sequence[np.ndarray], weights: np.ndarray, chunk: int = 20) -> list[np.ndarray]:
+    """r against each gate over bootstrap resamples of the K runs (weights: resamples x K run
+    counts); one array per gate."""
+    gs = [np.asarray(g, np.float64).ravel() for g in gates]
+    out: list[list[np.ndarray]] = [[] for _ in gs]
+    for start in range(0, len(weights), chunk):
+        w = weights[start:start + chunk]
+        maps = runs.rms(w @ runs.sq, w @ runs.vis)
+        for i, g in enumerate(gs):
+            out[i].append(_rows_r(maps, g))
+    return [np.concatenate(o) for o in out]
+
+
+def combined_p(r: float, n_eff: float, r_boot: np.ndarray) -> float:
+    """Two-sided p of r against 0 in Fisher's z, with the variance of the spatial test
+    (1 / (n_eff - 3)) plus the variance of z over resamples of the runs."""
+    from scipy.special import ndtr
+
+    z_boot = np.arctanh(np.clip(r_boot[np.isfinite(r_boot)], -0.999999, 0.999999))
+    if not math.isfinite(r) or z_boot.size < 10 or not n_eff > 3:
+        return float("nan")
+    se = math.sqrt(1.0 / (n_eff - 3.0) + float(np.var(z_boot, ddof=1)))
+    z = math.atanh(max(-0.999999, min(0.999999, r)))
+    return float(2.0 * ndtr(-abs(z) / se))
 
 
 def effective_n(x: np.ndarray, y: np.ndarray) -> float:
@@ -274,14 +401,17 @@ def modified_t_test(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return float(2.0 * stdtr(df, -t)), n_eff
 
 
-def reading(r: float, p: float, what: str) -> str:
+def reading(r: float, p: float, what: str, runs: int | None = None) -> str:
     """One plain sentence on r and its p-value; `what` is the subject and verb, e.g.
-    "the fused output changes"."""
+    "the fused output changes". With `runs` under MIN_K there is no verdict, whatever p says."""
     if not math.isfinite(r):
         return ("Undefined: the change map or the gate is constant over the pixels that stayed visible (or no pixel "
                 "stayed visible), so there is nothing to correlate.")
     strength = "very weak" if abs(r) < 0.1 else "weak" if abs(r) < 0.3 else "moderate" if abs(r) < 0.6 else "strong"
     ptxt = "no p-value" if not math.isfinite(p) else "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+    if runs is not None and runs < MIN_K:
+        return (f"r = {r:+.2f} after {runs} run{'s' if runs != 1 else ''}: too few interventions for a verdict (at "
+                f"least {MIN_K}); with so few, which ones were drawn can still flip the sign.")
     if not (math.isfinite(p) and p < 0.05):
         return (f"r = {r:+.2f} ({ptxt}): no clear relation between where the gate opens and how much {what} "
                 "under the interventions; on this image the data neither support nor refute the paper's claim.")

@@ -67,3 +67,12 @@ def test_the_compare_menu_follows_the_main_model(lab_app):
     # the authors' model as the main one: the bundled weights can be compared against it
     upd = lab_app.compare_choices(lab.OFFICIAL_CHOICE, lab.UNTRAINED_CHOICE)
     assert lab.DEFAULT_CHOICE in upd["choices"] and upd["value"] == lab.UNTRAINED_CHOICE
+
+
+def test_the_metrics_note_says_which_metrics_rise_under_masking_and_it_is_so(lab_app):
+    assert "EN, SD, SF and AG rise under masking" in lab.METRICS_NOTE and "higher-is-better" not in lab.METRICS_NOTE
+    fuser, _ = lab_app.bank.get(lab.DEFAULT_CHOICE)
+    run = lab.run_pair(fuser, *(read_image(p) for p in (VIS, IR)), lab.Settings(complementary=True))
+    change = {row[0]: row[3] for row in lab.metrics_table(run)}
+    assert all(change[m] > 0 for m in ("EN", "SD", "SF", "AG"))  # the holes add edges and contrast
+    assert all(change[m] < 0 for m in ("SCD", "VIF", "Qabf", "SSIM", "CC"))  # what the sources showed is lost

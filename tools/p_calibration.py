@@ -15,6 +15,12 @@ leave out a 12-pixel border. A test that holds its level rejects about 5% of the
 and about 1% at p < 0.01. Power: a map against itself plus twice an unrelated map.
 
 The circular-shift test is printed next to the modified t-test the analysis uses, for comparison.
+
+The stability verdict (`--stability N`, default 24 pairs): the analysis is run on N real pairs
+at 160x120 (K = MIN_K and 2 x MIN_K complementary maskings, bundled weights), and each pair's
+output instability is tested against the gate map of an unrelated scene turned by 180 degrees
+with the p-value the Lab uses (spatial modified t plus the K runs resampled). The share of
+those unrelated pairings given a verdict (p < 0.05) is the false-verdict rate.
 """
 from __future__ import annotations
 
@@ -77,11 +83,49 @@ def rates(pairings, label: str) -> None:
     print(f"  {label:66s} {len(ps):4d}   modified t: {at(0, .05)} {at(0, .01)}   shift: {at(1, .05)} {at(1, .01)}")
 
 
+def stability_rates(n: int) -> None:
+    """The false-verdict rate of the stability analysis on unrelated pairings (see the docstring)."""
+    from ivfusion import Fuser
+    from ivfusion.stability import MIN_K, StabilityAnalysis, bootstrap_weights, combined_p, resampled_r
+
+    fuser = Fuser(None, device="cpu")
+    pairs = []
+    for name in ("roadscene/test", "msrs/train"):
+        for _, ir_path, vi_path in list(find_pairs(DATA / name))[: (n + 1) // 2]:
+            ir, vis = load_pair(ir_path, vi_path)
+            pairs.append([cv2.resize(a, SIZE, interpolation=cv2.INTER_AREA) for a in (vis, ir)])
+    pairs = pairs[:n]
+    for k in (MIN_K, 2 * MIN_K):
+        results = [StabilityAnalysis(fuser, ("complementary",), k=k, seed=i, features=False).run(*p)
+                   for i, p in enumerate(pairs)]
+        gates = [r.gate for r in results]
+        verdicts, own = [], []
+        for i, res in enumerate(results):
+            own.append(res.correlation.verdict)
+            for j in (i + 1, i + 3):  # two unrelated scenes each
+                g = gates[j % len(gates)][::-1, ::-1].copy()
+                inst = res.instability
+                ok = np.isfinite(inst)
+                r = pearson(inst[ok], g[ok])
+                _, n_eff = modified_t_test(inst, g)
+                boot = resampled_r(res.output_runs, [g], bootstrap_weights(res.done, i))[0]
+                verdicts.append(combined_p(r, n_eff, boot) < 0.05)
+        print(f"  stability verdicts, K={k}: unrelated gate {np.mean(verdicts):5.1%} of {len(verdicts)} pairings "
+              f"(false-verdict rate, should be ~5%); own gate {np.mean(own):5.1%} of {len(own)} pairs")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--pairs", type=int, default=300, help="random unrelated grey pairings (default 300)")
     p.add_argument("--authors", default=str(DATA.parent / "weights" / "authors" / "best.pth"))
+    p.add_argument("--stability", type=int, default=24, metavar="N",
+                   help="pairs for the stability verdict's false-verdict rate (default 24; 0: skip)")
+    p.add_argument("--only-stability", action="store_true", help="print only the stability verdict's rates")
     args = p.parse_args()
+    if args.stability:
+        stability_rates(args.stability)
+    if args.only_stability:
+        return
     rng = np.random.default_rng(0)
     greys = grey_maps(40)
     flat = [m for pair in greys for m in pair]

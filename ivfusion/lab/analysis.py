@@ -12,7 +12,7 @@ from .. import viz
 from ..interventions import get_intervention
 from ..levels import GATE_LEVELS
 from ..predictor import Fuser
-from ..stability import StabilityAnalysis, StabilityResult
+from ..stability import BOOTSTRAP, MIN_K, StabilityAnalysis, StabilityResult
 from .render import gate_scale_name
 from .settings import Settings
 from .slot import ChunkedHold, ComputeSlot
@@ -121,10 +121,15 @@ def stability_figures(res: StabilityResult, gate_scale: str = "stretched per lev
              f"{res.seconds:.1f} s): {res.correlation.reading}"]
     for lv, level in zip(res.levels, GATE_LEVELS):
         lines.append(f"**Features, {level.label}**: {lv.correlation.reading}")
+    by_k = res.correlation.r_by_k
+    if len(by_k) > 1:
+        lines.append("**r against K** (output; has the sign settled?): "
+                     + ", ".join(f"{k} runs {r:+.2f}" for k, r in by_k) + ".")
     lines.append("Instability is measured only over the runs in which a pixel was visible (grey: never visible), "
-                 "so the map is not just a map of where the holes fell. The claim predicts r < 0; the p-value "
-                 "comes from Dutilleul's modified t-test, which counts only as many independent pixels as the "
-                 "maps' spatial autocorrelation allows.")
+                 "so the map is not just a map of where the holes fell. The claim predicts r < 0. The p-value "
+                 "allows for both sources of chance: the maps' spatial autocorrelation (Dutilleul's modified t-test "
+                 f"counts only as many independent pixels as it allows) and which interventions were drawn (the runs "
+                 f"resampled {BOOTSTRAP} times); under {MIN_K} runs there is no verdict.")
     notices = [n for n in res.notices if not (budget and n.startswith("Cancelled after"))]
     if notices:
         lines.append(" ".join(notices))

@@ -15,9 +15,14 @@ from ..levels import GATE_LEVELS, npz_key
 from .runs import LabRun
 
 METRIC_HEADERS = ["metric", "clean", "intervened", "change"]
-METRICS_NOTE = ("Both outputs are measured against the unmasked sources; change = intervened - clean; every "
-                "metric is higher-is-better. Conventions of the field: SSIM is summed over both sources "
-                "(up to 2); PSNR uses the field's ~60 dB convention (MSE of images scaled to [0, 1], peak 255).")
+METRICS_NOTE = ("Both outputs are measured against the unmasked sources; change = intervened - clean. Read the "
+                "change with care: **EN, SD, SF and AG rise under masking** because they measure the fused image "
+                "alone (entropy, contrast, edges), and a black hole adds sharp edges and contrast, so a higher "
+                "value there does not mean better fusion. SCD, VIF, Qabf, SSIM, PSNR and CC compare the output "
+                "with the sources and fall when the holes lose what the sources showed (MI can move either way). "
+                "Conventions of "
+                "the field: SSIM is summed over both sources (up to 2); PSNR uses the field's ~60 dB convention "
+                "(MSE of images scaled to [0, 1], peak 255).")
 HEAT_JPEG_QUALITY = 90  # heat maps: pixels do not matter, size and encoding time do
 BUTTON_ROOM = 32  # white rows above a heat map for the page's buttons (a multiple of JPEG's 8-pixel blocks)
 
