@@ -355,7 +355,7 @@ def test_sessions_do_not_share_state(server):
     assert sorted(Path(f).name for f in files) == ["fused_clean.png", "fused_intervened.png", "gates.npz"]
 
 
-def test_a_stability_run_does_not_starve_another_clients_fuse(server):
+def test_a_stability_run_does_not_starve_another_clients_fuse(served):
     """Judged by the compute slot's own record and synchronised on it, never on the clock: the
     test takes places in the slot's queue itself (tests.helpers.SlotPlace), so that the run is
     paused with its first intervention queued when the other client's Fuse asks for the slot.
@@ -365,6 +365,10 @@ def test_a_stability_run_does_not_starve_another_clients_fuse(server):
     from ivfusion.lab.slot import COMPUTE
     from tests.helpers import SlotPlace, wait_until
 
+    server, demo = served
+    # the start-up precompute holds the slot too: it must be over, and the Fuse's seed is one it
+    # did not compute (a cached result never enters the slot)
+    wait_until(demo.lab_app.precomputed.is_set, "the Lab's start-up precompute to finish", 600)
     pair = dict(visible=handle_file(str(VIS)), infrared=handle_file(str(IR)))
     slow, quick = Client(server, verbose=False), Client(server, verbose=False)
     t0 = time.perf_counter()  # the slot's clock
@@ -378,7 +382,7 @@ def test_a_stability_run_does_not_starve_another_clients_fuse(server):
         wait_until(lambda: COMPUTE.waiting == 2, "the test's second place to queue behind the decode")
         first.release()
         wait_until(lambda: second.holding.is_set() and COMPUTE.waiting == 1, "the run's first intervention to queue")
-        fuse = quick.submit(**pair, api_name="/fuse")
+        fuse = quick.submit(**pair, seed=4242, api_name="/fuse")
         wait_until(lambda: COMPUTE.waiting == 2, "the other client's Fuse to queue behind the run")
     finally:
         for place in (first, second):

@@ -166,7 +166,10 @@ def test_stability_can_be_cancelled_and_does_not_starve_another_clients_fuse(ser
     from ivfusion.lab.slot import COMPUTE
     from tests.helpers import SlotPlace, wait_until
 
-    url, _ = server
+    url, demo = server
+    # the start-up precompute holds the slot too: it must be over, and the Fuse's seed is one it
+    # did not compute (a cached result never enters the slot)
+    wait_until(demo.lab_app.precomputed.is_set, "the Lab's start-up precompute to finish", 600)
     with lab_page(url, chromium_path) as page:
         k_box = page.locator("#k-slider input[type=number]")
         k_box.fill("32")
@@ -184,7 +187,7 @@ def test_stability_can_be_cancelled_and_does_not_starve_another_clients_fuse(ser
                        "the run's first intervention to queue", 120)
             expect(page.locator("body")).to_contain_text("of 32 interventions", timeout=60_000)  # progress
             fuse = Client(url, verbose=False).submit(visible=handle_file(str(VIS)), infrared=handle_file(str(IR)),
-                                                     api_name="/fuse")
+                                                     seed=4242, api_name="/fuse")
             wait_until(lambda: COMPUTE.waiting == 2, "the other client's Fuse to queue behind the run", 120)
             places.append(SlotPlace(COMPUTE))  # behind the Fuse: the run pauses again after it
             wait_until(lambda: COMPUTE.waiting == 3, "the test's third place to queue")
