@@ -148,12 +148,15 @@ class StabilityAnalysis:
     features: also compute the feature-level view (one more pass for the clean cross features).
     p_values: compute the p-values (Dutilleul's modified t-test; False: NaN).
     batch_pixels: at most this many pixels per batched forward (bounds memory).
+    resample: also resample the K runs (BOOTSTRAP times) for `Correlation.p_runs`, the p-value
+        the verdict then reads (the Lab's); off, the verdict reads the spatial p (a caller that
+        takes its uncertainty over many pairs, as the study does, need not pay for it).
     """
 
     def __init__(self, fuser: Fuser, interventions: Sequence[Intervention] = ("complementary", "random"),
                  k: int = 16, seed: int = 0, mask_config: MaskConfig = MaskConfig(), *,
                  masks: tuple[np.ndarray | None, np.ndarray | None] | None = None, features: bool = True,
-                 p_values: bool = True, batch_pixels: int = 640 * 480):
+                 p_values: bool = True, batch_pixels: int = 640 * 480, resample: bool = False):
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= 256:
             raise ValueError(f"k must be a whole number from 1 to 256, got {k!r}")
         if isinstance(interventions, str):
@@ -165,7 +168,7 @@ class StabilityAnalysis:
                 get_intervention(name)
         self.fuser, self.interventions, self.k, self.seed = fuser, list(interventions), int(k), int(seed)
         self.mask_config, self.masks, self.features = mask_config, masks, features
-        self.p_values, self.batch_pixels = p_values, batch_pixels
+        self.p_values, self.batch_pixels, self.resample = p_values, batch_pixels, resample
 
     def run(self, visible: np.ndarray | None = None, infrared: np.ndarray | None = None, *, resize_ir: bool = False,
             progress: Callable[[int, int], None] | None = None, cancel=None) -> StabilityResult:
@@ -242,7 +245,8 @@ class StabilityAnalysis:
         out_gates = [gate] + ([clean.gates_full[lv.index].astype(np.float32) for lv in GATE_LEVELS]
                               if self.features else [])
         # the output's resamples once for its four gates (a resample's map is the expensive part)
-        out_boot = (resampled_r(out_stack, out_gates, weights) if self.p_values and out_stack is not None
+        boot = self.p_values and self.resample
+        out_boot = (resampled_r(out_stack, out_gates, weights) if boot and out_stack is not None
                     else [None] * len(out_gates))
         correlation = self.correlate(instability, gate, "the fused output changes", out_stack, out_boot[0])
         levels = []
@@ -253,8 +257,8 @@ class StabilityAnalysis:
                 change = _rms(feat_sq[lv], feat_n[lv]) * scale
                 g = clean.gates[level.index].astype(np.float32)
                 stack = _stack(feat_runs[lv], scale)
-                boot = resampled_r(stack, [g], weights)[0] if self.p_values and stack is not None else None
-                corr = self.correlate(change, g, f"the {level.label} cross-attended features change", stack, boot)
+                r_boot = resampled_r(stack, [g], weights)[0] if boot and stack is not None else None
+                corr = self.correlate(change, g, f"the {level.label} cross-attended features change", stack, r_boot)
                 out_corr = self.correlate(instability, out_gates[1 + lv], "the fused output changes", out_stack,
                                           out_boot[1 + lv])
                 levels.append(LevelStability(level, change, g, feat_n[lv].numpy().astype(np.int32), corr, out_corr))
@@ -278,8 +282,10 @@ class StabilityAnalysis:
             p, n_eff = modified_t_test(instability, gate)
             if r_boot is not None and k >= 2:
                 p_runs = combined_p(r, n_eff, r_boot)
-        verdict = k >= MIN_K and math.isfinite(p_runs) and p_runs < 0.05
-        return Correlation(r, p, n, n_eff, reading(r, p_runs, what, k), p_runs, k, by_k, verdict)
+        # without resampling (a caller with its own uncertainty over many pairs) the spatial p reads
+        p_read = p_runs if self.resample else p
+        verdict = k >= MIN_K and math.isfinite(p_read) and p_read < 0.05
+        return Correlation(r, p, n, n_eff, reading(r, p_read, what, k), p_runs, k, by_k, verdict)
 
 
 @dataclass

@@ -28,7 +28,7 @@ def fuser():
 
 
 def test_below_the_minimum_k_there_is_data_but_no_verdict(fuser, pair):
-    res = StabilityAnalysis(fuser, ("complementary",), k=MIN_K - 1, seed=3).run(*pair)
+    res = StabilityAnalysis(fuser, ("complementary",), k=MIN_K - 1, seed=3, resample=True).run(*pair)
     for corr in [res.correlation] + [lv.correlation for lv in res.levels]:
         assert math.isfinite(corr.r) and corr.runs == MIN_K - 1
         assert not corr.verdict and "too few interventions for a verdict" in corr.reading
@@ -42,7 +42,7 @@ def test_a_cancelled_run_below_the_minimum_reports_data_without_a_verdict(fuser,
         if done == 3:
             stop.set()  # Cancel, pressed after the third intervention
 
-    res = StabilityAnalysis(fuser, ("random",), k=16, seed=1, batch_pixels=1).run(*pair, progress=progress,
+    res = StabilityAnalysis(fuser, ("random",), k=16, seed=1, batch_pixels=1, resample=True).run(*pair, progress=progress,
                                                                                  cancel=stop)
     assert res.cancelled and res.done == 3
     assert np.isfinite(res.instability).any() and math.isfinite(res.correlation.r)  # the data are shown
@@ -50,7 +50,7 @@ def test_a_cancelled_run_below_the_minimum_reports_data_without_a_verdict(fuser,
 
 
 def test_r_against_k_and_a_p_value_that_allows_for_the_runs_drawn(fuser, pair):
-    res = StabilityAnalysis(fuser, ("complementary",), k=MIN_K, seed=5).run(*pair)
+    res = StabilityAnalysis(fuser, ("complementary",), k=MIN_K, seed=5, resample=True).run(*pair)
     c = res.correlation
     assert [k for k, _ in c.r_by_k] == [1, 2, 4, MIN_K] and c.r_by_k[-1][1] == pytest.approx(c.r, abs=1e-5)
     assert c.runs == MIN_K and math.isfinite(c.p_runs)

@@ -96,7 +96,7 @@ def stability_rates(n: int) -> None:
             pairs.append([cv2.resize(a, SIZE, interpolation=cv2.INTER_AREA) for a in (vis, ir)])
     pairs = pairs[:n]
     for k in (MIN_K, 2 * MIN_K):
-        results = [StabilityAnalysis(fuser, ("complementary",), k=k, seed=i, features=False).run(*p)
+        results = [StabilityAnalysis(fuser, ("complementary",), k=k, seed=i, features=False, resample=True).run(*p)
                    for i, p in enumerate(pairs)]
         gates = [r.gate for r in results]
         verdicts, own = [], []

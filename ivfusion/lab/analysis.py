@@ -57,7 +57,7 @@ def run_stability(fuser: Fuser, visible: np.ndarray, infrared: np.ndarray, setti
         masks = tuple(drawn) if any(d is not None for d in drawn) else None
         # one run per forward: the slot, the page's progress and Cancel act per intervention
         analysis = StabilityAnalysis(own, runs, k=int(k), seed=settings.seed, mask_config=settings.mask_config(h, w),
-                                     masks=masks, batch_pixels=h * w)
+                                     masks=masks, batch_pixels=h * w, resample=True)
 
         def done_one(done: int, total: int) -> None:
             hold.step_done()
