@@ -6,9 +6,13 @@
    it does not pass them, and the time one upload of the pair's files takes;
 3. encoding one request's five page images one after the other and with `save_images`;
 4. with --page: where the fused images start on the first page, at 1400x1000 and 390x844
-   (Chromium through Playwright, as in tests/test_browser.py).
+   (Chromium through Playwright, as in tests/test_browser.py);
+5. with --work: the server's work per /fuse in process CPU seconds (all threads), as a ratio to
+   one forward pass's, on held-out 640x480 pairs: a new pair, a re-fuse of it with another
+   intervention (the shared clean features reused), and the same request again (a result
+   cache hit); CPU time, unlike wall time, is little moved by other programs on the machine.
 
-    python tools/lab_overheads.py [--page] [--chromium /usr/bin/chromium]
+    python tools/lab_overheads.py [--page] [--work] [--chromium /usr/bin/chromium]
 """
 from __future__ import annotations
 
@@ -46,7 +50,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--page", action="store_true", help="also measure the first page in Chromium")
     p.add_argument("--chromium", default="/usr/bin/chromium")
+    p.add_argument("--work", action="store_true", help="only the server's work per /fuse in CPU seconds (5.)")
     args = p.parse_args()
+    if args.work:
+        _work()
+        return
 
     gc.disable()  # the janitor (started by build_demo) freezes; measure the state before that first
     from gradio_client import Client, handle_file
@@ -101,6 +109,44 @@ def main() -> None:
 
     if args.page:
         _page(args.chromium)
+
+
+def _work(pairs: int = 3) -> None:
+    import torch
+
+    from ivfusion import Fuser, io
+    from ivfusion.bench.app import held_out_pairs
+    from ivfusion.lab import callbacks, uploads
+
+    torch.set_num_threads(2)
+    data = ROOT.parent / "shared" / "data" / "msrs" / "train"
+    uploads.trust_folder(data)
+    lab_app = callbacks.LabCallbacks(precompute=False)
+    fuser = Fuser(device="cpu", max_side=640)
+
+    def cpu(fn) -> float:
+        t = time.process_time()
+        fn()
+        return time.process_time() - t
+
+    rows = {"forward": [], "new pair": [], "re-fuse": [], "cache hit": [], "render+encode": []}
+    for vis, ir in held_out_pairs(data, pairs + 1)[1:]:  # the first pair warms up, below
+        v, i = io.read_image(vis), io.read_image(ir)
+        fuser.reset()
+        rows["forward"].append(cpu(lambda: fuser.fuse(v, i)))
+        rows["new pair"].append(cpu(lambda: lab_app._fuse_named(str(vis), str(ir), state={})))
+        rows["re-fuse"].append(cpu(lambda: lab_app._fuse_named(str(vis), str(ir), complementary=False,
+                                                              dropout="drop infrared", state={})))
+        rows["render+encode"].append(lab_app.last_timings["render"] + lab_app.last_timings["encode"])
+        rows["cache hit"].append(cpu(lambda: lab_app._fuse_named(str(vis), str(ir), complementary=False,
+                                                                dropout="drop infrared", state={})))
+    fwd = statistics.median(rows["forward"])
+    print(f"5. server work per /fuse, process CPU seconds (all threads), median of {pairs} held-out 640x480 pairs; "
+          f"one forward pass {fwd:.2f} s CPU")
+    for name in ("new pair", "re-fuse", "cache hit"):
+        print(f"   {name:10s} {statistics.median(rows[name]):6.2f} s CPU = {statistics.median(rows[name]) / fwd:.2f}x "
+              "one forward")
+    print(f"   rendering and encoding a computed result: {statistics.median(rows['render+encode']):.3f} s wall")
 
 
 def _page(chromium: str) -> None:
