@@ -162,6 +162,7 @@ def test_out_of_range_augment_settings_are_refused(bad):
         AugmentConfig(**bad)
 
 
+@pytest.mark.slow  # training steps, 3-10 CPU-seconds each
 @pytest.mark.parametrize("interventions, passes, forwards", [(True, "separate", 5), (True, "pooled", 5),
                                                              (False, "separate", 1)])
 def test_the_control_runs_one_forward_per_sample_and_isfuse_five(interventions, passes, forwards):

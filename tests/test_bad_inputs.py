@@ -227,6 +227,7 @@ CLI_ROWS = [
 ]
 
 
+@pytest.mark.slow  # runs the command in a subprocess per row
 @pytest.mark.parametrize("argv, message", [r[1:] for r in CLI_ROWS], ids=[r[0] for r in CLI_ROWS])
 def test_cli_bad_input(bad, argv, message):
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
@@ -239,6 +240,7 @@ def test_cli_bad_input(bad, argv, message):
     assert re.search(message, text), text
 
 
+@pytest.mark.slow  # runs the command in a subprocess
 def test_folder_mode_writes_the_pairs_around_an_unusable_one(bad, tmp_path):
     """Issue 11's third judged check: the others are written, whole, and the bad one is not."""
     out = tmp_path / "fused"

@@ -30,6 +30,7 @@ def folders(tmp_path, shared_dir):
     return ir, vi
 
 
+@pytest.mark.slow  # runs the command in a subprocess
 def test_folder_mode_fuses_good_pairs_and_names_failures(folders, tmp_path):
     ir, vi = folders
     out = tmp_path / "out"
@@ -59,6 +60,7 @@ def _bad_pairs(ir, vi, src):
     }
 
 
+@pytest.mark.slow  # runs the command in a subprocess
 def test_folder_mode_continues_past_any_failure_and_writes_no_partial_file(folders, tmp_path, shared_dir):
     ir, vi = folders
     (ir / "broken.png").unlink()
@@ -85,6 +87,7 @@ def test_folder_mode_continues_past_any_failure_and_writes_no_partial_file(folde
     assert f"failed: {', '.join(failed)}" in res.stdout
 
 
+@pytest.mark.slow  # runs the command in a subprocess
 def test_single_pair_output_is_lossless_and_matches_the_library(folders, tmp_path):
     ir, vi = folders
     out = tmp_path / "single" / "fused.png"
@@ -103,6 +106,7 @@ def test_single_pair_output_is_lossless_and_matches_the_library(folders, tmp_pat
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temporary file left
 
 
+@pytest.mark.slow  # runs the command in a subprocess
 def test_the_removed_flag_spellings_are_refused(folders, tmp_path):
     ir, vi = folders
     res = ivfusion("fuse", "--ir", ir / "FLIR_04269.jpg", "--vis", vi / "FLIR_04269.jpg", "--out", tmp_path / "o.png",
@@ -110,6 +114,7 @@ def test_the_removed_flag_spellings_are_refused(folders, tmp_path):
     assert res.returncode == 2 and "unrecognized arguments: --ir" in res.stderr or "invalid choice" in res.stderr
 
 
+@pytest.mark.slow  # runs the command in a subprocess
 def test_mismatched_sizes_tell_cli_users_about_resize_ir(folders, tmp_path):
     ir, vi = folders
     small = tmp_path / "small.png"
@@ -123,6 +128,7 @@ def test_mismatched_sizes_tell_cli_users_about_resize_ir(folders, tmp_path):
     assert res.returncode == 0 and "infrared resized from 120x100" in res.stdout
 
 
+@pytest.mark.slow  # runs the command in a subprocess
 def test_no_pairs_found_says_the_names_differ(tmp_path, folders):
     ir, vi = folders
     other = tmp_path / "renamed"
@@ -134,6 +140,7 @@ def test_no_pairs_found_says_the_names_differ(tmp_path, folders):
     assert "v_FLIR_00211.jpg" in res.stderr and "Traceback" not in res.stderr
 
 
+@pytest.mark.slow  # runs the command in a subprocess
 def test_bad_weights_and_mismatched_args(folders, tmp_path):
     ir, vi = folders
     res = ivfusion("fuse", "--infrared", ir, "--visible", vi, "--out", tmp_path / "o",
@@ -149,6 +156,7 @@ def test_bad_weights_and_mismatched_args(folders, tmp_path):
     assert res.returncode == 2 and "Traceback" not in res.stderr and "nope" in res.stderr
 
 
+@pytest.mark.slow  # runs the command in a subprocess
 def test_info_prints_the_papers_size_and_cost():
     res = ivfusion("info")
     assert res.returncode == 0, res.stderr
@@ -156,6 +164,7 @@ def test_info_prints_the_papers_size_and_cost():
     assert "MACs at 256x256: 5.953 G" in res.stdout
 
 
+@pytest.mark.slow  # runs the command in a subprocess
 def test_module_and_help_entry_points():
     res = ivfusion("--help")
     assert res.returncode == 0

@@ -249,6 +249,7 @@ def test_bench_command_end_to_end(tmp_path, shared_dir):
         assert steps <= set(fz) and all(fz[n]["ratio"] > 0 and fz[n]["median_s"] > 0 for n in steps)
 
 
+@pytest.mark.slow  # times training steps
 def test_bench_train_times_each_precision_and_layout_and_names_the_cpu(tmp_path, shared_dir, capsys):
     from ivfusion.cli import main
     from ivfusion.device import bf16_native

@@ -89,6 +89,7 @@ def _other(maps, i):
     return other["output"][::-1, ::-1], [f[::-1, ::-1] for f in other["features"]]
 
 
+@pytest.mark.slow  # its real maps take about 25 CPU-seconds
 def test_unrelated_maps_are_rejected_at_no_more_than_the_nominal_rate(real_maps):
     n = len(real_maps)
     unrelated = lambda i: _other(real_maps, i)  # noqa: E731
@@ -98,6 +99,7 @@ def test_unrelated_maps_are_rejected_at_no_more_than_the_nominal_rate(real_maps)
     assert len(rejected) / len(decided) <= 0.05, [(t["pair"], t["level"], t["measure"], t["r"]) for t in rejected]
 
 
+@pytest.mark.slow  # its real maps take about 25 CPU-seconds
 def test_a_planted_relation_is_found_in_the_claims_direction(real_maps):
     # change = an unrelated real map (spatially correlated noise) minus the pair's own gate, both standardised
 
@@ -149,6 +151,7 @@ def _read(path):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow  # three study runs, about 50 CPU-seconds
 def test_study_command_writes_its_outputs_resumes_from_its_cache_and_repeats_itself(shared_dir, tmp_path, capsys):
     data = shared_dir / "data"
     args = [str(data / "roadscene" / "test"), str(data / "msrs" / "train"), "--weights", "bundled", "--weights",

@@ -74,6 +74,7 @@ def test_contrast_pairs_by_pair_and_leaves_out_pairs_the_null_lacks():
     assert contrast([t for t in tests if t["weights"] == "trained"]) == []  # no null: no contrast
 
 
+@pytest.mark.slow  # a seeded simulation, about 7 CPU-seconds
 def test_unrelated_maps_are_rejected_at_no_more_than_the_nominal_rate():
     rng = np.random.default_rng(20261207)
     reps = 300
