@@ -168,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"started the Lab at {url} in {time.perf_counter() - t:.0f} s")
     records: list[dict] = []
     lock = threading.Lock()
+    cpu0 = _cpu_s(proc.pid) if proc is not None else None
     try:
         start = time.perf_counter() + 1.0
         threads = [threading.Thread(target=student, args=(k, url, pair, start, joins[k], readings[k], records, lock),
@@ -177,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         for th in threads:
             th.join()
         span = time.perf_counter() - start
+        cpu = _cpu_s(proc.pid) - cpu0 if proc is not None else None
     finally:
         if proc is not None:
             proc.terminate()
@@ -186,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.students} students joined within {args.join_s:g} s, {len(LESSON)} clicks each on "
           f"{Path(pair[0]).name}, reading {args.read_s[0]:g}-{args.read_s[1]:g} s between clicks; "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; the class took {span:.0f} s")
+    if cpu is not None:  # little moved by other programs on the machine, unlike the waits
+        print(f"the Lab's process used {cpu:.1f} CPU seconds during the class ({cpu / len(records):.2f} s a click), "
+              f"{cpu / span / (os.cpu_count() or 1):.0%} of the machine's {os.cpu_count()} CPUs over its {span:.0f} s")
     print(f"errors: {len(errors)} of {args.students * len(LESSON)} clicks")
     for r in errors[:20]:
         print(f"  student {r['student']}, click {r['click']}: {r['error'][:200]}")
