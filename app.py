@@ -9,7 +9,8 @@ in docs/API.md.
 Environment: IVFUSION_WEIGHTS (default model: a path or hf://owner/repo; the bundled file is
 the fallback), IVFUSION_OFFICIAL_WEIGHTS (offers the authors' checkpoint), IVFUSION_MAX_SIDE
 (downscale limit, default 640), IVFUSION_THREADS (torch threads), IVFUSION_CONCURRENCY
-(requests computed at once, default 1), IVFUSION_QUEUE (queue size, default 16),
+(requests computed at once, default 1), IVFUSION_QUEUE (queue size, default 96),
+IVFUSION_PROXY_HOPS, IVFUSION_HOLD_BUDGET_S, IVFUSION_HUB_DEADLINE_S (docs/CONFIG.md),
 IVFUSION_STABILITY_BUDGET_S (a stability run's time budget in seconds per 8 interventions, default 30),
 GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (Gradio's own).
 """

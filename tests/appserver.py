@@ -95,6 +95,28 @@ class AppServer:
     def rss(self) -> float:
         return proc_mib(self.pid, "VmRSS")
 
+    def cpu_s(self) -> float:
+        """CPU seconds the server has used (user + system)."""
+        try:
+            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            return 0.0
+
+    def wait_idle(self, quiet_s: float = 3.0, timeout: float = 300.0) -> bool:
+        """Until the server has used under 5% of a core for quiet_s seconds (its start-up
+        precompute is over); False if it never is within timeout."""
+        deadline, last, since = time.monotonic() + timeout, self.cpu_s(), time.monotonic()
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            now = self.cpu_s()
+            if now - last > 0.05 * 0.5:
+                since = time.monotonic()
+            last = now
+            if time.monotonic() - since >= quiet_s:
+                return True
+        return False
+
     def reset_peak(self) -> None:
         """Reset VmHWM to the current RSS (Linux: clear_refs 5), so that VmHWM is this burst's peak."""
         with contextlib.suppress(OSError):

@@ -27,6 +27,16 @@
     offsets (a 51 MB one is refused by /upload with 413) through the unqueued handlers at once: peak RSS growth under 200 MiB; (i) a deflated
     `.pth` declaring 2 GB through `ivfusion fuse`: refused, peak under 1 GiB.
 
+(j)-(o) One visitor who wants to break the Lab for everyone (issue 25), each against a real
+    server: (j) an upload flood from one address (13 x 45 MiB, plus one request holding two
+    45 MiB files); (k) a /fuse whose drawn mask has 100 layers; (l) 8 invented session hashes
+    x 2 joins of a K=32 stability run; (m) a 112 MiB JSON body to /queue/join; (n) a Hub and a
+    checkpoint URL that accept connections and never answer, at start-up; (o) planted
+    symlinks where a shared Lab folder used to be. After each: the page's images still answer
+    200, a plain Fuse from another client (a fresh seed: no cached result) finishes, and the
+    server's RSS returns within 100 MiB of its baseline. `python tools/fault_probe.py --only
+    jklmno` reprints them (docs/LAB.md, "One visitor against everyone").
+
 Only loopback traffic; every loop and wait is bounded. The server helpers (`AppServer`,
 `image_handlers`, `payload`, `call`) are reused by tests/test_app_load.py.
 """
@@ -273,6 +283,298 @@ def check_i(work: Path) -> tuple[bool, str]:
     return ok, f"exit {p.returncode}, peak RSS {peak_mib:.0f} MiB: {p.stderr.strip().splitlines()[0][:160]}"
 
 
+# ----------------------------------------------------------------------------- issue 25: one against everyone
+ATTACKER = {"x-forwarded-for": "10.0.0.1"}  # the probe's server trusts one proxy hop (IVFUSION_PROXY_HOPS=1)
+VISITOR = {"x-forwarded-for": "10.0.0.2"}
+ABUSE_ENV = {"IVFUSION_PROXY_HOPS": "1", "IVFUSION_WEIGHTS": "", "IVFUSION_QUEUE": "96"}
+_ABUSE: dict = {}
+
+
+def _comp_index(server: AppServer, dep: dict, elem_id: str | None = None, kind: str | None = None) -> list[int]:
+    comps = {c["id"]: c for c in server.config["components"]}
+    return [i for i, c in enumerate(dep["inputs"])
+            if (elem_id and comps[c].get("props", {}).get("elem_id") == elem_id)
+            or (kind and comps[c].get("type") == kind)]
+
+
+def plain_fuse(server: AppServer, headers: dict | None = None) -> tuple[bool, float, str]:
+    """A visitor's Fuse of a real pair with a fresh seed (so no cached result answers it):
+    (finished, seconds from the join, error)."""
+    vis, ir = real_pair(0)
+    fn_index, dep = dependency(server.config, "fuse")
+    data = payload(server.config, dep, server.upload(vis, headers=headers), server.upload(ir, headers=headers))
+    for i in _comp_index(server, dep, kind="imageeditor"):
+        data[i] = None
+    for i in _comp_index(server, dep, elem_id="seed"):
+        data[i] = int.from_bytes(os.urandom(3), "big")
+    res = call(server, fn_index, dep, data, timeout=300)
+    return res["ok"], res["seconds"], res["error"] or ""
+
+
+def settle(server: AppServer, target: float, timeout: float = 60.0) -> float:
+    """The server's RSS once under `target` MiB, or its last reading after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    rss = server.rss()
+    while rss > target and time.monotonic() < deadline:
+        time.sleep(0.5)
+        rss = server.rss()
+    return rss
+
+
+def after_attack(server: AppServer, base: float, leave=None) -> tuple[bool, str]:
+    """The three judged conditions after an attack: the page's images, a plain Fuse from
+    another client, and (once the attacker has gone: `leave()`) RSS back near `base`."""
+    broken = server.broken_images()
+    ok, seconds, error = plain_fuse(server)
+    if leave is not None:
+        leave()
+    rss = settle(server, base + 100, timeout=180)  # a stability run already started finishes first
+    tracebacks = server.tracebacks()
+    passed = not broken and ok and rss - base <= 100 and not tracebacks and server.alive()
+    return passed, (f"page images {'all 200' if not broken else f'{len(broken)} broken'}; plain Fuse "
+                    f"{'finished in %.1f s' % seconds if ok else 'FAILED: ' + error[:80]}; RSS {rss - base:+.0f} MiB "
+                    f"vs baseline{'; tracebacks: ' + str(tracebacks[:2]) if tracebacks else ''}")
+
+
+def baseline(server: AppServer) -> float:
+    """The server's RSS once its start-up precompute is over and a plain Fuse's pair is in the
+    shared cache (so the Fuse after an attack measures the attack, not a cache filling)."""
+    plain_fuse(server)
+    server.wait_idle()
+    plain_fuse(server)
+    return settle(server, 0, timeout=3)
+
+
+def abuse_server(work: Path) -> tuple[AppServer, float]:
+    """One server for checks j-m (started once), and its baseline RSS after a first Fuse."""
+    if "server" not in _ABUSE or not _ABUSE["server"].alive():
+        server = AppServer(env=ABUSE_ENV, log_dir=work)
+        _ABUSE["server"], _ABUSE["base"] = server, baseline(server)
+    return _ABUSE["server"], _ABUSE["base"]
+
+
+def _post_files(server: AppServer, files: list[Path], headers: dict) -> httpx.Response:
+    handles = [open(f, "rb") for f in files]
+    try:
+        return httpx.post(server.api + "/upload", files=[("files", (f.name, h)) for f, h in zip(files, handles)],
+                          headers=headers, timeout=120)
+    finally:
+        for h in handles:
+            h.close()
+
+
+def check_j(work: Path) -> tuple[bool, str]:
+    """An upload flood from one address: the flooder's own oldest files go, not the page's
+    and not a visitor's earlier upload."""
+    server, base = abuse_server(work)
+    visitor = server.upload(real_pair(1)[0], headers=VISITOR)
+    blob = work / "flood.bin"
+    blob.write_bytes(os.urandom(45 * 2**20))
+    two = _post_files(server, [blob, blob], ATTACKER)  # each file under the 50 MB limit, the request not
+    t0, codes, written = time.monotonic(), [], 0
+    for k in range(13):
+        blob.write_bytes(os.urandom(45 * 2**20))  # distinct files: each lands in its own folder
+        r = _post_files(server, [blob], ATTACKER)
+        codes.append(r.status_code)
+        written += blob.stat().st_size if r.status_code == 200 else 0
+    seconds = time.monotonic() - t0
+    blob.unlink()
+    from ivfusion.lab.guard import CLIENT_MAX_BYTES
+
+    upload_dir = Path(visitor["path"]).parents[1]
+    held = sum(f.stat().st_size for f in upload_dir.rglob("flood.bin"))
+    kept = Path(visitor["path"]).is_file()
+    passed, text = after_attack(server, base)
+    ok = passed and two.status_code == 413 and kept and held <= CLIENT_MAX_BYTES and set(codes) == {200}
+    return ok, (f"one request of 2 x 45 MiB: HTTP {two.status_code}; {written / 2**30:.2f} GiB in 13 uploads in "
+                f"{seconds:.0f} s, the flooder holds {held / 2**20:.0f} MiB after (bound "
+                f"{CLIENT_MAX_BYTES / 2**20:.0f}); a visitor's earlier upload {'kept' if kept else 'LOST'}; {text}")
+
+
+def check_k(work: Path) -> tuple[bool, str]:
+    """A /fuse whose drawn mask has 100 layers of a 7000x7000 16-bit PNG."""
+    server, base = abuse_server(work)
+    layer = server.upload(big_png(work / "layer7000.png", channels=1), headers=ATTACKER)
+    vis, ir = real_pair(0)
+    fn_index, dep = dependency(server.config, "fuse")
+    data = payload(server.config, dep, server.upload(vis, headers=ATTACKER), server.upload(ir, headers=ATTACKER))
+    editors = _comp_index(server, dep, kind="imageeditor")
+    data[editors[0]] = {"background": None, "layers": [layer] * 100, "composite": None}
+    data[editors[1]] = None
+    res = call(server, fn_index, dep, data, timeout=600)
+    passed, text = after_attack(server, base)
+    refused = not res["ok"] and "layers received" in (res["error"] or "")
+    return passed and refused, (f"100 layers refused in {res['seconds']:.1f} s "
+                                f"({(res['error'] or 'not refused')[:70]}); {text}")
+
+
+def check_l(work: Path) -> tuple[bool, str]:
+    """Invented session hashes x 2 joins of a K=32 stability run from one address, more than
+    the queue holds, each hash listening (a client that never listens is dropped 10 s after
+    it joins): how many places they got, a plain Fuse from another client meanwhile, and the
+    queue once the attacker has gone."""
+    server, base = abuse_server(work)
+    vis, ir = real_pair(0)
+    fn_index, dep = dependency(server.config, "stability")
+    data = payload(server.config, dep, server.upload(vis, headers=ATTACKER), server.upload(ir, headers=ATTACKER))
+    for i in _comp_index(server, dep, kind="imageeditor"):
+        data[i] = None
+    for i in _comp_index(server, dep, elem_id="k-slider"):
+        data[i] = 32
+    from ivfusion.lab.places import address_share
+
+    size = int(ABUSE_ENV["IVFUSION_QUEUE"])  # the app's default queue
+    import threading
+
+    stop, streams, opened = threading.Event(), [], []
+
+    def listen(session):  # a capable attacker listens, so its requests are not dropped as gone
+        try:
+            with httpx.stream("GET", server.api + "/queue/data", params={"session_hash": session},
+                              headers=ATTACKER, timeout=httpx.Timeout(300, connect=30)) as r:
+                opened.append(r)
+                for _ in r.iter_lines():
+                    if stop.is_set():
+                        return
+        except (httpx.HTTPError, httpx.StreamError, RuntimeError):
+            pass
+
+    codes = []
+    for k in range(2 * size):  # more than the whole queue, 2 joins a hash, as the issue's probe did
+        session = f"rot{k // 2:03d}{uuid.uuid4().hex[:6]}" if k % 2 == 0 else session
+        body = {"data": data, "fn_index": fn_index, "session_hash": session, "event_data": None, "trigger_id": None}
+        codes.append(httpx.post(server.api + "/queue/join", json=body, headers=ATTACKER, timeout=60).status_code)
+        if k % 2 == 0 and codes[-1] == 200:
+            streams.append(threading.Thread(target=listen, args=(session,), daemon=True))
+            streams[-1].start()
+    accepted = codes.count(200)
+    left = [None]
+
+    def leave():
+        stop.set()  # the attacker goes: its streams close and Gradio drops its requests
+        for r in list(opened):
+            try:
+                r.close()
+            except Exception:  # noqa: BLE001 - closing from another thread may race its read
+                pass
+        for t in streams:
+            t.join(30)
+        deadline = time.monotonic() + 120
+        while httpx.get(server.api + "/queue/status", timeout=10).json().get("queue_size") and \
+                time.monotonic() < deadline:
+            time.sleep(0.5)
+        left[0] = httpx.get(server.api + "/queue/status", timeout=10).json().get("queue_size")
+
+    passed, text = after_attack(server, base, leave)
+    share = address_share(size)
+    return passed and left[0] == 0 and accepted <= share + 2, (
+        f"{len(codes)} joins from {len(codes) // 2} hashes: {accepted} accepted (the address's share: {share} of "
+        f"{size} places), {len(codes) - accepted} refused; queue empty once it left: {left[0] == 0}; {text}")
+
+
+def check_m(work: Path) -> tuple[bool, str]:
+    """A 112 MiB JSON body to /queue/join, three at once."""
+    server, base = abuse_server(work)
+    body = b'{"data": ["' + b"x" * (112 * 2**20) + b'"], "fn_index": 0, "session_hash": "big"}'
+    server.reset_peak()
+    before = server.rss()
+    jobs = [None] * 3
+
+    def one(k):
+        try:
+            jobs[k] = httpx.post(server.api + "/queue/join", content=body, timeout=120,
+                                 headers={"content-type": "application/json"}).status_code
+        except httpx.HTTPError as e:  # the server may close the connection as it refuses
+            jobs[k] = type(e).__name__
+
+    import threading
+
+    threads = [threading.Thread(target=one, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(180)
+    peak = server.peak() - before
+    passed, text = after_attack(server, base)
+    return passed and all(j in (413, "RemoteProtocolError", "WriteError") for j in jobs), (
+        f"3 x 112 MiB bodies: {jobs}; peak RSS during them {peak:+.0f} MiB; {text}")
+
+
+def check_n(work: Path) -> tuple[bool, str]:
+    """A Hub (IVFUSION_WEIGHTS=hf://...) and the authors' checkpoint URL (the Space's default
+    model) that accept connections and never answer: time to a served page."""
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    held, stop = [], threading.Event()
+
+    def accept():
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except OSError:
+                pass
+
+    threading.Thread(target=accept, daemon=True).start()
+    silent = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    env = {**ABUSE_ENV, "IVFUSION_WEIGHTS": "hf://owner/repo", "HF_ENDPOINT": silent, "HF_HUB_OFFLINE": "",
+           "IVFUSION_DEFAULT_MODEL": "authors", "IVFUSION_OFFICIAL_URL": silent + "/best.pth",
+           "IVFUSION_CACHE": str(work / "cache")}
+    t0 = time.monotonic()
+    try:
+        with AppServer(env=env, log_dir=work, start_timeout=600) as server:
+            up = time.monotonic() - t0
+            said = "did not download within" in str(server.config) and "did not answer within" in str(server.config)
+            base = baseline(server)
+            passed, text = after_attack(server, base)
+    finally:
+        stop.set()
+        for c in held:
+            c.close()
+        listener.close()
+    return passed and said, f"page served {up:.0f} s after start (deadline 15 s each); the page says why: {said}; {text}"
+
+
+def check_o(work: Path) -> tuple[bool, str]:
+    """Symlinks planted where a shared Lab folder used to be ($TMPDIR/ivfusion-lab, and one
+    named like a dead process's private folder), pointing at another user's folder: nothing
+    there is served, swept or removed."""
+    import cv2
+    import numpy as np
+
+    tmp = work / "tmp"
+    tmp.mkdir()
+    victim = work / "victim"
+    victim.mkdir()
+    pixels = (np.random.default_rng(2).random((96, 128)) * 255).astype(np.uint8)
+    cv2.imwrite(str(victim / "secret.png"), pixels)
+    (victim / "static-1").mkdir()
+    (tmp / "ivfusion-lab").symlink_to(victim)
+    (tmp / "ivfusion-lab-999999-planted").symlink_to(victim)
+    env = {**ABUSE_ENV, "TMPDIR": str(tmp)}
+    served = []
+    with AppServer(env=env, log_dir=work) as server:
+        base = baseline(server)
+        for path in (tmp / "ivfusion-lab" / "secret.png", tmp / "ivfusion-lab-999999-planted" / "secret.png"):
+            fn_index, dep = dependency(server.config, "fuse")
+            res = call(server, fn_index, dep, payload(server.config, dep, {"path": str(path)}), timeout=120)
+            served += [ref for ref in output_refs(res["output"])
+                       if holds_pixels(httpx.get(ref if ref.startswith("http") else f"{server.api}/file={ref}",
+                                                 timeout=30).content, pixels)]
+        passed, text = after_attack(server, base)
+        import signal
+
+        server.proc.send_signal(signal.SIGTERM)
+        server.proc.wait(60)
+    intact = (victim / "secret.png").is_file() and (victim / "static-1").is_dir()
+    return passed and not served and intact, (f"planted folder's file served: {bool(served)}; its files intact after "
+                                              f"start, requests and SIGTERM: {intact}; {text}")
+
+
 CHECKS = {
     "a": ("49-MP 16-bit PNG through every image handler: peak RSS growth <= 1 GB", check_a),
     "b": ("junk IVFUSION_WEIGHTS: the app starts and serves /fuse", check_b),
@@ -283,12 +585,19 @@ CHECKS = {
     "g": ("queued events called directly, past the queue: refused", check_g),
     "h": ("TIFF strip-offset bomb through the unqueued handlers: bounded header reads", check_h),
     "i": ("deflated .pth declaring 2 GB through the CLI: refused before unpacking", check_i),
+    "j": ("upload flood from one address: its own files go, the page and a visitor keep theirs", check_j),
+    "k": ("/fuse with a 100-layer drawn mask: refused in one line", check_k),
+    "l": ("invented session hashes x 2 joins from one address, listening: places bounded, dropped when gone",
+          check_l),
+    "m": ("112 MiB JSON bodies to /queue/join, 3 at once: refused unread", check_m),
+    "n": ("silent Hub and checkpoint URL at start-up: the page comes up on the bundled weights", check_n),
+    "o": ("symlinks planted where a shared Lab folder was: nothing followed", check_o),
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--only", default="abcdfghi",
+    ap.add_argument("--only", default="abcdfghijklmno",
                     help="which checks to run, e.g. 'a' or 'cd' (default: all but the extra 'e')")
     ap.add_argument("--repeat", type=int, default=2, help="calls per image handler in check (a) (default 2)")
     ap.add_argument("--kill-gb", type=float, default=4.0,
@@ -309,6 +618,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append((key, title, passed, detail, time.monotonic() - t0))
             print(f"    {'PASS' if passed else 'FAIL'} ({time.monotonic() - t0:.0f} s): {detail}", flush=True)
     finally:
+        if "server" in _ABUSE:
+            _ABUSE.pop("server").close()
         shutil.rmtree(work, ignore_errors=True)
     print("\n| check | result | what | measured |\n|---|---|---|---|")
     for key, title, passed, detail, _ in rows:
