@@ -71,3 +71,17 @@ def test_compare_rows_carry_model_names(server, chromium_path):
         expect(page.get_by_role("option", name=lab.DEFAULT_CHOICE)).to_be_visible(timeout=30_000)
         expect(page.get_by_role("option", name=lab.UNTRAINED_CHOICE)).to_have_count(0)
         page.screenshot(path=str(OUT / "app-compare-names-1400.png"), full_page=True)
+
+
+def test_a_negative_seed_is_refused_and_the_results_stay(server, chromium_path):
+    from playwright.sync_api import expect
+
+    url, _ = server
+    with lab_page(url, chromium_path, 1400, 1000) as page:
+        before = _loaded(page, "#fused-intervened").get_attribute("src")
+        page.locator("#seed input").fill("-1")
+        page.locator("#fuse-btn").click()
+        toast = page.locator(".toast-body").filter(has_text="seed must be a whole number").first
+        expect(toast).to_be_visible(timeout=60_000)
+        assert page.locator("#fused-intervened img").get_attribute("src") == before  # not wiped
+        assert page.locator("#gates img").count() == 1
