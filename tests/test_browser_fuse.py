@@ -168,9 +168,11 @@ def test_live_mode_moves_a_hole_with_the_pointer(chromium, server):
     set_controls(page, False, "none")
     browser_fuse(page)
     page.check("#ivf-live")
-    view = page.locator("#ivf-fused-int").bounding_box()
+    canvas = page.locator("#ivf-fused-int")
     seen = []
     for fx in (0.25, 0.75):  # the hole follows the pointer; each move makes one new frame at least
+        canvas.scroll_into_view_if_needed()
+        view = canvas.bounding_box()  # where it is now: the text above it may have grown
         before = page.evaluate("window.ivfusionLab.live.count || 0")
         page.mouse.move(view["x"] + fx * view["width"], view["y"] + 0.5 * view["height"])
         page.wait_for_function("n => (window.ivfusionLab.live.count || 0) > n", arg=before, timeout=600_000)

@@ -64,7 +64,7 @@ def main() -> None:
     with AppServer(env={"IVFUSION_CACHE": str(cache)}) as srv, sync_playwright() as p:
         b = p.chromium.launch(executable_path=shutil.which("chromium"),
                               args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-        page = b.new_page()
+        page = b.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(srv.url)
         page.wait_for_function("window.ivfusionLab && ['ready', 'failed'].includes(window.ivfusionLab.state)",
                                timeout=600_000)
@@ -77,14 +77,17 @@ def main() -> None:
             s = Settings(complementary=True)
             masks = _median_ms(lambda: [_png_url(m) for m in intervention_masks(s, h, w)], args.runs)
             rows.append((f"{w}x{h}", web, server, masks))
+            print(f"measured {w}x{h}: browser {web:.0f} ms, server {server:.0f} ms", flush=True)
         # live mode on the pair the page opens with: the pointer sweeps the intervened image,
         # each move waiting for the frame before it (so the rate is the browser's, not the mouse's)
         page.click("#fuse-web-btn")
         page.wait_for_function("(window.ivfusionLab.count || 0) > 0", timeout=600_000)
         live_size = page.evaluate("`${window.ivfusionLab.pair.w}x${window.ivfusionLab.pair.h}`")
         page.check("#ivf-live")
-        box = page.locator("#ivf-fused-int").bounding_box()
+        view = page.locator("#ivf-fused-int")
         for k in range(args.runs * 2):
+            view.scroll_into_view_if_needed()
+            box = view.bounding_box()  # where it is now: the page's text above it may have grown
             before = page.evaluate("window.ivfusionLab.live.count || 0")
             page.mouse.move(box["x"] + box["width"] * (0.1 + 0.8 * k / (args.runs * 2)), box["y"] + box["height"] / 2)
             page.wait_for_function("n => (window.ivfusionLab.live.count || 0) > n", arg=before, timeout=600_000)
