@@ -76,9 +76,6 @@ CSS = """
   .phone-only {display: block !important}
   #how-it-works table {display: block; overflow-x: auto}
   #metrics table {font-size: 0.85em}
-  /* the architecture figure spans the screen (it was drawn 326 px wide in a fixed-height box) */
-  #architecture, #architecture .image-container, #architecture .image-frame {height: auto !important}
-  #architecture img {width: 100% !important; height: auto !important; max-height: none !important}
 }
 """
 

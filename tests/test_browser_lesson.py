@@ -85,3 +85,16 @@ def test_a_negative_seed_is_refused_and_the_results_stay(server, chromium_path):
         expect(toast).to_be_visible(timeout=60_000)
         assert page.locator("#fused-intervened img").get_attribute("src") == before  # not wiped
         assert page.locator("#gates img").count() == 1
+
+
+def test_on_a_phone_fuse_brings_the_results_into_view(server, chromium_path):
+    url, _ = server
+    with lab_page(url, chromium_path, 390, 844) as page:
+        _loaded(page, "#fused-clean")
+        page.locator("#fuse-btn").scroll_into_view_if_needed()
+        assert page.evaluate("document.querySelector('#results').getBoundingClientRect().top") < 0  # above
+        page.locator("#fuse-btn").click()
+        # the results sit above the controls on a phone: Fuse scrolls up to them
+        page.wait_for_function("() => { const r = document.querySelector('#results').getBoundingClientRect();"
+                               " return r.top > -2 && r.top < window.innerHeight / 2; }", timeout=30_000)
+        page.screenshot(path=str(OUT / "app-phone-after-fuse-390.png"))
