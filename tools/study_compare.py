@@ -1,9 +1,9 @@
-"""How much two `ivfusion study` runs differ (e.g. two seeds): per weights, the largest change of
-a mean r and the rows whose bootstrap interval moves to another side of 0.
+"""How much two `ivfusion study` runs differ in their primary table (e.g. two seeds): per weights,
+the largest change of a mean difference with the null, and the cells whose verdict changes.
 
-    python tools/study_compare.py docs/study/summary.csv docs/study-seed1/summary.csv
+    python tools/study_compare.py docs/study/contrast.csv docs/study-seed1/contrast.csv
 
-Only rows present in both (same dataset, weights, intervention, measure and level) are compared.
+Only cells present in both (same dataset, weights, intervention, measure and level) are compared.
 """
 from __future__ import annotations
 
@@ -11,11 +11,6 @@ import csv
 import sys
 
 KEY = ("dataset", "weights", "intervention", "measure", "level")
-
-
-def side(row: dict) -> str:
-    lo, hi = float(row["ci_low"]), float(row["ci_high"])
-    return "above 0" if lo > 0 else "below 0" if hi < 0 else "includes 0"
 
 
 def main(argv: list[str]) -> int:
@@ -26,12 +21,13 @@ def main(argv: list[str]) -> int:
     common = sorted(set(a) & set(b))
     for weights in sorted({k[1] for k in common}):
         rows = [k for k in common if k[1] == weights]
-        delta = max(abs(float(a[k]["mean_r"]) - float(b[k]["mean_r"])) for k in rows)
-        print(f"{weights}: {len(rows)} rows; largest change of a mean r {delta:.3f}")
+        delta = max(abs(float(a[k]["mean_d"]) - float(b[k]["mean_d"])) for k in rows)
+        same = sum(a[k]["verdict"] == b[k]["verdict"] for k in rows)
+        print(f"{weights}: {len(rows)} cells; largest change of a mean d {delta:.3f}; same verdict in {same}")
         for k in rows:
-            if side(a[k]) != side(b[k]):
-                print(f"  {' / '.join(k[:1] + k[2:])}: mean r {float(a[k]['mean_r']):+.3f} -> {float(b[k]['mean_r']):+.3f}, "
-                      f"interval {side(a[k])} -> {side(b[k])}")
+            if a[k]["verdict"] != b[k]["verdict"]:
+                print(f"  {' / '.join(k[:1] + k[2:])}: mean d {float(a[k]['mean_d']):+.3f} -> "
+                      f"{float(b[k]['mean_d']):+.3f}, verdict {a[k]['verdict']} -> {b[k]['verdict']}")
     return 0
 
 

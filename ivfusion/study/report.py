@@ -72,10 +72,12 @@ def weights_table(result: StudyResult) -> str:
 
 def preamble(result: StudyResult) -> str:
     s = result.settings
+    m = s.mask_config
     weights = "; ".join(f"{w.label}" + (f" = {w.spec}" if w.spec != w.label else "") + f" (parameters {w.key})"
                         for w in result.weights)
     return (f"K = {s.k} seeded interventions per type and pair (seed {s.seed}; every set of weights gets the same "
-            f"masks), pairs downscaled to a longer side of {s.max_side}, the paper's masks. Measures: *output* = "
+            f"masks), pairs downscaled to a longer side of {s.max_side}, masks of style '{m.style}' ({m.mask_size}-pixel "
+            f"holes, {m.min_holes} to {m.max_holes} per mask). Measures: *output* = "
             f"r(clean gate of the level, upsampled; instability of the fused output over the runs that saw the pixel), "
             f"*features* = r(clean gate; relative change of that level's cross-attended features), *intervened* = "
             f"mean over the K passes of r(gate of the intervened pass, upsampled, or their mean at level 'mean' = "
