@@ -19,6 +19,7 @@ import pytest  # noqa: E402
 
 import app  # noqa: E402
 from ivfusion import lab, read_image  # noqa: E402
+from ivfusion.lab import callbacks as cb  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]  # the whole module is slow: a real server and the real network
 
@@ -227,7 +228,10 @@ def test_layout_has_stable_api_names_labels_and_fair_queues(bank):
     assert demo._queue.max_size == 7
     assert demo._queue.default_concurrency_limit == 1
     fns = {fn.api_name: fn for fn in demo.fns.values() if fn.api_name}
-    assert fns["fuse"].queue and fns["fuse"].concurrency_id == "compute"
+    # /fuse has its own group of FUSE_WORKERS handlers: cache hits are answered while forwards take
+    # turns in the one compute slot
+    assert fns["fuse"].queue and fns["fuse"].concurrency_id == "fuse"
+    assert fns["fuse"].concurrency_limit == cb.FUSE_WORKERS > 1
     # stability has its own group: a long run never holds up another user's Fuse
     assert fns["stability"].concurrency_id == "stability" and fns["stability"].concurrency_limit == 1
     assert fns["render"].concurrency_id not in ("compute", "stability")
