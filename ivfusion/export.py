@@ -149,13 +149,15 @@ def to_onnx(model: ISFuse) -> bytes:
     quiet = logging.getLogger("torch.onnx")
     level = quiet.level
     quiet.setLevel(logging.ERROR)
-    with warnings.catch_warnings(), torch.no_grad(), contextlib.redirect_stdout(_bytes_io.StringIO()):
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(graph, example, None,
-                                    input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
-                                    dynamic_shapes=shapes, opset_version=OPSET, dynamo=True,
-                                    optimize=True, verbose=False, report=False)
-    quiet.setLevel(level)
+    try:
+        with warnings.catch_warnings(), torch.no_grad(), contextlib.redirect_stdout(_bytes_io.StringIO()):
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(graph, example, None,
+                                        input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
+                                        dynamic_shapes=shapes, opset_version=OPSET, dynamo=True,
+                                        optimize=True, verbose=False, report=False)
+    finally:
+        quiet.setLevel(level)
     proto = program.model_proto
     from . import __version__
     from .hub import describe

@@ -11,7 +11,6 @@ import torch.nn.functional as F
 
 from ivfusion import Fuser, load_model
 from ivfusion import export as ex
-from ivfusion.interventions import MaskConfig, sample_masks
 
 
 @pytest.mark.parametrize("size", [(1, 1), (3, 5), (7, 8), (8, 8), (9, 17), (75, 131), (120, 160)])
