@@ -5,7 +5,6 @@ folder. tests/test_lab_abuse.py drives the same through a real server.
 """
 import asyncio
 import os
-import time
 
 import gradio as gr
 import pytest
