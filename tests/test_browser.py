@@ -132,7 +132,10 @@ def test_colour_scale_redraws_without_the_model(server, chromium_path, monkeypat
         page.wait_for_function("([i, s]) => i.src !== s && i.complete && i.naturalWidth > 0",
                                arg=[img.element_handle(), before_src], timeout=60_000)
         after = _shot(page.locator("#gates img").first)
-        assert before.shape == after.shape and np.abs(before - after).mean() > 5
+        # the same picture size (element screenshots may differ by a pixel of subpixel layout)
+        assert abs(before.shape[0] - after.shape[0]) <= 1 and abs(before.shape[1] - after.shape[1]) <= 1
+        h, w = min(before.shape[0], after.shape[0]), min(before.shape[1], after.shape[1])
+        assert np.abs(before[:h, :w] - after[:h, :w]).mean() > 5
         assert "stretched: the gates use only" in page.locator("#gate-captions").inner_text()
         assert counter.n == 0  # no forward pass
 
