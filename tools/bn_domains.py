@@ -6,8 +6,9 @@ another, and how the output changes with the input's size.
 
 For each weights spec and each BatchNorm source it prints, on the held-out night pairs (the
 "holdout" of docs/research/v4/protocol.json) at two sizes (longest side 320 px, and native
-640 px), the mean fused luminance beside the two sources' means (0-255), how many pairs have
-the fused mean at or above the darker source, and the mean Qabf and VIF:
+640 px), the mean grey level of the fused image as written (colour restored) beside the two
+sources' (0-255), how many pairs have the fused mean at or above the darker source, and the
+mean Qabf and VIF, all through the one metric pipeline (metrics.fused_grey):
 
     running        the checkpoint's own running statistics
     msrs           re-estimated on every non-held-out msrs/train pair (mostly night), full size
@@ -30,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ivfusion import metrics
+from ivfusion import io, metrics
 from ivfusion.data import find_pairs, load_pair
 from ivfusion.hub import load_model
 
@@ -41,7 +42,8 @@ SIDES = (320, 640)
 
 
 def resize_longest(img: np.ndarray, side: int) -> np.ndarray:
-    h, w = img.shape
+    """A decoded image (H, W[, C]) uint8 with its longest side `side` (area averaging)."""
+    h, w = img.shape[:2]
     s = side / max(h, w)
     if s == 1:
         return img
@@ -64,11 +66,15 @@ def reestimate(model: nn.Module, pairs: list[tuple[np.ndarray, np.ndarray]]) -> 
 
 @torch.no_grad()
 def score(model: nn.Module, pairs: list[tuple[np.ndarray, np.ndarray]], side: int) -> dict:
+    """`pairs`: decoded (visible, infrared) images, resized to `side` here; scored through the
+    one metric pipeline (metrics.fused_grey), as `ivfusion evaluate` scores written files."""
     rows = []
-    for y, ir in pairs:
-        y, ir = resize_longest(y, side), resize_longest(ir, side)
+    for vis_img, ir_img in pairs:
+        vis_img, ir_img = resize_longest(vis_img, side), resize_longest(ir_img, side)
+        y = np.ascontiguousarray(io.visible_to_ycrcb(vis_img)[..., 0])
+        ir = io.infrared_to_grey(ir_img)[0]
         fused = model(torch.from_numpy(y)[None, None], torch.from_numpy(ir)[None, None])[0][0, 0].clamp(0, 1).numpy()
-        f8, ir8, y8 = (np.rint(a * 255) for a in (fused, ir, y))
+        f8, ir8, y8 = metrics.fused_grey(fused, vis_img), metrics.to_grey(ir_img), metrics.to_grey(vis_img)
         s = metrics.evaluate_pair(ir8, y8, f8)
         rows.append({"fused": f8.mean(), "visible": y8.mean(), "infrared": ir8.mean(),
                      "above_darker": f8.mean() >= min(y8.mean(), ir8.mean()), "Qabf": s["Qabf"], "VIF": s["VIF"]})
@@ -86,7 +92,7 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     holdout = set(json.loads(PROTOCOL.read_text())["holdout"])
     msrs = find_pairs(SHARED / "msrs" / "train")
-    test = [load_pair(ir, vi) for stem, ir, vi in msrs if stem in holdout]
+    test = [load_pair(ir, vi, form="image") for stem, ir, vi in msrs if stem in holdout]
     calib_msrs = [load_pair(ir, vi) for stem, ir, vi in msrs if stem not in holdout]
     # as many RoadScene pairs as MSRS ones, spread over the folder (sorted names, fixed stride)
     road = find_pairs(SHARED / "roadscene" / "train")
