@@ -167,8 +167,8 @@ class LabApp(cb.LabCallbacks):
         with gr.Blocks(title="ISFuse Intervention Lab", delete_cache=(300, 900)) as demo:
             state = gr.State({}, time_to_live=lab.SESSION_TTL_S)
             gr.Markdown(INTRO)
-            if self.startup_notes:
-                gr.Markdown("**Note:** " + " ".join(self.startup_notes), elem_classes="lab-note")
+            startup_md = gr.Markdown("**Note:** " + " ".join(self.startup_notes), elem_id="startup-note",
+                                     elem_classes="lab-note", visible=bool(self.startup_notes))
             with gr.Tab("Lab"):
                 # Three columns on a desktop: the inputs and the model, the results (the fused
                 # images and the gate maps, on the first screen), the controls and the examples;
@@ -357,6 +357,9 @@ class LabApp(cb.LabCallbacks):
                          api_visibility="private", concurrency_id="models").then(
                 self.prefetch, [visible, infrared, model], None, preprocess=False,
                 concurrency_id="compute", show_progress="hidden", api_visibility="private")
+            # each page opened gets the start-up notice and default model as the background downloads stand
+            demo.load(self.page_status, None, [startup_md, model, model_md], queue=False, api_name="model_status",
+                      api_visibility="undocumented", show_progress="hidden")
             # the compare menu follows the main model, so any two models can be compared
             model.change(self.compare_choices, [model, other_model], [other_model], api_visibility="private",
                          queue=False, show_progress="hidden")

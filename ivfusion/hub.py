@@ -54,6 +54,11 @@ def hub_deadline_s(env: dict[str, str] | None = None) -> float:
     return value
 
 
+def hub_offline() -> bool:
+    """Whether HF_HUB_OFFLINE is set: hf:// specs then read the local Hub cache only."""
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
 def hub_reachable(timeout: float = 3.0) -> bool:
     """Whether the Hugging Face Hub (HF_ENDPOINT) opens a TCP connection within `timeout`
     seconds (True when HF_HUB_OFFLINE is set: then only the local cache is used). Saves the Hub
@@ -61,7 +66,7 @@ def hub_reachable(timeout: float = 3.0) -> bool:
     import socket
     from urllib.parse import urlparse
 
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+    if hub_offline():
         return True
     url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
     try:

@@ -495,7 +495,10 @@ def test_the_default_model_is_the_authors_on_a_space_and_falls_back_offline(tmp_
     assert bank.default_choice() == (lab.OFFICIAL_CHOICE, [])
     dead = lab.ModelBank(env={"SPACE_ID": "x/y", "IVFUSION_OFFICIAL_URL": "http://127.0.0.1:9/best.pth",
                               "IVFUSION_CACHE": str(tmp_path / "cache")}, device="cpu", max_side=SIDE)
-    choice, notes = dead.default_choice()
+    choice, notes = dead.default_choice()  # at once: the download goes on in the background
+    assert choice == lab.DEFAULT_CHOICE and "downloading in the background" in notes[0]
+    assert dead.wait_for_downloads(60)
+    choice, notes = dead.current_default()
     assert choice == lab.DEFAULT_CHOICE and "could not be had" in notes[0]
     local = lab.ModelBank(env={"IVFUSION_OFFICIAL_WEIGHTS": str(pth)}, device="cpu", max_side=SIDE)
     assert local.default_choice()[0] == lab.DEFAULT_CHOICE  # off a Space: no network needed

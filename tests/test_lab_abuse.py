@@ -275,21 +275,103 @@ def test_a_silent_hub_is_given_up_at_the_deadline_and_no_network_at_once(silent_
     assert "the Hugging Face Hub cannot be reached" in _load_hub_weights(_closed_port())
 
 
-def test_the_lab_starts_on_the_bundled_weights_when_the_network_is_silent_and_says_why(silent_hub, pair, tmp_path):
+def _model_status(srv) -> tuple[str, str | None]:
+    """What a page opened now is told: the start-up notice and the model preselected (None:
+    the start-up default)."""
+    fn_index, dep = dependency(srv.config, "model_status")
+    res = call(srv, fn_index, dep, [], timeout=60)
+    assert res["ok"], res
+    note, model, _info = res["output"]
+    note = note.get("value") if isinstance(note, dict) else note
+    model = model.get("value") if isinstance(model, dict) else model
+    return note or "", model
+
+
+def _until_status(srv, done, what: str, timeout: float = 120.0) -> tuple[str, str | None]:
+    """The page status once done(note, model) holds (bounded); fails if it never does."""
+    import time
+
+    end = time.monotonic() + timeout
+    while True:
+        status = _model_status(srv)
+        if done(*status):
+            return status
+        if time.monotonic() > end:
+            pytest.fail(f"the page never said {what}: {status}")
+        time.sleep(0.5)
+
+
+def test_the_lab_starts_at_once_while_a_silent_network_is_tried_in_the_background(silent_hub, pair, tmp_path):
+    """Both downloads (IVFUSION_WEIGHTS=hf://..., the authors' checkpoint as the Space's default)
+    hang on a stand-in that never answers. The page is built while they are still under way
+    (its notice says so, which it could not if start-up had waited for them), serves on the
+    bundled weights, and once they are given up at the deadline says why."""
     env = {"IVFUSION_MAX_SIDE": "128", "IVFUSION_WEIGHTS": "hf://owner/repo", "HF_ENDPOINT": silent_hub,
            "HF_HUB_OFFLINE": "", "IVFUSION_HUB_DEADLINE_S": "3", "IVFUSION_DEFAULT_MODEL": "authors",
            "IVFUSION_OFFICIAL_URL": silent_hub + "/best.pth", "IVFUSION_CACHE": str(tmp_path / "cache")}
     with AppServer(env=env, log_dir=tmp_path, start_timeout=120) as srv:
         page = str(srv.config)
-        assert "did not download within 3 s" in page, page[:2000]  # the authors' model, the Space's default
+        assert "The authors' checkpoint is downloading in the background" in page, page[:2000]
+        assert "(hf://owner/repo) are downloading in the background" in page, page[:2000]
         assert not srv.broken_images()
         res = _fuse(srv, srv.upload(pair[0]), srv.upload(pair[1]))
         assert res["ok"], res
+        note, model = _until_status(srv, lambda note, _m: "downloading" not in note, "the downloads ended")
+        assert "did not download within 3 s" in note and "did not answer within 3 s" in note, note
+        assert "bundled weights" in note and model is None, (note, model)
         assert srv.alive() and not srv.tracebacks(), srv.tracebacks()
-    env["IVFUSION_DEFAULT_MODEL"] = "bundled"
+
+
+@pytest.fixture()
+def held_checkpoint(shared_dir):
+    """A stand-in for GitHub at the network boundary serving the authors' checkpoint, holding
+    every request until the test releases it."""
+    import http.server
+    import threading
+
+    data = (shared_dir / "weights" / "authors" / "best.pth").read_bytes()
+    release, asked = threading.Event(), threading.Event()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            asked.set()
+            release.wait(300)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_port}/best.pth", asked, release
+    release.set()
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_the_authors_checkpoint_downloaded_after_start_becomes_the_default(held_checkpoint, pair, tmp_path):
+    """The Space's default model downloads after start: the page serves on the bundled weights
+    while the server holds the download, and a page opened once it has landed (SHA-256
+    checked, cached) gets the authors' checkpoint."""
+    from ivfusion.lab import models
+
+    url, asked, release = held_checkpoint
+    cache = tmp_path / "cache"
+    env = {"IVFUSION_MAX_SIDE": "128", "IVFUSION_WEIGHTS": "", "IVFUSION_DEFAULT_MODEL": "authors",
+           "IVFUSION_HUB_DEADLINE_S": "600", "IVFUSION_OFFICIAL_URL": url, "IVFUSION_CACHE": str(cache)}
     with AppServer(env=env, log_dir=tmp_path, start_timeout=120) as srv:
-        assert "did not answer within 3 s" in str(srv.config)  # IVFUSION_WEIGHTS=hf://...
-        assert not srv.broken_images()
+        assert asked.wait(60)  # the download has reached the server, which holds it: the page is up all the same
+        note, model = _model_status(srv)
+        assert "The authors' checkpoint is downloading in the background" in note and model is None, (note, model)
+        assert _fuse(srv, srv.upload(pair[0]), srv.upload(pair[1]))["ok"]
+        release.set()
+        note, model = _until_status(srv, lambda _n, m: m is not None, "the authors' model")
+        assert model == models.OFFICIAL_CHOICE and "downloading" not in note, (note, model)
+        assert models.sha256_of(cache / "authors-best.pth") == models.OFFICIAL_SHA256
+        assert srv.alive() and not srv.tracebacks(), srv.tracebacks()
 
 
 def test_refused_requests_are_one_log_line_each_and_pick_example_survives_no_event_data(server, tmp_path):

@@ -361,6 +361,14 @@ class LabCallbacks:
         except Exception:  # noqa: BLE001 - a prefetch must never bother the user
             log.debug("prefetch skipped", exc_info=True)
 
+    def page_status(self):
+        """On each page load: the start-up notice and the model to preselect, as the background
+        downloads stand now (`ModelBank.current_default`): a page opened once a download has
+        landed gets that model. Outputs: the notice, the model menu, the model's description."""
+        choice, notes = self.bank.current_default()
+        note = gr.update(value="**Note:** " + " ".join(notes) if notes else "", visible=bool(notes))
+        return note, choice if choice != self.default_model else gr.skip(), self.model_info(choice)
+
     def model_info(self, model) -> str:
         """The chosen model in words (no server paths) and its notices."""
         try:

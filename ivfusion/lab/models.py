@@ -9,9 +9,12 @@ Environment variables (read by `ModelBank`):
                               Unset: it is downloaded on first choice from `OFFICIAL_URL`
                               (SHA-256 checked) into the cache folder, and reused from there.
   IVFUSION_OFFICIAL_URL       where to download it from (default `OFFICIAL_URL`).
-  IVFUSION_HUB_DEADLINE_S     seconds a download may take, connect and read together (default 15):
-                              past it the bundled weights serve, with a notice saying why, while
-                              the download goes on into the cache (`ivfusion.hub.run_with_deadline`).
+  IVFUSION_HUB_DEADLINE_S     seconds a download may take, connect and read together (default 15).
+                              Start-up never waits for one: a default model that needs the network
+                              (an hf:// IVFUSION_WEIGHTS, the authors' checkpoint not yet cached)
+                              downloads in the background while the bundled weights serve, and the
+                              page says so; it takes over when the download completes
+                              (`ModelBank.default_choice`, `ModelBank.current_default`).
   IVFUSION_CACHE              the cache folder (default $XDG_CACHE_HOME/ivfusion or ~/.cache/ivfusion).
   IVFUSION_MAX_SIDE           images whose longer side exceeds this are downscaled (default 640,
                               `APP_MAX_SIDE`).
@@ -36,7 +39,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..hub import hub_reachable  # noqa: F401 - re-exported by ivfusion.lab
-from ..hub import DEFAULT_WEIGHTS, UNTRAINED, WeightsError, hub_deadline_s, load_model, run_with_deadline
+from ..hub import DEFAULT_WEIGHTS, UNTRAINED, WeightsError, hub_deadline_s, hub_offline, load_model, run_with_deadline
 from ..predictor import Fuser
 from .settings import env_number
 
@@ -170,6 +173,8 @@ class ModelBank:
         self._errors: dict[str, tuple[str, float | None]] = {}  # message, monotonic time (None: for good)
         self._loading: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
+        self._downloads: dict[str, threading.Thread] = {}  # background loads started by default_choice
+        self._wanted = "bundled"  # the default model asked for (default_choice)
 
     def choices(self) -> list[str]:
         return [DEFAULT_CHOICE, OFFICIAL_CHOICE, UNTRAINED_CHOICE]
@@ -177,19 +182,85 @@ class ModelBank:
     def _fuser(self, spec) -> Fuser:
         return make_fuser(spec, self.device, self.max_side, self.fast)
 
+    def _trained_name(self) -> str:
+        spec = str(self.trained_spec)
+        return spec if spec.startswith("hf://") else Path(spec).name
+
+    def _load_trained(self) -> tuple[Fuser | None, list[str]]:
+        """The IVFUSION_WEIGHTS model, or None and a notice saying why it cannot be had."""
+        try:
+            return self._fuser(self.trained_spec), []
+        except Exception as e:  # noqa: BLE001 - any failure of the operator's weights: fall back
+            log.warning("IVFUSION_WEIGHTS=%s could not be loaded: %s", self.trained_spec, e)
+            return None, [f"The weights set in IVFUSION_WEIGHTS ({self._trained_name()}) could not be loaded "
+                          f"({_public(str(e), self.trained_spec)}); using the bundled weights instead."]
+
+    def needs_network(self, choice: str) -> bool:
+        """Whether loading `choice` now would use the network: an hf:// spec (not under
+        HF_HUB_OFFLINE, which reads the local Hub cache only), or the authors' checkpoint not
+        yet in the cache folder."""
+        if choice == DEFAULT_CHOICE:
+            spec = self.trained_spec
+        elif choice == OFFICIAL_CHOICE:
+            spec = self.official_spec
+            if not spec:
+                return not (cache_dir(self.env) / "authors-best.pth").is_file()
+        else:
+            return False
+        return str(spec or "").startswith("hf://") and not hub_offline()
+
+    def _in_background(self, choice: str, load: Callable[[], object]) -> None:
+        """Run load() in a daemon thread, once per choice: start-up goes on meanwhile."""
+        with self._lock:
+            if choice in self._downloads:
+                return
+            thread = threading.Thread(target=load, name=f"ivfusion-download-{len(self._downloads)}", daemon=True)
+            self._downloads[choice] = thread
+        thread.start()
+
+    def _download_trained(self) -> None:
+        """In the background: the IVFUSION_WEIGHTS model from the network (a total deadline,
+        `ivfusion.hub`); it replaces the bundled weights as the default once it has loaded, or
+        the page's notice says why it could not."""
+        fuser, notes = self._load_trained()
+        with self._lock:
+            if fuser is not None:
+                self._fusers[DEFAULT_CHOICE] = fuser
+            self._notes[DEFAULT_CHOICE] = notes
+
+    def _download_official(self) -> None:
+        try:
+            self.get(OFFICIAL_CHOICE)
+        except WeightsError as e:  # remembered by get(); the page says it (current_default)
+            log.warning("the authors' checkpoint could not be had: %s", e)
+
+    def downloading(self, choice: str) -> bool:
+        """Whether a background download of `choice` is under way."""
+        with self._lock:
+            thread = self._downloads.get(choice)
+        return thread is not None and thread.is_alive()
+
+    def wait_for_downloads(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for the background downloads; whether all are over."""
+        end = time.monotonic() + timeout
+        with self._lock:
+            threads = list(self._downloads.values())
+        for thread in threads:
+            thread.join(max(0.0, end - time.monotonic()))
+        return not any(t.is_alive() for t in threads)
+
     def _load(self, choice: str, progress: Progress | None) -> tuple[Fuser, list[str]]:
         notes: list[str] = []
         if choice == DEFAULT_CHOICE:
             fuser = None
-            if self.trained_spec:
-                try:
-                    fuser = self._fuser(self.trained_spec)
-                except Exception as e:  # noqa: BLE001 - any failure of the operator's weights: fall back
-                    log.warning("IVFUSION_WEIGHTS=%s could not be loaded: %s", self.trained_spec, e)
-                    name = self.trained_spec if str(self.trained_spec).startswith("hf://") else Path(
-                        self.trained_spec).name
-                    notes.append(f"The weights set in IVFUSION_WEIGHTS ({name}) could not be loaded "
-                                 f"({_public(str(e), self.trained_spec)}); using the bundled weights instead.")
+            with self._lock:
+                started = DEFAULT_CHOICE in self._downloads
+            if started:  # the bundled weights serve until it lands (get() keeps what landed first)
+                notes.append(f"The weights set in IVFUSION_WEIGHTS ({self._trained_name()}) are downloading in the "
+                             f"background (at most {hub_deadline_s(self.env):g} s); the bundled weights serve until "
+                             "then.")
+            elif self.trained_spec:
+                fuser, notes = self._load_trained()
             if fuser is None:
                 fuser = self._fuser(DEFAULT_WEIGHTS)
         elif choice == OFFICIAL_CHOICE:
@@ -250,9 +321,9 @@ class ModelBank:
             except Exception as e:  # noqa: BLE001 - e.g. the bundled weights themselves broken
                 log.exception("model %r could not be loaded", choice)
                 raise WeightsError(f"{choice} cannot be loaded ({type(e).__name__}: {e})") from None
-            with self._lock:
-                self._fusers[choice] = fuser
-                self._notes[choice] = notes
+            with self._lock:  # a background download may have landed meanwhile: it wins
+                fuser = self._fusers.setdefault(choice, fuser)
+                notes = self._notes.setdefault(choice, notes)
                 self._errors.pop(choice, None)
             return fuser, list(notes)
 
@@ -262,25 +333,49 @@ class ModelBank:
             return list(self._fusers)
 
     def default_choice(self) -> tuple[str, list[str]]:
-        """Load the default model now (at startup) and return the choice to preselect.
+        """At start-up: the choice to preselect and its notices, without waiting on the network.
 
         IVFUSION_DEFAULT_MODEL picks it: "authors" (the released checkpoint, downloaded and
         SHA-256 checked; the default on a Hugging Face Space, which can reach it, so that
         visitors see the released ISFuse's gates) or "bundled" (the default elsewhere: it
-        needs no network). When the authors' checkpoint cannot be had, the bundled weights
-        are used with a notice; when no trained weights load, the untrained network."""
+        needs no network). A model that needs the network (`needs_network`) downloads in the
+        background while the bundled weights serve, with a notice; `current_default` says
+        what a page opened later gets. When no trained weights load, the untrained network."""
         wanted = (self.env.get("IVFUSION_DEFAULT_MODEL") or ("authors" if self.env.get("SPACE_ID") else "bundled"))
         if wanted not in ("authors", "bundled"):
             raise ValueError(f"IVFUSION_DEFAULT_MODEL={wanted!r}: expected 'authors' or 'bundled'")
+        self._wanted = wanted
+        if self.trained_spec and self.needs_network(DEFAULT_CHOICE):
+            self._in_background(DEFAULT_CHOICE, self._download_trained)
         if wanted == "authors":
-            try:
+            if self.needs_network(OFFICIAL_CHOICE):
+                self._in_background(OFFICIAL_CHOICE, self._download_official)
+            else:
+                try:
+                    self.get(OFFICIAL_CHOICE)
+                except WeightsError:
+                    pass  # remembered: current_default says why
+        return self.current_default()
+
+    def current_default(self) -> tuple[str, list[str]]:
+        """The choice to preselect on a page opened now and its notices: as `default_choice`
+        said at start-up, updated as the background downloads complete or fail."""
+        notes: list[str] = []
+        if self._wanted == "authors":
+            with self._lock:
+                loaded = OFFICIAL_CHOICE in self._fusers
+                failed = self._errors.get(OFFICIAL_CHOICE)
+            if loaded:
                 _, notes = self.get(OFFICIAL_CHOICE)
                 return OFFICIAL_CHOICE, notes
-            except WeightsError as e:
-                fallback = [f"The authors' checkpoint could not be had ({e}); showing the bundled weights."]
-                choice, notes = self._bundled_choice()
-                return choice, fallback + notes
-        return self._bundled_choice()
+            if self.downloading(OFFICIAL_CHOICE):
+                notes = [f"The authors' checkpoint is downloading in the background (at most "
+                         f"{hub_deadline_s(self.env):g} s); the bundled weights serve until then. Reload the page "
+                         "once it has, or choose it in the Model menu."]
+            elif failed:
+                notes = [f"The authors' checkpoint could not be had ({failed[0]}); showing the bundled weights."]
+        choice, more = self._bundled_choice()
+        return choice, notes + more
 
     def _bundled_choice(self) -> tuple[str, list[str]]:
         """The bundled weights (or IVFUSION_WEIGHTS), else the untrained network with a notice."""
