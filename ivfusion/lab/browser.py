@@ -2,8 +2,9 @@
 
 The server's part is small: it exports the default model's ONNX graph once per weights
 (`ivfusion.export`, checked before it is written; cached under the Lab's cache folder), serves
-that file, the page's script (`web/lab.js`) and onnxruntime-web's files (installed from npm
-into `web/node_modules` at a pinned version, `web/package.json`; never a CDN), and answers a
+that file, the page's script (`web/lab.js`) and onnxruntime-web's files (the pinned npm
+package: installed in `web/node_modules`, or else fetched and checked into the cache folder by
+`ortweb`; never a CDN), and answers a
 Fuse in browser mode with the keep masks of the settings and seed, drawn by the same sampler
 as the server's Fuse (`settings.intervention_masks`), as two small PNGs. No forward pass runs
 on the server for it. The page does the rest: decoding, colour conversion, the two forward
@@ -12,7 +13,7 @@ passes, the colour maps (the server's look-up tables, sent once) and the live mo
 A pair is computed on the server instead (the page says why) when the browser cannot give the
 server's result: a pair larger than the page's budget (the Lab's downscale limit: resizing is
 the server's), an infrared image of another size, 16-bit or TIFF files, another model than the
-default, or a graph not ready yet.
+default, or a graph or onnxruntime-web's files not ready yet.
 """
 from __future__ import annotations
 
@@ -29,15 +30,12 @@ import numpy as np
 
 from .. import viz
 from ..io import ImageError
-from . import models, settings, uploads
+from . import models, ortweb, settings, uploads
 
 log = logging.getLogger("ivfusion.lab.browser")
 
 WEB_DIR = Path(__file__).parent / "web"
 SCRIPT = WEB_DIR / "lab.js"
-ORT_DIST = WEB_DIR / "node_modules" / "onnxruntime-web" / "dist"
-ORT_VERSION = json.loads((WEB_DIR / "package.json").read_text())["dependencies"]["onnxruntime-web"]
-INSTALL = "npm ci --prefix ivfusion/lab/web"
 BROWSER_FORMATS = ("PNG", "JPEG", "WEBP", "BMP")  # what every browser decodes to the bytes the server reads
 
 
@@ -60,37 +58,40 @@ def weights_digest(model) -> str:
 
 class BrowserModel:
     """The default model's ONNX graph for the page, exported (and checked) in the background at
-    start-up unless the cache has it. `url` is None until it is ready, or for good when the
-    export cannot run here (the `export` extra or onnxruntime-web missing: `reason` says)."""
+    start-up unless the cache has it, once onnxruntime-web's files are here (`ortweb`: fetched
+    in the background when not installed). `url` is None until both are ready, or for good
+    when they cannot be had here (the `export` extra missing, the files neither installed nor
+    fetched: `reason` says)."""
 
-    def __init__(self, bank: models.ModelBank, cache: Path | None = None):
+    def __init__(self, bank: models.ModelBank, cache: Path | None = None, ort: ortweb.OrtFiles | None = None):
         self.bank = bank
-        self.folder = Path(cache or models.cache_dir(bank.env)) / "onnx"
+        cache = Path(cache or models.cache_dir(bank.env))
+        self.folder = cache / "onnx"
+        self.ort = ort or ortweb.OrtFiles(cache)
         self.path: Path | None = None
-        self.reason = "the in-browser model is being prepared"
+        self._reason = "the in-browser model is being prepared"
         self.ready = threading.Event()
 
     def start(self) -> "BrowserModel":
         import gradio as gr
 
-        if not ORT_DIST.is_dir():
-            self.reason = f"onnxruntime-web is not installed ({INSTALL})"
-            log.warning("in-browser Fuse off: %s", self.reason)
-            self.ready.set()
-            return self
         self.folder.mkdir(parents=True, exist_ok=True)
-        gr.set_static_paths([SCRIPT, ORT_DIST, self.folder])
+        self.ort.root.mkdir(parents=True, exist_ok=True)
+        gr.set_static_paths([SCRIPT, self.ort.local, self.ort.root, self.folder])
         try:
             fuser, _ = self.bank.get(models.DEFAULT_CHOICE)  # loaded already by the app's start-up
             model = fuser.model
             path = self.folder / f"isfuse-{weights_digest(model)[:20]}.onnx"
         except Exception as e:  # noqa: BLE001 - the page then computes on the server, and says so
             return self._off(e)
+        self.ort.start(lambda ok: self._prepare(model, path) if ok else self.ready.set())
+        return self
+
+    def _prepare(self, model, path: Path) -> None:
         if path.is_file():  # exported and checked before: ready now
             self._done(path)
         else:
             threading.Thread(target=self._export, args=(model, path), name="ivfusion-lab-onnx", daemon=True).start()
-        return self
 
     def _export(self, model, path: Path) -> None:
         from .. import export
@@ -104,24 +105,29 @@ class BrowserModel:
             self._done(path)
 
     def _done(self, path: Path) -> None:
-        self.path, self.reason = path, ""
+        self.path, self._reason = path, ""
         self.ready.set()
 
     def _off(self, e: BaseException) -> "BrowserModel":
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        self.reason = f"the in-browser model could not be prepared ({first})"
+        self._reason = f"the in-browser model could not be prepared ({first})"
         log.warning("in-browser Fuse off: %s", self.reason)
         self.ready.set()
         return self
 
     @property
+    def reason(self) -> str:
+        return self.ort.reason or self._reason
+
+    @property
     def url(self) -> str | None:
-        return file_url(self.path) if self.path else None
+        return file_url(self.path) if self.path and self.ort.path else None
 
     def page_config(self) -> dict[str, Any]:
         """What the page needs once: where onnxruntime-web and the graph are, the budget, the
         colour maps (the server's look-up tables) and the scales' constants."""
-        return {"ort": file_url(ORT_DIST) + "/", "ortVersion": ORT_VERSION, "model": self.url, "why": self.reason,
+        ort = file_url(self.ort.path) + "/" if self.ort.path else None
+        return {"ort": ort, "ortVersion": self.ort.pin.version, "model": self.url, "why": self.reason,
                 "maxSide": self.bank.max_side,
                 "luts": {k: viz.colormap_lut(name).tolist() for k, name in
                          (("gate", viz.GATE_CMAP), ("change", viz.CHANGE_CMAP), ("diverging", viz.DIVERGING_CMAP))},
