@@ -222,3 +222,22 @@ def test_the_lab_serves_the_fetched_files(tmp_path, registry, good, dist):
             assert r.status_code == 200 and r.content == dist[name], name
     finally:
         demo.close()
+
+
+def test_while_the_files_are_fetched_the_page_gets_the_server_fuse_and_why(tmp_path, registry):
+    import gradio as gr
+
+    from ivfusion.lab import browser, examples, models
+
+    reg = registry(silent=True)
+    ort = ortweb.OrtFiles(tmp_path, local=tmp_path / "not-installed", env={ortweb.REGISTRY_ENV: reg.url})
+    with gr.Blocks():
+        model = browser.BrowserModel(models.ModelBank(env={}), cache=tmp_path, ort=ort).start()
+    assert reg.asked.wait(60)  # start-up is over while the registry is silent
+    cfg = model.page_config()
+    assert cfg["model"] is None and cfg["ort"] is None and "is being fetched from the npm registry" in cfg["why"]
+    name = next(iter(examples.EXAMPLES))
+    vis, ir = (next(p for p in (examples.EXAMPLES_DIR / d).iterdir() if p.stem == name) for d in ("vi", "ir"))
+    assert model.masks(str(vis), str(ir)) == {"compute": "server", "why": cfg["why"]}
+    reg.release.set()  # the registry hangs up: the page is told the fetch failed
+    assert ort.ready.wait(120) and model.url is None and "could not be fetched" in model.page_config()["why"]
