@@ -404,6 +404,18 @@ def test_a_stability_run_does_not_starve_another_clients_fuse(served):
     assert len(ahead) <= 1, f"{len(ahead)} stability steps went ahead of a waiting Fuse"
 
 
+def test_the_janitor_trims_the_heap_once_the_compute_slot_goes_idle_after_work():
+    """A trim on RSS growth alone happens mid-burst, and what the burst frees after it stayed
+    mapped (tools/fault_probe.py --only l): one more trim follows once the slot is idle."""
+    janitor = lab.session.Janitor(None)
+    janitor.sweep()  # the first sweep trims: nothing trimmed before
+    assert not janitor.sweep()["trimmed"]  # idle, no growth: nothing to do
+    with lab.slot.COMPUTE.hold("test"):
+        assert not janitor.sweep()["trimmed"]  # busy, no growth: not now
+    assert janitor.sweep()["trimmed"]  # idle after work: the freed pages go back
+    assert not janitor.sweep()["trimmed"]  # once
+
+
 def test_an_expired_result_says_press_fuse_again(served):
     """When the Janitor drops a session's state (its memory bounds), /render, /metrics and
     /downloads say the result expired instead of showing the default example. Runs last: the

@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from .slot import COMPUTE
+
 log = logging.getLogger(__name__)
 
 SESSION_TTL_S = 900  # a session's state is dropped this many seconds after its last update
@@ -91,7 +93,8 @@ class Janitor:
       into its own cache (cleared by `delete_cache`) by then.
     * the disk: Gradio's upload folder and the Lab's folder under `disk_max_bytes`
       (`cap_disk`, with the upload `ledger`'s owners and protected files).
-    * freed heap pages go back to the system (`release_memory`) after large frees.
+    * freed heap pages go back to the system (`release_memory`) after large frees, and once
+      the compute slot goes idle after work.
     """
 
     def __init__(self, demo, state_max_bytes: int = SESSION_MAX_BYTES, max_sessions: int = MAX_SESSIONS,
@@ -107,6 +110,7 @@ class Janitor:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._rss_after_trim = 0.0
+        self._busy_since_trim = False
 
     def start(self) -> "Janitor":
         # A full gc.collect() walks every object of gradio, torch and the models (0.14-0.2 s
@@ -138,9 +142,15 @@ class Janitor:
             self._next_disk_check = time.monotonic() + DISK_CHECK_S
         rss = rss_mib()
         trimmed = False
-        if dropped or rss > self._rss_after_trim + 32:
+        # A trim on growth alone happens mid-burst: what the burst frees after it stays mapped
+        # (a K=32 stability run left the server about 200 MiB up). So one more trim once the
+        # compute slot is idle after having been busy.
+        busy = COMPUTE.holder is not None or COMPUTE.waiting > 0
+        self._busy_since_trim = self._busy_since_trim or busy
+        if dropped or rss > self._rss_after_trim + 32 or (self._busy_since_trim and not busy):
             release_memory()
             self._rss_after_trim = rss_mib()
+            self._busy_since_trim = busy
             trimmed = True
         return {"state_bytes": self.state_bytes, "states_dropped": dropped, "folders_removed": removed,
                 "trimmed": trimmed}
