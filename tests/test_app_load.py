@@ -109,8 +109,11 @@ def test_49mp_16bit_png_through_every_image_handler_stays_under_1gb(server, tmp_
     growth = max(server.peak(), watch.max_rss) - watch.base
     assert server.alive() and not watch.killed
     assert growth <= GIB, f"peak RSS grew by {growth:.0f} MiB"
-    for r in results:  # refused or served; a refusal names the problem
-        assert r["ok"] or "7000x7000" in (r["error"] or "") or "queue is full" in (r["error"] or "").lower(), r
+    # refused or served; a refusal names the problem: the image's size, or the queue places one
+    # visitor may hold (ivfusion.lab.places: this burst comes from one session and one address)
+    named = ("7000x7000", "queue is full", "requests waiting", "requests from your network")
+    for r in results:
+        assert r["ok"] or any(n in (r["error"] or "").lower() for n in map(str.lower, named)), r
     assert not server.tracebacks(), server.tracebacks()
 
 

@@ -167,9 +167,10 @@ def test_a_fuse_that_waits_for_the_compute_slot_says_so(lab_app):
     held.wait(10)
     said = []
     threading.Timer(1.0, release.set).start()
-    out = lab_app.fuse(str(VIS), str(IR), progress=lambda *a, **k: said.append(k.get("desc")))
+    # seeds that no earlier request computed: a cached result never enters the slot
+    out = lab_app.fuse(str(VIS), str(IR), seed=4243, progress=lambda *a, **k: said.append(k.get("desc")))
     t.join()
     assert said == ["Waiting for a stability analysis step to finish computing\u2026"]
     assert "Waited " in out["notices"] and "for another request's computation" in out["notices"]
-    quiet = lab_app.fuse(str(VIS), str(IR), progress=lambda *a, **k: said.append(k.get("desc")))
+    quiet = lab_app.fuse(str(VIS), str(IR), seed=4244, progress=lambda *a, **k: said.append(k.get("desc")))
     assert len(said) == 1 and "Waited" not in quiet["notices"]  # a free slot: no word about waiting

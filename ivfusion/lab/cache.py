@@ -136,16 +136,22 @@ def content_key(source: Any, name: str = "image") -> str:
     path = source_path(source, name)
     if path is None:
         return ""
-    st = os.stat(path)
+    try:
+        st = os.stat(path)
+    except OSError:  # missing or unreadable: no key, and the guarded decode names the problem
+        return ""
     memo = (path, st.st_size, st.st_mtime_ns)
     with _file_keys_lock:
         known = _file_keys.get(memo)
     if known:
         return known
     h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    try:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    except OSError:
+        return ""
     key = "file:" + h.hexdigest()
     with _file_keys_lock:
         _file_keys[memo] = key
