@@ -378,9 +378,12 @@ class LabApp(cb.LabCallbacks):
                                 "per-level gate maps and captions, and notices (names and order: docs/API.md).")
             fused.success(self.metrics, [state], [table], api_name="metrics", concurrency_id="metrics",
                           show_progress="minimal")
-            # on a phone the results sit above the controls: Fuse brings them into view (no server call)
-            fuse_btn.click(None, None, None, js="() => { if (window.innerWidth <= 600) "
-                           "document.querySelector('#results')?.scrollIntoView({behavior: 'smooth'}); }")
+            # on a phone the results sit above the controls: Fuse brings them into view (no server call),
+            # and again when they arrive, since panels that appear meanwhile can move them
+            to_results = ("() => { if (window.innerWidth <= 600) "
+                          "document.querySelector('#results')?.scrollIntoView({behavior: 'smooth'}); }")
+            fuse_btn.click(None, None, None, js=to_results)
+            fused.then(None, None, None, js=to_results)
             # an example click shows that example's results at once: the pair is set, then fused with
             # the current controls (from the shared cache when anyone computed it: every example is
             # precomputed with the default controls)
