@@ -363,3 +363,35 @@ def holds_pixels(data: bytes, secret) -> bool:
         if part.std() > 0 and abs(np.corrcoef(part, secret.astype(float).ravel())[0, 1]) > 0.3:
             return True
     return False
+
+
+@contextlib.contextmanager
+def silent_server():
+    """A stand-in for an external service (the Hub, GitHub) at the network boundary: it accepts
+    connections and never answers. Yields its base URL ("http://127.0.0.1:PORT")."""
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    held, stop = [], threading.Event()
+
+    def accept():
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except OSError:
+                pass
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(5)
+        for conn in held:
+            conn.close()
+        listener.close()

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.appserver import AppServer, call, dependency, payload
+from tests.appserver import AppServer, call, dependency, payload, silent_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
@@ -225,30 +225,8 @@ def test_a_fuse_with_a_hundred_mask_layers_is_refused_in_one_line(server, pair, 
 def silent_hub():
     """A stand-in for the Hub or GitHub at the network boundary: it accepts connections and
     never answers (the only stub in these tests: an external service)."""
-    import socket
-    import threading
-
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(64)
-    held, stop = [], threading.Event()
-
-    def accept():
-        listener.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                held.append(listener.accept()[0])
-            except OSError:
-                pass
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
-    stop.set()
-    thread.join(5)
-    for conn in held:
-        conn.close()
-    listener.close()
+    with silent_server() as url:
+        yield url
 
 
 def _closed_port() -> str:

@@ -58,7 +58,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the repository's tests/
 from tests.appserver import (PYTHON, ROOT, AppServer, RssWatch, big_png, burst, call,  # noqa: E402
-                             dependency, holds_pixels, image_handlers, output_refs, payload)
+                             dependency, holds_pixels, image_handlers, output_refs, payload, silent_server)
 
 SHARED = Path(os.environ.get("IVFUSION_SHARED") or ROOT.parent / "shared")
 GB = 1024.0  # MiB
@@ -504,31 +504,13 @@ def check_n(work: Path) -> tuple[bool, str]:
     """A Hub (IVFUSION_WEIGHTS=hf://...) and the authors' checkpoint URL (the Space's default
     model) that accept connections and never answer: time to a served page, which must not
     wait for them; then what a page opened after the deadline says."""
-    import socket
-    import threading
-
     from ivfusion.hub import hub_deadline_s
 
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(64)
-    held, stop = [], threading.Event()
-
-    def accept():
-        listener.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                held.append(listener.accept()[0])
-            except OSError:
-                pass
-
-    threading.Thread(target=accept, daemon=True).start()
-    silent = f"http://127.0.0.1:{listener.getsockname()[1]}"
-    env = {**ABUSE_ENV, "IVFUSION_WEIGHTS": "hf://owner/repo", "HF_ENDPOINT": silent, "HF_HUB_OFFLINE": "",
-           "IVFUSION_DEFAULT_MODEL": "authors", "IVFUSION_OFFICIAL_URL": silent + "/best.pth",
-           "IVFUSION_CACHE": str(work / "cache")}
-    t0 = time.monotonic()
-    try:
+    with silent_server() as silent:
+        env = {**ABUSE_ENV, "IVFUSION_WEIGHTS": "hf://owner/repo", "HF_ENDPOINT": silent, "HF_HUB_OFFLINE": "",
+               "IVFUSION_DEFAULT_MODEL": "authors", "IVFUSION_OFFICIAL_URL": silent + "/best.pth",
+               "IVFUSION_CACHE": str(work / "cache")}
+        t0 = time.monotonic()
         with AppServer(env=env, log_dir=work, start_timeout=600) as server:
             up = time.monotonic() - t0
             said = str(server.config).count("downloading in the background") >= 2
@@ -542,11 +524,6 @@ def check_n(work: Path) -> tuple[bool, str]:
             said = said and "did not download within" in note and "did not answer within" in note
             base = baseline(server)
             passed, text = after_attack(server, base)
-    finally:
-        stop.set()
-        for c in held:
-            c.close()
-        listener.close()
     deadline = hub_deadline_s(env)
     return passed and said, (f"page served {up:.0f} s after start (downloads in the background, deadline "
                              f"{deadline:g} s each), a page opened {told:.0f} s after start says they failed: "
