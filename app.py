@@ -333,16 +333,21 @@ class LabApp(cb.LabCallbacks):
                                 complementary=complementary, random_masking=random_masking, dropout=dropout,
                                 hole_percent=hole_percent, holes=holes, seed=seed)
             pair_outputs = [comps[n] for n in PAIR_OUTPUTS]
+            # the pair handler runs after each event that sets an image (an upload, a cleared input, an
+            # example click, a lesson step): one call each. Not on the images' change event, which
+            # Gradio fires twice for one upload (tests/test_browser.py counts the calls).
+            pair_handler = dict(fn=self.on_pair_change, inputs=[visible, infrared, hole_percent], outputs=pair_outputs,
+                                api_visibility="private", queue=False, preprocess=False, show_progress="hidden")
+
             for src in (visible, infrared):
                 # the clean pass is prefetched after an upload only: an example click or a lesson step
                 # changes both images (a prefetch per change would run a mixed pair), and fuses itself
-                src.upload(self.on_input, [src], [src], api_visibility="private", preprocess=False,
-                           concurrency_id="upload", concurrency_limit=4, show_progress="hidden").then(
-                    self.prefetch, [visible, infrared, model], None, preprocess=False,
-                    concurrency_id="compute", show_progress="hidden", api_visibility="private")
-                src.change(self.on_pair_change, [visible, infrared, hole_percent], pair_outputs,
-                           api_visibility="private", queue=False, preprocess=False, show_progress="hidden",
-                           trigger_mode="always_last")
+                uploaded = src.upload(self.on_input, [src], [src], api_visibility="private", preprocess=False,
+                                      concurrency_id="upload", concurrency_limit=4, show_progress="hidden")
+                uploaded.then(self.prefetch, [visible, infrared, model], None, preprocess=False,
+                              concurrency_id="compute", show_progress="hidden", api_visibility="private")
+                src.upload(**pair_handler)  # beside on_input, not after it: a refused file is described too
+                src.clear(**pair_handler)
             for editor, src in ((draw_vis, visible), (draw_ir, infrared)):
                 editor.clear(_editor_value, [src], [editor], api_visibility="private", queue=False,
                              preprocess=False)
@@ -387,15 +392,17 @@ class LabApp(cb.LabCallbacks):
             # an example click shows that example's results at once: the pair is set, then fused with
             # the current controls (from the shared cache when anyone computed it: every example is
             # precomputed with the default controls)
-            gallery.select(self.pick_example, None, [visible, infrared], api_visibility="private", queue=False,
-                           show_progress="hidden").then(
+            picked = gallery.select(self.pick_example, None, [visible, infrared], api_visibility="private",
+                                    queue=False, show_progress="hidden")
+            picked.then(**pair_handler)
+            picked.then(
                 gpu(_named(self.fuse, FUSE_OUTPUTS)), [*common, gate_scale, state], fuse_outputs, preprocess=False,
                 concurrency_id="fuse", concurrency_limit=cb.FUSE_WORKERS, api_visibility="private").success(
                 self.metrics, [state], [table], concurrency_id="metrics", show_progress="minimal",
                 api_visibility="private")
             # -- lesson (H5): a step sets the pair and the controls; the student presses Fuse
             step_menu.change(self.on_step, [step_menu], [comps_lesson[n] for n in LESSON_OUTPUTS],
-                             api_visibility="private", queue=False, show_progress="hidden")
+                             api_visibility="private", queue=False, show_progress="hidden").then(**pair_handler)
             gate_scale.change(_named(self.rerender, RENDER_OUTPUTS), [gate_scale, state], render_outputs,
                               api_name="render", concurrency_id="render", show_progress="hidden")
             dl_btn.click(self.downloads, [state], [files], api_name="downloads", concurrency_id="metrics")

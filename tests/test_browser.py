@@ -409,3 +409,30 @@ def test_the_first_screen_shows_the_fused_images_and_the_gates(server, chromium_
         fused = page.locator("#fused-clean").bounding_box()["y"]
         inputs = page.locator("#infrared-input").bounding_box()["y"]
         assert inputs < fused < page.locator("#fuse-btn").bounding_box()["y"]
+
+
+def test_an_upload_runs_the_pair_handler_once(server, chromium_path, shared_dir):
+    """Issue 26: each upload fired the pair handler (the pair description, the hole size) twice."""
+    import json
+
+    url, demo = server
+    pair_fns = {d["id"] for d in demo.config["dependencies"] if str(d.get("api_name", "")).startswith("on_pair_change")}
+    assert pair_fns
+    data = shared_dir / "data"
+    with lab_page(url, chromium_path, 1400, 1000) as page:
+        _loaded(page, "#fused-clean")
+        calls = []
+
+        def record(r):
+            if r.method == "POST" and "/run/predict" in r.url:
+                body = json.loads(r.post_data or "{}")
+                if body.get("fn_index") in pair_fns:
+                    calls.append(body["fn_index"])
+
+        page.on("request", record)
+        for side, path in (("visible", data / "roadscene/test/vi/FLIR_00211.jpg"),
+                           ("infrared", data / "roadscene/test/ir/FLIR_00211.jpg")):
+            before = len(calls)
+            page.locator(f"#{side}-input input[type=file]").set_input_files(str(path))
+            page.wait_for_timeout(5000)
+            assert len(calls) - before == 1, (side, calls)
