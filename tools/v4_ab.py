@@ -2,7 +2,7 @@
 the night, each arm read at its last step (the protocol: docs/research/v4/protocol.json).
 
     nice -n 19 python tools/v4_ab.py --out runs/ab            # train every arm (resumes), then the table
-    python tools/v4_ab.py --out runs/ab --table               # only the table, from the runs' logs
+    python tools/v4_ab.py --out runs/ab --table               # only the table and the decision, from the logs
 
 Arms are cumulative, each adding one choice to the one before, all from scratch at crop 128,
 batch 16, seed 0, with the protocol's held-out pairs left out and validated on:
@@ -14,7 +14,11 @@ batch 16, seed 0, with the protocol's held-out pairs left out and validated on:
     +flat       crops whose two modalities are both flat (std < 0.02) drawn again
 
 The table gives, per arm and validation folder, Qabf, VIF, the fused mean beside the sources'
-and how many pairs have it at or above the darker source, and the gate std per level.
+and how many pairs have it at or above the darker source, and the gate std per level. Then the
+decision, by the protocol's rule (`ab_rule`) applied in code: each arm against the arm before
+it (the arms are cumulative), read at its last step; a choice is kept when it raises the
+held-out count at or above the darker source, or the held-out Qabf or VIF, without lowering
+roadscene/test's Qabf or VIF by more than 0.02. It prints the v4 flags that follow.
 """
 from __future__ import annotations
 
@@ -60,6 +64,45 @@ def train(out: Path, name: str, steps: int, val_every: int) -> None:
     subprocess.run(cmd, check=True, cwd=ROOT)
 
 
+HELD_OUT, TEST = "msrs/train (held out)", "roadscene/test"
+TOLERANCE = 0.02  # the protocol's ab_rule: what a kept choice may cost roadscene/test's Qabf or VIF
+
+
+def last_validation(out: Path, name: str) -> dict | None:
+    """The arm's last validation record ({"step", "val": {folder: metrics}}), or None."""
+    log = folder(out, name) / "log.jsonl"
+    if not log.is_file():
+        return None
+    vals = [r for r in map(json.loads, log.read_text().splitlines()) if "val" in r]
+    return vals[-1] if vals else None
+
+
+def decide(out: Path, steps: int) -> list[str] | None:
+    """Print the protocol's A/B decision; the kept arms' flags (None while an arm is unfinished)."""
+    records = {name: last_validation(out, name) for name in ARMS}
+    unfinished = [n for n, r in records.items() if r is None or r["step"] != steps]
+    if unfinished:
+        print(f"\nNo decision yet: the rule reads each arm at its last step ({steps}); not there: "
+              f"{', '.join(unfinished)}")
+        return None
+    names = list(ARMS)
+    flags: list[str] = []
+    print("\nDecision (protocol ab_rule; each arm against the one before it):")
+    for prev, name in zip(names, names[1:]):
+        a, b = records[prev]["val"], records[name]["val"]
+        gains = [what for what, key in (("held-out >= darker", "val_above_darker"), ("held-out Qabf", "val_Qabf"),
+                                        ("held-out VIF", "val_VIF")) if b[HELD_OUT][key] > a[HELD_OUT][key]]
+        costs = [f"roadscene/test {m} {a[TEST][f'val_{m}']:.3f} -> {b[TEST][f'val_{m}']:.3f}" for m in ("Qabf", "VIF")
+                 if b[TEST][f"val_{m}"] < a[TEST][f"val_{m}"] - TOLERANCE]
+        keep = bool(gains) and not costs
+        if keep:
+            flags += ARMS[name]
+        why = ("raises " + ", ".join(gains)) if gains else "raises nothing on the held-out pairs"
+        print(f"  {name}: {'kept' if keep else 'dropped'} ({why}{'; but lowers ' + ', '.join(costs) if costs else ''})")
+    print(f"v4 flags: {' '.join(flags) if flags else '(none: v3 recipe)'}")
+    return flags
+
+
 def table(out: Path) -> None:
     print("arm | step | folder | Qabf | VIF | fused mean (visible, infrared) | >= darker | gate std coarse/mid/fine")
     for name in ARMS:
@@ -91,6 +134,7 @@ def main(argv=None) -> int:
         for name in args.arms:
             train(args.out, name, args.steps, args.val_every)
     table(args.out)
+    decide(args.out, args.steps)
     return 0
 
 
