@@ -21,6 +21,7 @@ import os
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import functools  # noqa: E402
+import json  # noqa: E402
 import logging  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -33,7 +34,7 @@ from ivfusion.lab import callbacks as cb  # noqa: E402
 from ivfusion.lab import browser as in_browser  # noqa: E402 - the in-browser Fuse (issue 28)
 from ivfusion.lab.callbacks import (COMPARE_OUTPUTS, FUSE_OUTPUTS, LESSON_OUTPUTS, MODEL_OUTPUTS, PAIR_OUTPUTS,  # noqa: E402
                                     RENDER_OUTPUTS, STABILITY_BUDGET_PER, STABILITY_OUTPUTS, ordered, user_errors)
-from ivfusion.lab.render import DEFAULT_GATE_SCALE, GATE_SCALE_CHOICES  # noqa: E402
+from ivfusion.lab.render import DEFAULT_GATE_SCALE, GATE_GRID, GATE_SCALE_CHOICES  # noqa: E402
 from ivfusion.levels import GATE_LEVELS  # noqa: E402
 
 try:  # Hugging Face ZeroGPU Spaces: run the heavy callbacks on a GPU when one is lent
@@ -66,13 +67,11 @@ CSS = """
 #examples .thumbnail-item {aspect-ratio: 2 / 1 !important}  /* a pair thumbnail is two 4:3 images wide */
 #how-it-works .katex-display {overflow-x: auto; overflow-y: hidden}  /* long equations scroll on a phone */
 #how-it-works td, #how-it-works th {word-break: normal; overflow-wrap: normal; hyphens: none}
+/* on a phone, the gate figure's panels one under the other (PHONE_GATES adds #gates-phone there only) */
+#gates:has(+ #gates-phone) {display: none !important}
+#gates-phone img {display: block; width: 100%; height: auto; margin: 0 0 10px 0}
 @media (max-width: 600px) {
   .gradio-container {padding: 4px !important}
-  /* the gate figure at a size whose labels can be read, panned sideways inside its own box (a
-     1547 px figure squeezed to the screen's 326 px made its titles and tick labels about 4 px high) */
-  #gates .image-container {overflow-x: auto !important; overflow-y: hidden}
-  #gates .image-container > button, #gates .image-frame {width: 900px !important; max-width: none !important}
-  #gates .image-frame img {width: 900px !important; max-width: none !important; height: auto !important}
   .phone-only {display: block !important}
   #how-it-works table {display: block; overflow-x: auto}
   #metrics table {font-size: 0.85em}
@@ -93,6 +92,49 @@ def _editor_value(source):
 def _fill_editors(visible, infrared, draw_visible, draw_infrared):
     return tuple(gr.skip() if drawn else _editor_value(src)
                  for src, drawn in ((visible, draw_visible), (infrared, draw_infrared)))
+
+
+# On a phone the gate figure's nine panels (render.GATE_GRID) are shown one under the other, level
+# by level (clean, intervened, change), each at the screen's width: nine views of the one
+# served file (object-view-box crops a panel), so nothing more is computed or sent. Where the
+# script does not run, the figure shows whole.
+PHONE_GATES = """() => {
+  const G = %s;
+  const build = () => {
+    const img = document.querySelector('#gates img');
+    let box = document.getElementById('gates-phone');
+    const phone = window.innerWidth <= 600 && img && img.complete && img.naturalWidth > 0;
+    if (!phone) {
+      if (box && window.innerWidth > 600) box.remove();  // the whole figure again (CSS shows it)
+      return;
+    }
+    if (box && box.dataset.src === img.src) return;
+    if (!box) {
+      box = document.createElement('div');
+      box.id = 'gates-phone';
+      document.getElementById('gates').insertAdjacentElement('afterend', box);
+    }
+    const W = img.naturalWidth, H = img.naturalHeight;
+    const w = (W - (G.cols - 1) * G.col_gap) / G.cols, h = (H - (G.rows - 1) * G.row_gap) / G.rows;
+    const cells = [];
+    for (let r = 0; r < G.rows; r++) for (let c = 0; c < G.cols; c++) {
+      const cell = document.createElement('img');
+      const x = c * (w + G.col_gap), y = r * (h + G.row_gap);
+      cell.src = img.src;
+      cell.alt = img.alt || 'gate map';
+      cell.style.aspectRatio = `${w} / ${h}`;
+      cell.style.objectViewBox = `inset(${y}px ${W - x - w}px ${H - y - h}px ${x}px)`;
+      cells.push(cell);
+    }
+    box.dataset.src = img.src;
+    box.replaceChildren(...cells);
+  };
+  new MutationObserver(build).observe(document.body, {subtree: true, childList: true, attributes: true,
+                                                      attributeFilter: ['src']});
+  document.addEventListener('load', build, true);
+  window.addEventListener('resize', build);
+  build();
+}""" % json.dumps(GATE_GRID)
 
 
 def _named(fn, names):
@@ -204,9 +246,8 @@ class LabApp(cb.LabCallbacks):
                                             elem_id="difference", **(heat | dict(min_width=150, height=210)))
                         diff_md = gr.Markdown(first.get("difference_caption"), elem_id="difference-caption",
                                               elem_classes="lab-note")
-                        gr.Markdown("**Invariance gates**, one level per row (coarse, mid, fine): clean | intervened "
-                                    "| change. Swipe the figure sideways to see all three.",
-                                    elem_classes=["lab-note", "phone-only"])
+                        gr.Markdown("**Invariance gates**, level by level (coarse, mid, fine): clean, intervened, "
+                                    "change.", elem_classes=["lab-note", "phone-only"])
                         gates_img = gr.Image(first.get("gates"), label="Invariance gates per level: clean | "
                                              "intervened | change", show_label=False, elem_id="gates", **heat)
                         gate_scale = gr.Radio(list(GATE_SCALE_CHOICES), value=DEFAULT_GATE_SCALE, elem_id="gate-scale",
@@ -363,6 +404,7 @@ class LabApp(cb.LabCallbacks):
                 self.prefetch, [visible, infrared, model], None, preprocess=False,
                 concurrency_id="compute", show_progress="hidden", api_visibility="private")
             # each page opened gets the start-up notice and default model as the background downloads stand
+            demo.load(None, None, None, js=PHONE_GATES)
             demo.load(self.page_status, None, [startup_md, model, model_md], queue=False, api_name="model_status",
                       api_visibility="undocumented", show_progress="hidden")
             # the compare menu follows the main model, so any two models can be compared

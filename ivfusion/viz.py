@@ -286,14 +286,18 @@ def pad_top(img: np.ndarray, pixels: int) -> np.ndarray:
     return np.concatenate([np.full((pixels, img.shape[1], 3), _BG, np.uint8), img], axis=0)
 
 
-def side_by_side(images: Sequence[np.ndarray], gap: int = 6) -> np.ndarray:
-    """Images (grey or RGB) next to each other, top-aligned, on white."""
+def side_by_side(images: Sequence[np.ndarray], gap: int = 6, equal: bool = False) -> np.ndarray:
+    """Images (grey or RGB) next to each other, top-aligned, on white; `equal`: each padded on
+    the right to the widest, so that the panels form a regular grid."""
     rgb = [to_rgb(i) for i in images]
     h = max(i.shape[0] for i in rgb)
+    w = max(i.shape[1] for i in rgb) if equal else 0
     parts = []
     for k, i in enumerate(rgb):
-        if i.shape[0] < h:
-            i = np.concatenate([i, np.full((h - i.shape[0], i.shape[1], 3), _BG, np.uint8)], 0)
+        if i.shape[0] < h or i.shape[1] < w:
+            canvas = np.full((h, max(w, i.shape[1]), 3), _BG, np.uint8)
+            canvas[:i.shape[0], :i.shape[1]] = i
+            i = canvas
         parts.append(i)
         if k < len(rgb) - 1:
             parts.append(np.full((h, gap, 3), _BG, np.uint8))

@@ -96,10 +96,12 @@ def _shot(img) -> np.ndarray:
 
 
 def test_first_page_shows_the_precomputed_result_at_both_widths(server, chromium_path):
+    from playwright.sync_api import expect
+
     url, _ = server
     for width, height in ((1400, 1000), (390, 844)):
         with lab_page(url, chromium_path, width, height) as page:
-            for sel in ("#fused-clean", "#fused-intervened", "#difference", "#gates", "#inputs"):
+            for sel in ("#fused-clean", "#fused-intervened", "#difference", "#inputs"):
                 img = _loaded(page, sel)
                 assert img.evaluate("i => i.naturalWidth") > 100, sel
             assert "Mean clean" in page.locator("#gate-captions").inner_text()
@@ -108,17 +110,28 @@ def test_first_page_shows_the_precomputed_result_at_both_widths(server, chromium
             assert "px" in page.locator("#hole-px").inner_text()
             text = page.locator("body").inner_text()
             assert "/tmp/" not in text and "assets/weights" not in text  # no server paths
+            if width < 600:  # issue 26: each level as clean, intervened, change, at the screen's width
+                page.locator("#gate-scale").scroll_into_view_if_needed()
+                cells = page.locator("#gates-phone img")
+                expect(cells).to_have_count(9, timeout=60_000)
+                assert not page.locator("#gates").is_visible()
+                shots = []
+                for k in range(9):
+                    cells.nth(k).scroll_into_view_if_needed()
+                    page.wait_for_function("i => i.complete && i.naturalWidth > 0", arg=cells.nth(k).element_handle())
+                    box = cells.nth(k).bounding_box()
+                    assert width * 0.75 <= box["width"] <= width, (k, box)  # the screen's width, not wider
+                    shots.append(_shot(cells.nth(k)))
+                    assert shots[-1].std() > 10, k  # a drawn panel, not a blank box
+                # the cells are different panels: a level's clean gate map and its change map
+                # (a red-white-blue scale) differ, and so do two levels' clean maps
+                assert np.abs(shots[0] - shots[2]).mean() > 10 and np.abs(shots[0] - shots[3]).mean() > 3
+            else:
+                gate = _shot(_loaded(page, "#gates"))
+                assert gate.std() > 10  # a drawn heat map, not a blank box
+                assert not page.locator("#gates-phone").is_visible()
             # nothing wider than the screen (no horizontal scrolling on a phone)
             assert page.evaluate("document.documentElement.scrollWidth") <= width + 1
-            if width < 600:  # the gate figure keeps a readable size and pans inside its own box
-                assert page.locator("#gates img").first.bounding_box()["width"] >= 800
-                assert page.evaluate("(() => { const c = document.querySelector('#gates .image-container');"
-                                     " return c.scrollWidth > c.clientWidth + 100; })()")
-                assert "Swipe the figure sideways" in page.locator("body").inner_text()
-            else:
-                assert "Swipe the figure sideways" not in page.locator("body").inner_text()
-            gate = _shot(page.locator("#gates img").first)
-            assert gate.std() > 10  # a drawn heat map, not a blank box
             page.screenshot(path=str(OUT / f"app-first-page-{width}.png"), full_page=True)
 
 
@@ -436,3 +449,23 @@ def test_an_upload_runs_the_pair_handler_once(server, chromium_path, shared_dir)
             page.locator(f"#{side}-input input[type=file]").set_input_files(str(path))
             page.wait_for_timeout(5000)
             assert len(calls) - before == 1, (side, calls)
+
+
+def test_on_a_phone_the_gate_panels_follow_each_fuse(server, chromium_path):
+    """The phone's gate panels are views of the served figure: a Fuse replaces all nine."""
+    from playwright.sync_api import expect
+
+    url, _ = server
+    with lab_page(url, chromium_path, 390, 844) as page:
+        cells = page.locator("#gates-phone img")
+        page.locator("#gate-scale").scroll_into_view_if_needed()
+        expect(cells).to_have_count(9, timeout=60_000)
+        before = cells.first.get_attribute("src")
+        page.locator("#seed input").fill("11")
+        page.locator("#fuse-btn").click()
+        page.wait_for_function("s => { const c = document.querySelectorAll('#gates-phone img');"
+                               " return c.length === 9 && [...c].every(i => i.src !== s && i.complete && i.naturalWidth > 0); }",
+                               arg=before, timeout=120_000)
+        src = {cells.nth(k).get_attribute("src") for k in range(9)}
+        assert len(src) == 1 and src != {before}
+        page.screenshot(path=str(OUT / "app-phone-gates-390.png"), full_page=True)

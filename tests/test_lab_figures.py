@@ -76,3 +76,25 @@ def test_the_metrics_note_says_which_metrics_rise_under_masking_and_it_is_so(lab
     change = {row[0]: row[3] for row in lab.metrics_table(run)}
     assert all(change[m] > 0 for m in ("EN", "SD", "SF", "AG"))  # the holes add edges and contrast
     assert all(change[m] < 0 for m in ("SCD", "VIF", "Qabf", "SSIM", "CC"))  # what the sources showed is lost
+
+
+def test_the_gate_figure_is_the_regular_grid_a_phone_cuts_into_panels(lab_app):
+    """app.PHONE_GATES cuts the figure into render.GATE_GRID's panels by arithmetic alone: the
+    gaps it skips must be white, and each panel it shows must hold a map (not a gap or padding)."""
+    fuser, _ = lab_app.bank.get(lab.DEFAULT_CHOICE)
+    run = lab.run_pair(fuser, *(read_image(p) for p in (VIS, IR)), lab.Settings())
+    figs = render.render(run)
+    fig, _ = render.gate_figure(figs.levels, figs.change_limit)
+    g = render.GATE_GRID
+    H, W = fig.shape[:2]
+    w, h = (W - (g["cols"] - 1) * g["col_gap"]) / g["cols"], (H - (g["rows"] - 1) * g["row_gap"]) / g["rows"]
+    assert w == int(w) and h == int(h)
+    w, h = int(w), int(h)
+    for c in range(1, g["cols"]):
+        assert (fig[:, c * (w + g["col_gap"]) - g["col_gap"]:c * (w + g["col_gap"])] == 255).all()
+    for r in range(1, g["rows"]):
+        assert (fig[r * (h + g["row_gap"]) - g["row_gap"]:r * (h + g["row_gap"])] == 255).all()
+    for r in range(g["rows"]):
+        for c in range(g["cols"]):
+            panel = fig[r * (h + g["row_gap"]):r * (h + g["row_gap"]) + h, c * (w + g["col_gap"]):c * (w + g["col_gap"]) + w]
+            assert panel.std() > 10, (r, c)

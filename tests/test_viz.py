@@ -161,3 +161,12 @@ def test_to_rgb_to_uint8_side_by_side():
     assert viz.to_rgb(np.zeros((2, 2, 4), np.uint8)).shape == (2, 2, 3)
     s = viz.side_by_side([np.zeros((4, 5), np.uint8), np.zeros((6, 2, 3), np.uint8)], gap=3)
     assert s.shape == (6, 5 + 3 + 2, 3)
+
+
+def test_side_by_side_equal_pads_each_panel_to_the_widest():
+    """The gate figure's grid (render.GATE_GRID), which a phone shows panel by panel."""
+    a, b = np.zeros((10, 5, 3), np.uint8), np.zeros((8, 7), np.uint8)
+    out = viz.side_by_side([a, b], gap=2, equal=True)
+    assert out.shape == (10, 7 + 2 + 7, 3)
+    assert (out[:, 5:7] == 255).all() and (out[:, :5] == 0).all()  # the narrower panel padded with white
+    assert viz.side_by_side([a, b], gap=2).shape == (10, 5 + 2 + 7, 3)

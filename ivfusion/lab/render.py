@@ -18,6 +18,11 @@ from ..levels import GATE_LEVELS
 from .runs import LabRun
 
 LEVEL_MAP_SIDE = 448  # long side of each gate map: three side by side fill a desktop page
+# The gate figure's grid: 3 levels (rows) x clean | intervened | change (columns), each panel
+# padded to one size, these gaps between them. A phone shows the nine panels one under the
+# other at the screen's width (app.py's PHONE_GATES reads these), instead of a figure wider
+# than the screen.
+GATE_GRID = {"rows": 3, "cols": 3, "row_gap": 16, "col_gap": 12}
 # the gate colour scales as the page names them, in the order of viz.GATE_SCALES
 GATE_SCALE_CHOICES = ("fixed 0 to 1", "stretched per level")
 DEFAULT_GATE_SCALE = "fixed 0 to 1"
@@ -96,7 +101,8 @@ def render_levels(run: LabRun, gate_scale: str = "fixed", limit: float | None = 
                    f"{span}; largest change {float(np.abs(change).max()):.3f}.")
         title = f"{name}: {label}" if name else label
         image = viz.side_by_side([viz.with_title(clean_img, f"{title}: clean"),
-                                  viz.with_title(inter_img, "intervened"), viz.with_title(change_img, "change")], gap=12)
+                                  viz.with_title(inter_img, "intervened"), viz.with_title(change_img, "change")],
+                                 gap=GATE_GRID["col_gap"], equal=True)
         out.append(LevelFigures(clean_img, inter_img, change_img, image, caption))
     return out
 
@@ -109,9 +115,10 @@ def scale_caption(limit: float, what: str = "the three levels") -> str:
 
 def gate_figure(levels: list[LevelFigures], limit: float | None = None) -> tuple[np.ndarray, str]:
     """The page's one gate picture (the levels' rows, coarse to fine, stacked: one file to send)
-    and its caption (the shared change scale when `limit` is given, then one line per level)."""
+    and its caption (the shared change scale when `limit` is given, then one line per level).
+    Its panels form a regular grid (`GATE_GRID`), which a phone shows cell by cell (app.py)."""
     lines = ([scale_caption(limit)] if limit is not None else []) + [fig.caption for fig in levels]
-    return viz.stacked([fig.image for fig in levels], gap=16), "  \n".join(lines)
+    return viz.stacked([fig.image for fig in levels], gap=GATE_GRID["row_gap"]), "  \n".join(lines)
 
 
 def render(run: LabRun, gate_scale: str = "fixed") -> LabFigures:
