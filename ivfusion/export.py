@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from .levels import GATE_LEVELS
 from .modeling import ISFuse
 from .modeling.cfi import PooledCrossAttention
+from .shipped import ACCEPTED_SPECS
 
 INPUT_NAMES = ("visible_y", "infrared", "keep_visible", "keep_infrared")
 OUTPUT_NAMES = ("fused", *(f"gate_{lv.key}" for lv in GATE_LEVELS))
@@ -260,8 +261,7 @@ def add_parser(subparsers) -> None:
                    help="the ONNX file to write (inputs: " + ", ".join(INPUT_NAMES) + "; outputs: "
                         + ", ".join(OUTPUT_NAMES) + ")")
     p.add_argument("--weights", default=None,
-                   help="weights spec: a folder, .safetensors, the authors' .pth, hf://owner/repo[/file], "
-                        "or 'untrained' (default: the bundled weights, or $IVFUSION_WEIGHTS)")
+                   help=f"weights spec: {ACCEPTED_SPECS} (default: the bundled weights, or $IVFUSION_WEIGHTS)")
     p.set_defaults(func=run_export)
 
 

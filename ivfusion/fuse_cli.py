@@ -17,6 +17,7 @@ from . import io
 from .cli_flags import (add_device_flag, add_modality_flags, failure_reason, missing_modality_flags, user_error,
                         whole_number)
 from .interventions import INTERVENTIONS, get_intervention
+from .shipped import ACCEPTED_SPECS
 from .levels import GATE_LEVELS, npz_key
 from .modeling.isfuse import MIN_SIDE
 from .predictor import DEFAULT_MAX_SIDE
@@ -27,8 +28,7 @@ def add_parser(subparsers) -> None:
     add_modality_flags(p, "image file, or a folder of them (matched by file name without suffix)")
     p.add_argument("--out", required=True, help="output folder (or a .png file for a single pair)")
     p.add_argument("--weights", default=None,
-                   help="weights spec: a folder, .safetensors, the authors' .pth, hf://owner/repo[/file], "
-                        "or 'untrained' (default: the bundled weights, or $IVFUSION_WEIGHTS)")
+                   help=f"weights spec: {ACCEPTED_SPECS} (default: the bundled weights, or $IVFUSION_WEIGHTS)")
     p.add_argument("--intervention", default="none", choices=tuple(INTERVENTIONS),
                    help="; ".join(f"{n}: {iv.label}" for n, iv in INTERVENTIONS.items()))
     p.add_argument("--seed", type=whole_number(0), default=0, help="seed of the intervention's masks (default 0)")

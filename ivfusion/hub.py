@@ -3,8 +3,10 @@
 `load_model(spec)` accepts:
   None                   the bundled default weights, or the spec in the IVFUSION_WEIGHTS
                          environment variable when it is set;
-  "bundled"              the weights shipped with the package (DEFAULT_WEIGHTS), whatever
-                         IVFUSION_WEIGHTS says;
+  "bundled"              the default weights shipped with the package (DEFAULT_WEIGHTS,
+                         `DEFAULT_NAME`), whatever IVFUSION_WEIGHTS says;
+  a shipped name         weights shipped with the package under a name (`NAMED_WEIGHTS`: "v2");
+                         a name wins over a folder of the same name (write ./v2 for the folder);
   a folder               holding model.safetensors and config.json (`save_pretrained` layout);
   a .safetensors file    its config from the sibling config.json (default config if absent);
   a .pth / .pt file      the authors' released checkpoint (best.pth), keys mapped to ours;
@@ -33,8 +35,7 @@ import torch
 from .config import ISFuseConfig
 from .modeling import ISFuse
 
-UNTRAINED = "untrained"
-BUNDLED = "bundled"
+from .shipped import ACCEPTED_SPECS, BUNDLED, DEFAULT_NAME, NAMED_WEIGHTS, UNTRAINED  # noqa: F401 - re-exported
 HUB_DEADLINE_S = 15.0  # a whole fetch from the network (connect and read), IVFUSION_HUB_DEADLINE_S
 
 
@@ -114,7 +115,12 @@ def bundled_path(name: str = "") -> Path:
     return root / name if name else root
 
 
-DEFAULT_WEIGHTS = bundled_path("weights/isfuse-ivfusion")
+def named_path(name: str) -> Path:
+    """The folder of shipped weights `name` (a key of NAMED_WEIGHTS)."""
+    return bundled_path(NAMED_WEIGHTS[name][0])
+
+
+DEFAULT_WEIGHTS = named_path(DEFAULT_NAME)
 EXAMPLES_DIR = bundled_path("examples")
 
 
@@ -122,8 +128,6 @@ class WeightsError(RuntimeError):
     """Weights that cannot be found or loaded, with the file, the reason and what is accepted."""
 
 
-ACCEPTED_SPECS = ("a folder with model.safetensors and config.json, a .safetensors file, the authors' .pth, "
-                  "hf://owner/repo[/file], 'bundled' or 'untrained'")
 # ISFuse within ISFuseConfig's bounds is at most a few MB (13 MB at dim 128); a far larger file
 # is not ISFuse weights, and reading it would only cost memory.
 MAX_WEIGHTS_BYTES = 256 * 2**20
@@ -141,9 +145,12 @@ def load_model(spec: str | os.PathLike | None = None, *, device: str | torch.dev
         spec = os.environ.get("IVFUSION_WEIGHTS") or DEFAULT_WEIGHTS
     if str(spec) == BUNDLED:
         spec = DEFAULT_WEIGHTS
-    if Path(spec) == DEFAULT_WEIGHTS and not (DEFAULT_WEIGHTS / "model.safetensors").is_file():
+    elif str(spec) in NAMED_WEIGHTS:
+        spec = named_path(str(spec))
+    shipped = {named_path(n): n for n in NAMED_WEIGHTS}
+    if Path(spec) in shipped and not (Path(spec) / "model.safetensors").is_file():
         raise WeightsError(
-            f"the bundled default weights are missing ({DEFAULT_WEIGHTS / 'model.safetensors'}); "
+            f"the shipped weights {shipped[Path(spec)]!r} are missing ({Path(spec) / 'model.safetensors'}); "
             "pass a weights spec (a .safetensors file, a folder, the authors' best.pth, or "
             "hf://owner/repo), or 'untrained' for an untrained network"
         )

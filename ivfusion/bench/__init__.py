@@ -25,6 +25,7 @@ from pathlib import Path
 from ..cli_flags import add_device_flag, user_error, whole_number
 from .macs import count_macs
 from .paths import parse_sizes
+from ..shipped import ACCEPTED_SPECS
 
 __all__ = ["add_parser", "count_macs", "run"]
 
@@ -34,7 +35,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "bench", help="latency, throughput, MACs, memory and deviation of each inference path",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", default=None,
-                   help="weights spec as for `ivfusion fuse` (a folder, .safetensors, the authors' .pth, hf://...); "
+                   help=f"weights spec as for `ivfusion fuse` ({ACCEPTED_SPECS}); "
                         "default: the bundled weights if present, else 'synthetic' (random weights with random "
                         "BatchNorm statistics). 'untrained' and 'synthetic' are accepted.")
     p.add_argument("--sizes", default="256x256,640x480", type=parse_sizes, help="comma-separated WIDTHxHEIGHT (default: 256x256,640x480)")

@@ -10,6 +10,7 @@ from ..cli_flags import (add_device_flag, add_modality_flags, failure_reason, mi
 from .model import MODEL_METHOD, evaluate_model
 from .report import gates_table, interventions_table, markdown_table, plot_results
 from .results import EvaluationResults
+from ..shipped import ACCEPTED_SPECS
 from .scoring import BASELINES, evaluate_baseline, evaluate_folders
 
 _DESCRIPTION = """\
@@ -34,9 +35,8 @@ def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--names", metavar="A,B", help="comma-separated method names, one per --fused "
                                                    "(default: folder names)")
     p.add_argument("--weights", metavar="SPEC", action="append", default=[],
-                   help=f"also run ISFuse with these weights (method '{MODEL_METHOD}'): a "
-                        "folder, .safetensors, the authors' best.pth, hf://owner/repo, 'untrained' or "
-                        "'bundled'; repeat to compare several (named by their spec)")
+                   help=f"also run ISFuse with these weights (method '{MODEL_METHOD}'): {ACCEPTED_SPECS}; "
+                        "repeat to compare several (named by their spec)")
     p.add_argument("--baseline", action="append", default=[], choices=sorted(BASELINES),
                    help="also score a pixel-wise baseline: mean = round((IR+VI)/2), max = "
                         "max(IR, VI); repeatable")

@@ -39,7 +39,8 @@ from pathlib import Path
 from typing import Callable
 
 from ..hub import hub_reachable  # noqa: F401 - re-exported by ivfusion.lab
-from ..hub import DEFAULT_WEIGHTS, UNTRAINED, WeightsError, hub_deadline_s, hub_offline, load_model, run_with_deadline
+from ..hub import (DEFAULT_NAME, DEFAULT_WEIGHTS, NAMED_WEIGHTS, UNTRAINED, WeightsError, hub_deadline_s, hub_offline,
+                   load_model, named_path, run_with_deadline)
 from ..predictor import Fuser
 from .settings import env_number
 
@@ -50,6 +51,15 @@ APP_MAX_SIDE = 640  # see the module docstring
 DEFAULT_CHOICE = "ISFuse, trained weights (default)"
 OFFICIAL_CHOICE = "Authors' checkpoint (best.pth)"
 UNTRAINED_CHOICE = "Untrained network (teaching contrast)"
+
+
+def named_choice(name: str) -> str:
+    """The model menu's entry for shipped weights `name` (DEFAULT_CHOICE for the default ones)."""
+    return DEFAULT_CHOICE if name == DEFAULT_NAME else f"ISFuse {name}: {NAMED_WEIGHTS[name][1]}"
+
+
+# the menu's other shipped weights, by their entry
+NAMED_CHOICES = {named_choice(n): n for n in NAMED_WEIGHTS if n != DEFAULT_NAME}
 
 # The authors' released checkpoint (../shared/weights/README.md): fetched at run time, never
 # shipped, since their repository has no licence.
@@ -177,7 +187,7 @@ class ModelBank:
         self._wanted = "bundled"  # the default model asked for (default_choice)
 
     def choices(self) -> list[str]:
-        return [DEFAULT_CHOICE, OFFICIAL_CHOICE, UNTRAINED_CHOICE]
+        return [DEFAULT_CHOICE, *NAMED_CHOICES, OFFICIAL_CHOICE, UNTRAINED_CHOICE]
 
     def _fuser(self, spec) -> Fuser:
         return make_fuser(spec, self.device, self.max_side, self.fast)
@@ -275,6 +285,8 @@ class ModelBank:
                 fuser = self._fuser(spec)
             except WeightsError as e:
                 raise WeightsError(f"the authors' released model cannot be loaded: {_public(str(e), spec)}") from None
+        elif choice in NAMED_CHOICES:
+            fuser = self._fuser(named_path(NAMED_CHOICES[choice]))
         else:
             fuser = self._fuser(UNTRAINED)
             notes.append("The untrained network has random weights: its output and gates mean nothing. "
@@ -314,7 +326,8 @@ class ModelBank:
             try:
                 fuser, notes = self._load(choice, progress)
             except WeightsError as e:
-                permanent = choice == UNTRAINED_CHOICE or (choice == OFFICIAL_CHOICE and self.official_spec)
+                permanent = (choice == UNTRAINED_CHOICE or choice in NAMED_CHOICES
+                             or (choice == OFFICIAL_CHOICE and self.official_spec))
                 with self._lock:  # a bad local file stays bad; a failed download is retried later
                     self._errors[choice] = (str(e), None if permanent else time.monotonic())
                 raise

@@ -5,8 +5,8 @@ across whole datasets?
                    [--out study] [--max-side 320] [--q 0.05] [--no-plots] [--no-progress]
 
 PAIRS: dataset folders holding ir/ and vi/ (`ivfusion.data.find_pairs`). SPEC: any weights spec
-(a folder, a .safetensors file, the authors' .pth, hf://...), 'bundled' for the shipped weights,
-or 'untrained', the null model. For every pair, weights and intervention type (complementary,
+(a folder, a .safetensors file, the authors' .pth, hf://...), 'bundled' for the default shipped
+weights, a shipped name (`ivfusion.hub.NAMED_WEIGHTS`), or 'untrained', the null model. For every pair, weights and intervention type (complementary,
 random), K seeded interventions (the same masks for every weights) measure per gate level
 (`measure`): the clean gate against the fused output's instability and against the relative
 change of the cross-attended features, and the intervened pass's gate against that pass's
@@ -34,6 +34,7 @@ from ..cli_flags import add_device_flag, out_folder_problem, user_error, whole_n
 from ..interventions import MaskConfig
 from .measure import MEASURES, STUDY_INTERVENTIONS, StudySettings, measure_pair
 from .run import StudyResult, load_datasets, run_study
+from ..shipped import ACCEPTED_SPECS
 from .stats import benjamini_hochberg, bootstrap_mean_ci, contrast, decide, sign_flip_p, summarise
 
 __all__ = ["MEASURES", "STUDY_INTERVENTIONS", "StudySettings", "StudyResult", "benjamini_hochberg",
@@ -46,8 +47,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("pairs", nargs="+", metavar="PAIRS", help="dataset folders, each holding ir/ and vi/")
     p.add_argument("--weights", action="append", required=True, metavar="SPEC",
-                   help="weights spec, repeatable: a folder, .safetensors, the authors' .pth, hf://..., 'bundled' or "
-                        "'untrained' (the null model)")
+                   help=f"weights spec, repeatable: {ACCEPTED_SPECS} (untrained: the null model)")
     p.add_argument("--k", type=int, default=StudySettings.k, help="interventions per type and pair (default 16)")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N pairs of each folder, by name")
     p.add_argument("--seed", type=whole_number(0), default=StudySettings.seed, help="fixes every mask and the bootstrap (default 0)")

@@ -10,7 +10,7 @@ from pathlib import Path
 from ..cli_flags import failure_reason
 from ..data import find_pairs, load_pair
 from ..device import cpu_name, resolve_device
-from ..hub import BUNDLED, UNTRAINED, load_model
+from ..hub import BUNDLED, NAMED_WEIGHTS, UNTRAINED, load_model
 from ..predictor import Fuser
 from .measure import Cache, StudySettings, measure_pair, pair_key, weights_key
 from .stats import contrast, decide, summarise
@@ -73,8 +73,10 @@ def load_datasets(folders: list[str | Path], limit: int | None = None) -> list[D
 
 
 def weights_label(spec: str, taken: set[str]) -> str:
-    """'bundled', 'untrained', or a path's file or folder name (the whole spec when that name is taken)."""
-    label = spec if spec in (BUNDLED, UNTRAINED) or spec.startswith("hf://") else Path(spec).name or spec
+    """'bundled', a shipped name, 'untrained', or a path's file or folder name (the whole spec when
+    that name is taken)."""
+    label = (spec if spec in (BUNDLED, UNTRAINED, *NAMED_WEIGHTS) or spec.startswith("hf://")
+             else Path(spec).name or spec)
     return spec if label in taken else label
 
 
