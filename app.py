@@ -71,7 +71,10 @@ CSS = """
 #gates:has(+ #gates-phone) {display: none !important}
 #gates-phone img {display: block; width: 100%; height: auto; margin: 0 0 10px 0}
 @media (max-width: 600px) {
-  .gradio-container {padding: 4px !important}
+  /* Gradio's own 32 px page margins left a 390 px phone 326 px for the tabs' content, figures
+     included; its page element sits outside what this CSS can select (Gradio scopes it), so the
+     tabs reach into those margins */
+  .tabs {margin-left: -26px !important; width: calc(100% + 52px) !important; max-width: none !important}
   .phone-only {display: block !important}
   #how-it-works table {display: block; overflow-x: auto}
   #metrics table {font-size: 0.85em}

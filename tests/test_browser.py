@@ -469,3 +469,13 @@ def test_on_a_phone_the_gate_panels_follow_each_fuse(server, chromium_path):
         src = {cells.nth(k).get_attribute("src") for k in range(9)}
         assert len(src) == 1 and src != {before}
         page.screenshot(path=str(OUT / "app-phone-gates-390.png"), full_page=True)
+
+
+def test_on_a_phone_the_architecture_figure_spans_the_screen(server, chromium_path):
+    """Issue 26: on a 390 px phone the architecture figure was 326 px wide (Gradio's page margins)."""
+    url, _ = server
+    with lab_page(url, chromium_path, 390, 844) as page:
+        page.get_by_role("tab", name="How it works").click()
+        img = _loaded(page, "#architecture")
+        assert img.bounding_box()["width"] >= 0.95 * 390 - 12
+        assert page.evaluate("document.documentElement.scrollWidth") <= 391
