@@ -38,3 +38,38 @@ def test_no_decision_before_every_arm_reaches_its_last_step(tmp_path, capsys):
         _arm(tmp_path, name, 400 if name != "+zoom" else 300, (1, 0.1, 0.2), (0.4, 0.4))
     assert v4_ab.decide(tmp_path, 400) is None
     assert "not there: +zoom" in capsys.readouterr().out
+
+
+def test_v4_and_its_control_differ_only_by_the_interventions(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("v4_run", ROOT / "tools" / "v4_run.py")
+    v4_run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(v4_run)
+    ab = tmp_path / "ab"
+    _arm(ab, "v3", 400, (1, 0.10, 0.20), (0.40, 0.40))
+    _arm(ab, "+quota", 400, (5, 0.10, 0.20), (0.39, 0.40))  # kept
+    for name in ("+exposure", "+zoom", "+flat"):
+        _arm(ab, name, 400, (5, 0.10, 0.20), (0.39, 0.40))  # raise nothing: dropped
+    assert v4_run.main(["--ab", str(ab), "--out", str(tmp_path / "runs"), "--dry-run"]) == 0
+    v4, control = [line.split() for line in capsys.readouterr().out.splitlines() if " train " in line]
+    assert v4[v4.index("--out") + 1].endswith("/runs/v4") and control[control.index("--out") + 1].endswith("/runs/control")
+
+    def without_out(cmd):
+        k = cmd.index("--out")
+        return cmd[:k] + cmd[k + 2:]
+
+    v4, control = without_out(v4), without_out(control)
+    assert control == v4[:v4.index("--steps")] + ["--no-interventions"] + v4[v4.index("--steps"):]
+    assert " ".join(v4_ab.ARMS["+quota"]) in " ".join(v4) and "--augment.zoom" not in v4
+    assert v4[v4.index("--steps") + 1] == "3400" and "--resume" not in v4
+    (tmp_path / "runs" / "v4").mkdir(parents=True)
+    (tmp_path / "runs" / "v4" / "train_config.json").write_text("{}")
+    assert v4_run.main(["--ab", str(ab), "--out", str(tmp_path / "runs"), "--which", "v4", "--dry-run"]) == 0
+    assert capsys.readouterr().out.split()[-1] == "--resume"  # a started run resumes
+
+
+def test_no_full_run_starts_before_the_ab_decision(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("v4_run", ROOT / "tools" / "v4_run.py")
+    v4_run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(v4_run)
+    _arm(tmp_path / "ab", "v3", 400, (1, 0.10, 0.20), (0.40, 0.40))
+    assert v4_run.main(["--ab", str(tmp_path / "ab"), "--out", str(tmp_path / "runs"), "--dry-run"]) == 2
