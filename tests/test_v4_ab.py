@@ -4,9 +4,17 @@ import json
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("v4_ab", ROOT / "tools" / "v4_ab.py")
-v4_ab = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(v4_ab)
+
+
+def _tool(name: str):
+    """A script of tools/ as a module."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+v4_ab, v4_run = _tool("v4_ab"), _tool("v4_run")
 
 
 def _arm(out: Path, name: str, step: int, held: tuple, test: tuple) -> None:
@@ -41,9 +49,6 @@ def test_no_decision_before_every_arm_reaches_its_last_step(tmp_path, capsys):
 
 
 def test_v4_and_its_control_differ_only_by_the_interventions(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("v4_run", ROOT / "tools" / "v4_run.py")
-    v4_run = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(v4_run)
     ab = tmp_path / "ab"
     _arm(ab, "v3", 400, (1, 0.10, 0.20), (0.40, 0.40))
     _arm(ab, "+quota", 400, (5, 0.10, 0.20), (0.39, 0.40))  # kept
@@ -68,8 +73,5 @@ def test_v4_and_its_control_differ_only_by_the_interventions(tmp_path, capsys):
 
 
 def test_no_full_run_starts_before_the_ab_decision(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("v4_run", ROOT / "tools" / "v4_run.py")
-    v4_run = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(v4_run)
     _arm(tmp_path / "ab", "v3", 400, (1, 0.10, 0.20), (0.40, 0.40))
     assert v4_run.main(["--ab", str(tmp_path / "ab"), "--out", str(tmp_path / "runs"), "--dry-run"]) == 2
