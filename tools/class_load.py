@@ -169,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     records: list[dict] = []
     lock = threading.Lock()
     cpu0 = _cpu_s(proc.pid) if proc is not None else None
+    own0 = sum(os.times()[:2])
     try:
         start = time.perf_counter() + 1.0
         threads = [threading.Thread(target=student, args=(k, url, pair, start, joins[k], readings[k], records, lock),
@@ -179,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
             th.join()
         span = time.perf_counter() - start
         cpu = _cpu_s(proc.pid) - cpu0 if proc is not None else None
+        own = sum(os.times()[:2]) - own0
     finally:
         if proc is not None:
             proc.terminate()
@@ -191,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     if cpu is not None:  # little moved by other programs on the machine, unlike the waits
         print(f"the Lab's process used {cpu:.1f} CPU seconds during the class ({cpu / len(records):.2f} s a click), "
               f"{cpu / span / (os.cpu_count() or 1):.0%} of the machine's {os.cpu_count()} CPUs over its {span:.0f} s")
+    # the students' clients share this process and the machine's cores with the Lab
+    print(f"the students' clients (this process) used {own:.1f} CPU seconds ({own / span:.0%} of one CPU)")
     print(f"errors: {len(errors)} of {args.students * len(LESSON)} clicks")
     for r in errors[:20]:
         print(f"  student {r['student']}, click {r['click']}: {r['error'][:200]}")
