@@ -50,6 +50,7 @@ log = logging.getLogger("ivfusion.app")
 PAPER = "https://arxiv.org/abs/2603.23272"
 LATEX = [{"left": "$$", "right": "$$", "display": True}, {"left": "$", "right": "$", "display": False}]
 HOW_IT_WORKS = (Path(lab.__file__).parent / "how_it_works.md").read_text().replace("{PAPER}", PAPER)
+SWITCH_INTERVAL_S = 0.0005  # the Lab process's GIL switch interval (build_demo)
 API_FUSE_OUTPUTS = FUSE_OUTPUTS[:-1]  # what gradio_client gets from /fuse: the state stays on the server
 
 INTRO = f"""
@@ -487,6 +488,11 @@ def build_demo(bank: lab.ModelBank | None = None, max_size: int | None = None,
     from ivfusion.lab import guard, places
 
     lab.session.limit_malloc_arenas()  # before the model runs: bounds the peak RSS of a burst
+    # A forward pass hands the GIL back and forth hundreds of times (once per torch call); with
+    # Python's 5 ms switch interval, every busy thread beside it (the event loop serving a class,
+    # a handler encoding images) makes each hand-back wait up to 5 ms: a 640x480 pass took 1.8 s
+    # instead of 0.3 s beside one busy thread, 0.7 s with 0.5 ms (docs/PERFORMANCE.md).
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     # no request holds the compute slot past this budget and one more step (ivfusion.lab.slot)
     lab.slot.COMPUTE.budget_s = lab.settings.env_number("IVFUSION_HOLD_BUDGET_S", lab.slot.HOLD_BUDGET_S, 1, 3600,
                                                         float)
@@ -495,6 +501,7 @@ def build_demo(bank: lab.ModelBank | None = None, max_size: int | None = None,
     max_size = max_size or lab.settings.env_number("IVFUSION_QUEUE", 96, 1, 1000)
     hops = guard.proxy_hops()
     lab_app = LabApp(bank, precompute=precompute)
+    lab_app.proxy_hops = hops  # the compute slot's fairness counts clients as the queue's places do
     demo = lab_app.build()
     demo.lab_app = lab_app  # for in-process benchmarks (ivfusion.bench.app)
     # api_open=False: a queued event cannot be called past the queue through /gradio_api/run/
@@ -510,8 +517,9 @@ def build_demo(bank: lab.ModelBank | None = None, max_size: int | None = None,
     return demo
 
 
+# max_threads: Gradio's 40 worker threads would leave few to the other events beside /fuse's 32
 LAUNCH_KWARGS = dict(theme=gr.themes.Soft(), css=CSS, max_file_size="50mb", show_error=True,
-                     footer_links=["api", "gradio"])
+                     footer_links=["api", "gradio"], max_threads=64)
 LAUNCH_KWARGS["head"] = in_browser.head()  # the in-browser Fuse's script
 
 

@@ -36,11 +36,13 @@ how many are alive at once. No full-size scratch buffer is kept between calls, t
 never exist for all pixels at once, and a forward pass frees each level's features, cross map
 and decoder temporaries as soon as they are used.
 
-Precision: fp32 (default) or bf16 (weights cast once, activations in bf16 except the first
+Precision: fp32 (default), bf16 (weights cast once, activations in bf16 except the first
 layers, which see the image in fp32: rounding the input to bf16 alone moved outputs by 4/255;
 convolutions go through oneDNN only where bf16 is native, else through plain conv2d, about
-10x slower than fp32 on an AVX2 CPU). See docs/PERFORMANCE.md for what each step bought and
-the measured deviation from the reference on real pairs.
+10x slower than fp32 on an AVX2 CPU), or mixed (`fp32_encoders`: the encoders in fp32, the
+CFIs and the decoder in bf16; within the 2/255 bound, where bf16 alone is not). See
+docs/PERFORMANCE.md for what each step bought and the measured deviation from the reference
+on real pairs.
 """
 from __future__ import annotations
 
@@ -59,7 +61,7 @@ from .modeling.cfi import GatedMix, PooledCrossAttention
 from .modeling.decoder import Decoder
 
 QUERY_BLOCK = 16384  # query pixels per attention block (logits: 16384 x r*r floats, 4 MB)
-PATHS = ("auto", "reference", "fast", "fast-bf16")
+PATHS = ("auto", "reference", "fast", "fast-mixed", "fast-bf16")
 BOUND = 2.0 / 255.0  # the deviation bound every path must hold on real pairs (issue 6)
 
 
@@ -351,20 +353,24 @@ class FastISFuse(nn.Module):
     """
 
     def __init__(self, model: ISFuse, dtype: torch.dtype = torch.float32, patch_first: bool = True,
-                 fuse_act: bool = True):
+                 fuse_act: bool = True, fp32_encoders: bool = False):
         super().__init__()
         self.config = model.config
         self.workspace = Workspace()
         self.model = derive(model, self.workspace, patch_first)
         self.dtype = dtype
+        self.fp32_encoders = bool(fp32_encoders) and dtype != torch.float32
+        encoders = {id(m) for enc in (self.model.encoder_vi, self.model.encoder_ir) for m in enc.modules()}
         for m in self.model.modules():
             if isinstance(m, FastConv):
                 m.fused = fuse_act
             # leaves only; fp32 stays where it is cheap and matters: the first layers (the image
             # itself), the one-channel outputs (gate logits, the fused image's logits) and the
-            # attention's tiny key GEMM
+            # attention's tiny key GEMM; with fp32_encoders, the encoders too (most of the bf16
+            # path's deviation comes from them, and an intervention re-encodes only crops)
             keep = isinstance(m, (PatchConv, FastAttention, PixelProj)) or (
-                isinstance(m, FastConv) and 1 in (m.weight.shape[0], m.weight.shape[1]))
+                isinstance(m, FastConv) and 1 in (m.weight.shape[0], m.weight.shape[1])) or (
+                self.fp32_encoders and id(m) in encoders)
             if dtype != torch.float32 and not keep and not list(m.children()):
                 m.to(dtype)
 
@@ -378,7 +384,9 @@ class FastISFuse(nn.Module):
 
     @property
     def path(self) -> str:
-        return "fast" if self.dtype == torch.float32 else f"fast-{str(self.dtype).split('.')[-1].replace('bfloat16', 'bf16')}"
+        if self.dtype == torch.float32:
+            return "fast"
+        return "fast-mixed" if self.fp32_encoders else f"fast-{str(self.dtype).split('.')[-1].replace('bfloat16', 'bf16')}"
 
     @torch.inference_mode()
     def encode(self, vis_y: Tensor, ir: Tensor) -> tuple[list[Tensor], list[Tensor]]:
@@ -398,7 +406,11 @@ class FastISFuse(nn.Module):
         self.workspace.cross_is_scratch = not return_cross
         try:
             for cfi, level in zip(self.model.cfis, (2, 1, 0)):  # as ISFuse.fuse_features
-                p, g, cross = cfi.forward_with_cross(f_vi[level], f_ir[level])
+                a, b = f_vi[level], f_ir[level]
+                if self.fp32_encoders:  # the CFIs run in the path's dtype
+                    a, b = a.to(self.dtype), b.to(self.dtype)
+                p, g, cross = cfi.forward_with_cross(a, b)
+                del a, b
                 if release:
                     f_vi[level] = f_ir[level] = None
                 psi.append(p)
@@ -425,7 +437,8 @@ def build_fast(model: ISFuse, device: str | torch.device | None = None, dtype: t
     """The fast inference module for `model`'s current weights (eval-mode BatchNorm).
 
     It holds copies of the weights: rebuild it after the model's weights change.
-    options: patch_first, fuse_act (False switches one optimisation off, for ablations).
+    options: patch_first, fuse_act (False switches one optimisation off, for ablations);
+    fp32_encoders (with a bf16 dtype: the "fast-mixed" path).
     """
     if isinstance(dtype, str):
         dtypes = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
@@ -437,14 +450,17 @@ def build_fast(model: ISFuse, device: str | torch.device | None = None, dtype: t
 
 
 def resolve_path(path: str, device: str | torch.device) -> str:
-    """The concrete path ("reference", "fast" or "fast-bf16") that `path` names on `device`.
+    """The concrete path ("reference", "fast", "fast-mixed" or "fast-bf16") that `path` names on `device`.
 
-    "auto": the fastest path that holds the 2/255 bound on this device. On CPUs that is fp32
-    "fast": "fast-bf16" does not hold the bound with the shipped weights (4.0/255 on the bundled
-    night pair msrs_00039N, 3.0/255 from the bf16 encoders alone; `tools/bf16_deviation.py`), and
-    where bf16 is not native (AVX2, or AVX-512 without BF16) it is also about 10x slower. On
-    CUDA it is the reference module, which cuDNN already runs fast and the CPU rewrites slow
-    down (H200, `ivfusion bench --device cuda`: fast 0.99x at 256x256 and 0.47x at 640x480).
+    "auto": fp32 "fast" on CPUs, so that measurements (`ivfusion evaluate`, `study`) give the
+    same figures on every CPU. "fast-bf16" does not hold the 2/255 bound with the shipped
+    weights (4.0/255 on the bundled night pair msrs_00039N, 3.0/255 from the bf16 encoders
+    alone; `tools/bf16_deviation.py`). "fast-mixed" (fp32 encoders, bf16 CFIs and decoder)
+    holds it (at most 1.4/255 on the bundled pairs) and is 1.3-1.4x faster where bf16 is
+    native; the Lab uses it there (`ivfusion.lab.models.lab_path`). Where bf16 is not native
+    (AVX2, or AVX-512 without BF16) both bf16 paths are about 10x slower. On CUDA "auto" is the
+    reference module, which cuDNN already runs fast and the CPU rewrites slow down (H200,
+    `ivfusion bench --device cuda`: fast 0.99x at 256x256 and 0.47x at 640x480).
     """
     if path not in PATHS:
         raise ValueError(f"unknown inference path {path!r}; accepted: {', '.join(PATHS)}")
@@ -460,7 +476,9 @@ def make_net(model: ISFuse, device: str | torch.device, path: str = "auto") -> t
     if name == "reference":
         return model, name
     try:
-        return build_fast(model, device, torch.bfloat16 if name == "fast-bf16" else torch.float32), name
+        if name == "fast":
+            return build_fast(model, device, torch.float32), name
+        return build_fast(model, device, torch.bfloat16, fp32_encoders=name == "fast-mixed"), name
     except Exception:
         if path != "auto":
             raise

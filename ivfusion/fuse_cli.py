@@ -40,9 +40,9 @@ def add_parser(subparsers) -> None:
                    help=f"downscale images whose longer side exceeds N; none: never (default {DEFAULT_MAX_SIDE})")
     p.add_argument("--resize-ir", action="store_true", help="resize an infrared image of another size to the visible size")
     p.add_argument("--path", default="auto",
-                   help="inference path (ivfusion.fast.PATHS): auto (the fastest within 2/255 of the reference on "
-                        "this device), reference (the modules that follow the authors' forward pass op by op), "
-                        "fast or fast-bf16")
+                   help="inference path (ivfusion.fast.PATHS): auto (fp32 fast on CPUs, reference on CUDA), "
+                        "reference (the modules that follow the authors' forward pass op by op), fast, fast-mixed "
+                        "(bf16 CFIs and decoder, within 2/255; faster where bf16 is native) or fast-bf16")
     p.set_defaults(func=run_fuse)
 
     q = subparsers.add_parser("info", help="print the network's configuration, parameter count and MACs")

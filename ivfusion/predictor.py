@@ -145,11 +145,12 @@ class Fuser:
     model: an ISFuse module, or a weights spec for `load_model` (None: the bundled default).
     device: "auto" (CUDA if available), "cpu" or "cuda".
     max_side: images whose longer side exceeds this are downscaled, with a notice.
-    path: the inference path (`ivfusion.fast`): "auto" (default: the fastest path that holds
-        the 2/255 deviation bound on this device), "reference" (the modules in
-        ivfusion.modeling, op by op as the authors' forward pass), "fast" (fp32 fast path) or
-        "fast-bf16". The fast paths copy the weights: after changing `model`'s weights, build a
-        new Fuser (or call `set_path`).
+    path: the inference path (`ivfusion.fast`): "auto" (default: the fp32 fast path on CPUs,
+        the reference on CUDA; `ivfusion.fast.resolve_path`), "reference" (the modules in
+        ivfusion.modeling, op by op as the authors' forward pass), "fast" (fp32 fast path),
+        "fast-mixed" (fp32 encoders, bf16 CFIs and decoder: within 2/255, faster where bf16 is
+        native) or "fast-bf16". The fast paths copy the weights: after changing `model`'s
+        weights, build a new Fuser (or call `set_path`).
     keep_features: keep the current pair's clean encoder features between calls (default), so
         that `intervene` re-encodes only what its masks change; False keeps only the pair and
         its clean pass (at 1024x1024: about 60 MB instead of about 400 MB), and each call

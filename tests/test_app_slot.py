@@ -174,3 +174,101 @@ def test_a_fuse_that_waits_for_the_compute_slot_says_so(lab_app):
     assert "Waited " in out["notices"] and "for another request's computation" in out["notices"]
     quiet = lab_app.fuse(str(VIS), str(IR), seed=4244, progress=lambda *a, **k: said.append(k.get("desc")))
     assert len(said) == 1 and "Waited" not in quiet["notices"]  # a free slot: no word about waiting
+
+
+def _queue(slot, name, order, weight=None, owner=None):
+    """Start a thread that holds `slot` once, recording its name in `order`."""
+    def run():
+        with slot.hold(name, weight, owner):
+            order.append(name)
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t
+
+
+def test_the_slot_serves_the_computation_most_requests_wait_for_first():
+    """Among waiting requests, the one whose result more visitors wait for goes first; equal
+    weights keep their order of arrival."""
+    slot, order, waiters = ComputeSlot(age_s=1e9), [], {"shared": 1}
+    slot.acquire("test")
+    threads = []
+    for name, weight in (("own seed 1", None), ("own seed 2", None), ("shared", lambda: waiters["shared"])):
+        threads.append(_queue(slot, name, order, weight))
+        wait_until(lambda n=len(threads): slot.waiting == n, f"{name} to queue", 30)
+    waiters["shared"] = 5  # four more visitors ask for the same result while it waits
+    slot.release()
+    for t in threads:
+        t.join(10)
+    assert order == ["shared", "own seed 1", "own seed 2"]
+
+
+def test_a_lone_request_is_not_overtaken_forever():
+    """Waiting counts: a request that has waited `age_s` per extra waiter goes before a newer
+    popular one, so a stream of shared results cannot starve a visitor's own seed."""
+    slot, order = ComputeSlot(age_s=0.2), []
+    slot.acquire("test")
+    lone = _queue(slot, "own seed", order)
+    wait_until(lambda: slot.waiting == 1, "the lone request to queue", 30)
+    time.sleep(0.7)  # 3.5 ages: worth more than a new computation two visitors wait for
+    popular = _queue(slot, "shared by two", order, lambda: 2)
+    wait_until(lambda: slot.waiting == 2, "the shared one to queue", 30)
+    slot.release()
+    lone.join(10)
+    popular.join(10)
+    assert order == ["own seed", "shared by two"]
+
+
+def test_requests_for_a_result_being_computed_wait_for_it_instead_of_computing_it_again(lab_app, monkeypatch):
+    """Five visitors press Fuse with the same pair and settings while the slot is busy: one
+    forward pass runs, and all five get its result, which then counts as cached."""
+    forwards = []
+    real = lab.runs.run_session_pair
+
+    def counted(*a, **kw):
+        forwards.append(threading.get_ident())
+        return real(*a, **kw)
+
+    lab.cache.RESULTS.clear()
+    outs, states, errors = [], [{} for _ in range(5)], []
+
+    def visitor(state):
+        try:
+            outs.append(lab_app.fuse(str(VIS), str(IR), lab.UNTRAINED_CHOICE, seed=77, state=state))
+        except Exception as e:  # noqa: BLE001 - reported by the assertion below
+            errors.append(e)
+
+    monkeypatch.setattr(lab.runs, "run_session_pair", counted)  # counts the real passes
+    with COMPUTE.hold("test"):  # another request's computation holds the slot meanwhile
+        threads = [threading.Thread(target=visitor, args=(st,)) for st in states]
+        for t in threads:
+            t.start()
+        wait_until(lambda: COMPUTE.waiting == 1 and len(lab.cache.FLIGHTS) == 1, "one computation to queue", 60)
+        time.sleep(0.5)  # the four others have joined it, not the slot
+        assert COMPUTE.waiting == 1
+    for t in threads:
+        t.join(120)
+    assert not errors and len(outs) == 5
+    assert len(forwards) == 1
+    assert sum(st["timings"]["cached"] == 0 for st in states) == 1
+    assert len({id(st["run"]) for st in states}) == 1
+    assert len(lab.cache.FLIGHTS) == 0
+
+
+def test_one_client_with_many_requests_delays_another_by_at_most_one_hold():
+    """Fair between clients first: a client with five requests waiting (rotated session hashes,
+    many handlers) lets another client's request go after one of its own, not after all five;
+    a client that arrives later starts level, not ahead of the one already served."""
+    slot, order = ComputeSlot(age_s=1e9), []
+    slot.acquire("test", owner="someone else")
+    threads = []
+    for k in range(5):
+        threads.append(_queue(slot, f"flood {k}", order, owner="10.0.0.66"))
+        wait_until(lambda n=len(threads): slot.waiting == n, "the flood to queue", 30)
+    threads.append(_queue(slot, "visitor", order, owner="10.0.0.7"))
+    wait_until(lambda: slot.waiting == 6, "the visitor to queue", 30)
+    slot.release()
+    for t in threads:
+        t.join(10)
+    assert order == ["flood 0", "visitor", "flood 1", "flood 2", "flood 3", "flood 4"]
+

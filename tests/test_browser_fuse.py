@@ -10,7 +10,7 @@ import os
 import numpy as np
 import pytest
 
-from ivfusion import read_image
+from ivfusion import Fuser, read_image
 from ivfusion.export import export_onnx
 from ivfusion.lab import browser, examples, models, runs
 from ivfusion.lab.settings import Settings
@@ -117,7 +117,10 @@ def test_the_browser_fuses_as_the_server_does_and_sends_no_fuse_request(chromium
     assert page.evaluate("window.ivfusionLab.state") == "ready", page.inner_text("#ivf-status")
     assert page.evaluate("window.ivfusionLab.backend") == "WebAssembly"  # no GPU in headless Chromium
     fuse = fn_index(server.config, "fuse")
-    server_fuser, _ = models.ModelBank(env={}).get(models.DEFAULT_CHOICE)
+    lab_fuser, _ = models.ModelBank(env={}).get(models.DEFAULT_CHOICE)
+    # the page runs the fp32 graph; the server's own path may be fast-mixed (bf16 CFIs, within
+    # 2/255 of fp32 where bf16 is native), so the gates are compared with the same weights in fp32
+    server_fuser = Fuser(lab_fuser.model, device="cpu", max_side=lab_fuser.max_side, path="fast")
     names = list(examples.EXAMPLES)
     for name in PAIRS:
         page.locator("#examples .thumbnail-item").nth(names.index(name)).click()

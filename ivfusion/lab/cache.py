@@ -10,6 +10,10 @@ hold what does not depend on who asked:
 * `RESULTS`: per (model, pair content, every setting, seed included, gate scale), one
   request's finished result: the run, its encoded page images and captions, and its metrics
   table once computed. A request with the same key is answered without the compute slot.
+* `FLIGHTS`: the results being computed now. A request whose key is in flight waits for that
+  computation instead of queueing its own (30 students pressing Fuse on the same lesson step
+  cost one pass), and the computation's place in the compute slot weighs the number of
+  requests waiting for it (`slot.ComputeSlot`).
 
 Session isolation: a cache is only ever asked *for a key*, and a key is built from the
 request's own images and settings, so a visitor gets back only what their own request would
@@ -173,6 +177,52 @@ def pair_cache_key(model_id: str, pair: str) -> tuple:
 PAIRS = LRUCache(PAIR_CACHE_MB * 2**20, _array_bytes)
 RESULTS = LRUCache(RESULT_CACHE_MB * 2**20, lambda e: _array_bytes((e.run.intervened, e.images, e.metric_sources)))
 # a result's clean pass is its pair's (counted by PAIRS); what it adds is the intervened pass and the images
+
+
+class Flight:
+    """One result being computed: its owner computes it, the others `wait` for it."""
+
+    def __init__(self):
+        self.done = threading.Event()
+        self.result: Any = None  # set by the owner; None if the computation failed
+        self.waiters = 1  # the owner and every request waiting for the result
+
+    def wait(self, timeout: float | None = None) -> Any | None:
+        """The result, or None when the owner failed (or `timeout` passed): then compute it."""
+        self.done.wait(timeout)
+        return self.result
+
+
+class Flights:
+    """Single flight per result key: `join(key)` gives (flight, True) to the first request,
+    which must `finish` it, and (flight, False) to the requests that come while it runs."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._flights: dict[Hashable, Flight] = {}
+
+    def join(self, key: Hashable) -> tuple[Flight, bool]:
+        with self._lock:
+            flight = self._flights.get(key)
+            if flight is not None:
+                flight.waiters += 1
+                return flight, False
+            flight = self._flights[key] = Flight()
+            return flight, True
+
+    def finish(self, key: Hashable, flight: Flight, result: Any | None) -> None:
+        """The owner's result (None: it failed, and each waiter computes its own)."""
+        with self._lock:
+            if self._flights.get(key) is flight:
+                del self._flights[key]
+        flight.result = result
+        flight.done.set()
+
+    def __len__(self) -> int:
+        return len(self._flights)
+
+
+FLIGHTS = Flights()
 
 
 def configure(env: dict[str, str] | None = None) -> None:

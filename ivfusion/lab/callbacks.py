@@ -61,9 +61,11 @@ COMPARE_OUTPUTS = ("compare_fused", *(f"compare_{lv.key}" for lv in GATE_LEVELS)
 STABILITY_BUDGET_S = 30.0
 STABILITY_BUDGET_PER = 8
 EXPIRED = "Your last result has expired (results are kept for a limited time): press Fuse again."
-# /fuse requests handled at once: forwards take turns in the compute slot, so the others are
-# cache hits (answered at once) or requests waiting for the slot, which hold no large array
-FUSE_WORKERS = 8
+# /fuse requests handled at once: a class of 30 with a request each all get a handler, so an
+# answer from the cache, or a result another request is computing, never waits for a handler
+# behind forwards; the forwards themselves take turns in the compute slot, in its order
+# (slot.py). A handler waiting for the slot holds no large array.
+FUSE_WORKERS = 32
 SLOW_WAIT_S = 0.5  # a wait for the compute slot longer than this is reported on the page
 DEFAULTS = dict(complementary=True, random_masking=False, dropout="none", hole_percent=settings.DEFAULT_HOLE_PERCENT,
                 holes=settings.DEFAULT_HOLES, seed=0, gate_scale=render.DEFAULT_GATE_SCALE)
@@ -114,6 +116,7 @@ class LabCallbacks:
         self.default_pair = pairs.get(examples.DEFAULT_EXAMPLE) or next(iter(pairs.values()), (None, None))
         self.default_run: runs.LabRun | None = None
         self.last_timings: dict[str, float] = {}  # of the last /fuse, for `ivfusion bench --app`
+        self.proxy_hops = 0  # trusted proxies in front (app.build_demo sets IVFUSION_PROXY_HOPS's value)
         self.default_outputs: dict[str, Any] = {}
         self.default_metrics: list[list] | None = None
         # sessions that have had a result (bounded): to tell "expired" from "never fused"
@@ -135,7 +138,7 @@ class LabCallbacks:
         """In the background, after start-up: the lesson's steps and every example with the
         default controls, into the shared result cache, so that a step or an example click
         shows its result at once. Each takes the compute slot in turn with the visitors'
-        requests (first come, first served). The authors' checkpoint is never fetched for it."""
+        requests (as one more client: `slot.ComputeSlot`). The authors' checkpoint is never fetched for it."""
         jobs = [(self.default_pair, {**DEFAULTS, **st.controls}) for st in lesson.STEPS if not st.needs_download]
         jobs += [((v, i), {**DEFAULTS, "model": self.default_model}) for v, i, _ in examples.example_pairs()]
         for (v, i), controls in jobs:
@@ -195,11 +198,20 @@ class LabCallbacks:
             raise gr.Error(EXPIRED, title="Result expired", print_exception=False)
         return None
 
+    def client_of(self, request) -> str | None:
+        """The client a request comes from, for the compute slot's fairness (`slot.ComputeSlot`):
+        its address as the queue's places count it (`guard.client_key`, with the proxy hops
+        that `app.build_demo` sets); None when there is no request (the Lab's own work)."""
+        from .guard import client_key
+
+        scope = getattr(getattr(request, "request", None), "scope", None)
+        return client_key(scope, self.proxy_hops) if scope else None
+
     # -- actions
     def _fuse_named(self, visible, infrared, model=None, complementary=True, random_masking=False, dropout="none",
                     hole_percent=settings.DEFAULT_HOLE_PERCENT, holes=settings.DEFAULT_HOLES, seed=0,
                     draw_visible=None, draw_infrared=None, gate_scale=render.DEFAULT_GATE_SCALE, state=None,
-                    folder: Path | None = None, progress=None) -> dict[str, Any]:
+                    folder: Path | None = None, progress=None, owner: str | None = None) -> dict[str, Any]:
         s = self._settings(complementary, random_masking, dropout, hole_percent, holes, seed)
         scale = render.gate_scale_name(gate_scale)  # a bad choice fails before any work
         state = state if isinstance(state, dict) else {}
@@ -211,24 +223,35 @@ class LabCallbacks:
         key = cache.result_key(self._model_id(model), pair_id, s, scale) if pair_id and not drawn_any else None
         entry = cache.RESULTS.get(key) if key else None
         waited, steps = 0.0, {}
-        if entry is None:
+        while entry is None:
+            flight, owner = cache.FLIGHTS.join(key) if key else (None, True)
             _say_if_waiting(progress)
-            with COMPUTE.hold("fuse") as waited:
-                # a request ahead of this one in the slot may have computed the same result
-                entry = cache.RESULTS.get(key) if key else None
+            if not owner:  # the same result is being computed for someone else: wait for it
+                t1 = time.perf_counter()
+                entry = flight.wait()  # None: that computation failed, so this one tries
+                waited += time.perf_counter() - t1
+                continue
+            try:
+                with COMPUTE.hold("fuse", (lambda: flight.waiters) if flight else None, owner) as w:
+                    waited += w
+                    # a request ahead of this one in the slot may have computed the same result
+                    entry = cache.RESULTS.get(key) if key else None
+                    if entry is None:
+                        t1 = time.perf_counter()
+                        drawn = (uploads.drawn_keep_mask(draw_visible), uploads.drawn_keep_mask(draw_infrared))
+                        pair = self._pair(visible, infrared, model, pair_id)
+                        t2 = time.perf_counter()
+                        run = runs.run_session_pair(pair, s, drawn)
+                        steps = {"pair": t2 - t1, "run": time.perf_counter() - t2}
                 if entry is None:
-                    t1 = time.perf_counter()
-                    drawn = (uploads.drawn_keep_mask(draw_visible), uploads.drawn_keep_mask(draw_infrared))
-                    pair = self._pair(visible, infrared, model, pair_id)
-                    t2 = time.perf_counter()
-                    run = runs.run_session_pair(pair, s, drawn)
-                    steps = {"pair": t2 - t1, "run": time.perf_counter() - t2}
-            if entry is None:
-                entry, more = _finished(run, scale, pair.load_notices)
-                steps.update(more)
-                if key:
-                    run.shared = True  # held once by the cache, whatever the number of sessions showing it
-                    cache.RESULTS.put(key, entry)
+                    entry, more = _finished(run, scale, pair.load_notices)
+                    steps.update(more)
+                    if key:
+                        run.shared = True  # held once by the cache, whatever the number of sessions showing it
+                        cache.RESULTS.put(key, entry)
+            finally:
+                if flight is not None:
+                    cache.FLIGHTS.finish(key, flight, entry)
         out: dict[str, Any] = downloads.write_encoded(folder or session.request_dir(), entry.images)
         out.update(entry.captions)
         state.update(run=entry.run, metrics=entry.metric_sources, result_key=key)
@@ -253,7 +276,8 @@ class LabCallbacks:
         the notices (Markdown) and the session state. A pair already loaded in this session
         (same images and model) reuses its clean pass: only the intervened pass runs."""
         out = self._fuse_named(visible, infrared, model, complementary, random_masking, dropout, hole_percent,
-                               holes, seed, draw_visible, draw_infrared, gate_scale, state, progress=progress)
+                               holes, seed, draw_visible, draw_infrared, gate_scale, state, progress=progress,
+                               owner=self.client_of(request))
         self._remember(request)
         return out
 

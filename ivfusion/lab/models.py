@@ -41,6 +41,7 @@ from typing import Callable
 from ..hub import hub_reachable  # noqa: F401 - re-exported by ivfusion.lab
 from ..hub import (DEFAULT_NAME, DEFAULT_WEIGHTS, NAMED_WEIGHTS, UNTRAINED, WeightsError, hub_deadline_s, hub_offline,
                    load_model, named_path, run_with_deadline)
+from ..device import resolve_device
 from ..predictor import Fuser
 from .settings import env_number
 
@@ -73,15 +74,26 @@ FAILED_FETCH_TTL_S = 120.0  # a failed download is not tried again for this long
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
 
 
+def lab_path() -> str:
+    """The Lab's inference path: "fast-mixed" where this CPU runs bf16 natively (within the
+    2/255 bound of the reference, and 1.3-1.4x faster per pass, which a class of 30 on two
+    cores needs: docs/PERFORMANCE.md), else "auto" (the fp32 fast path on CPUs)."""
+    from ..device import bf16_native
+
+    return "fast-mixed" if bf16_native() else "auto"
+
+
 def make_fuser(spec: str | os.PathLike | None = None, device: str = "auto", max_side: int | None = APP_MAX_SIDE,
                fast: bool = True) -> Fuser:
-    """A Fuser for a weights spec (see `ivfusion.load_model`), on the fastest path that holds
-    the deviation bound (`ivfusion.fast`), or on the reference path when fast=False. It and its
-    forks keep no encoder features between calls (`Fuser(keep_features=False)`): on a shared
-    server a session's or a stability run's cached features (about 200 MB at 768x768) would
-    stay allocated while other requests run their forward passes."""
-    return Fuser(load_model(spec), device=device, max_side=max_side, path="auto" if fast else "reference",
-                 keep_features=False)
+    """A Fuser for a weights spec (see `ivfusion.load_model`), on the Lab's path (`lab_path`)
+    on a CPU, the fastest that holds the deviation bound, or on the reference path when
+    fast=False. It and its forks keep no encoder features between calls
+    (`Fuser(keep_features=False)`): on a shared server a session's or a stability run's cached
+    features (about 200 MB at 768x768) would stay allocated while other requests run their
+    forward passes."""
+    model = load_model(spec)
+    path = "reference" if not fast else (lab_path() if resolve_device(device).type == "cpu" else "auto")
+    return Fuser(model, device=device, max_side=max_side, path=path, keep_features=False)
 
 
 def cache_dir(env: dict[str, str] | None = None) -> Path:

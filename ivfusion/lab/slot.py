@@ -6,10 +6,19 @@ a long analysis never occupies Fuse's queue place), and two large forwards at on
 up their activations. So every forward (and the full decode before it) runs inside
 `COMPUTE.hold(...)`.
 
-The slot is first come, first served (a ticket queue, not a bare Lock, which lets the thread
-that just released it take it again at once). A stability analysis holds it for one
-intervention at a time and queues again between them, so a Fuse arriving during an analysis
-waits for at most one intervention, never for the whole run.
+The slot is a ticket queue, not a bare Lock (which lets the thread that just released it take
+it again at once). It is fair between clients first: a request names its `owner` (the client's
+address), and only the waiting owners that have been served least in this busy spell may go
+next, so one client with many requests (rotated session hashes, 32 handlers at once) delays
+another client's request by at most one hold of their own. Within that, and for a class behind
+one school address, it serves the request that serves the most visitors:
+a computation's `weight` is the number of requests waiting for its result (a class of 30
+pressing Fuse on the same step waits on one computation, `cache.Flights`), plus one for every
+`AGE_S` seconds it has waited. So a result that ten students wait for goes before ten
+students' own seeds, and among equals, and for any request that has waited long enough, the
+order is first come, first served: no request waits forever behind popular ones. A stability
+analysis holds it for one intervention at a time and queues again between them, so a Fuse
+arriving during an analysis waits for at most one intervention, never for the whole run.
 
 Every hold has a time budget (`HOLD_BUDGET_S`, IVFUSION_HOLD_BUDGET_S): the work inside calls
 `check_budget(stage)` between its steps (each drawn-mask layer, each image decode), which
@@ -25,11 +34,14 @@ import contextlib
 import itertools
 import threading
 import time
-from typing import Iterator
+from typing import Callable, Iterator
 
 # Seconds one hold may compute before its next step is refused. A Fuse of a 640x480 pair with a
 # drawn mask takes 1-3 s on 2 CPU cores; a decode of a 50 MP image or mask layer about 1 s.
 HOLD_BUDGET_S = 15.0
+# Seconds of waiting that count as one more waiting visitor: about four 640x480 passes on 2
+# cores, so a lone request is overtaken by a result two visitors wait for at most that long.
+AGE_S = 2.0
 
 
 class OverBudget(ValueError):
@@ -37,41 +49,73 @@ class OverBudget(ValueError):
 
 
 class ComputeSlot:
-    """A fair (FIFO) mutual-exclusion slot with a short record of its holders.
+    """A mutual-exclusion slot served by weight, then age (see the module docstring), with a
+    short record of its holders.
 
-    `hold(name)` is a context manager; `waiting` is the number of requests queued for it and
-    `holder` the name of the current holder (None when free): the page says when a request
-    waits. `history` keeps (name, asked, entered, left) of the last `keep` holds, perf_counter
-    seconds: with `asked`, the holds that went first while a request waited can be counted.
+    `hold(name, weight)` is a context manager; `waiting` is the number of requests queued for
+    it and `holder` the name of the current holder (None when free): the page says when a
+    request waits. `history` keeps (name, asked, entered, left) of the last `keep` holds,
+    perf_counter seconds: with `asked`, the holds that went first while a request waited can be
+    counted.
     """
 
-    def __init__(self, keep: int = 256, budget_s: float = HOLD_BUDGET_S):
+    def __init__(self, keep: int = 256, budget_s: float = HOLD_BUDGET_S, age_s: float = AGE_S):
         self.budget_s = float(budget_s)  # app.build_demo sets it from IVFUSION_HOLD_BUDGET_S
+        self.age_s = float(age_s)
         self._owner: int | None = None  # the holding thread
         self._cond = threading.Condition()
         self._tickets = itertools.count()
-        self._queue: collections.deque[int] = collections.deque()
+        self._waiting: dict[int, tuple[float, Callable[[], int] | None, str | None]] = {}  # ticket -> (asked, weight, owner)
+        self._served: dict[str | None, int] = {}  # holds granted per owner since the slot was last idle
+        self._next: int | None = None  # the ticket chosen to enter next
         self.holder: str | None = None
         self.history: collections.deque[tuple[str, float, float, float]] = collections.deque(maxlen=keep)
 
     @property
     def waiting(self) -> int:
-        return len(self._queue)
+        return len(self._waiting)
 
-    def acquire(self, name: str = "compute") -> float:
-        """Wait for the slot (first come, first served); returns the seconds waited."""
+    def _choose(self) -> None:
+        """Pick the next holder among the waiting (called with the lock held, the slot free)."""
+        if not self._waiting:
+            self._next = None
+            self._served.clear()  # idle: a new busy spell starts even
+            return
+        now = time.perf_counter()
+        least = min(self._served.get(o, 0) for _, _, o in self._waiting.values())
+
+        def score(ticket: int) -> tuple[float, int]:
+            asked, weight, _ = self._waiting[ticket]
+            return (max(1, weight()) if weight else 1) + (now - asked) / self.age_s, -ticket
+
+        fair = [t for t, (_, _, o) in self._waiting.items() if self._served.get(o, 0) == least]
+        self._next = max(fair, key=score)
+
+    def acquire(self, name: str = "compute", weight: Callable[[], int] | None = None, owner: str | None = None) -> float:
+        """Wait for the slot; returns the seconds waited. weight: the number of requests this
+        computation answers, read whenever the next holder is chosen (default 1). owner: the
+        client it is for (None: the Lab's own work and anything unnamed, one owner)."""
         t0 = time.perf_counter()
         with self._cond:
             ticket = next(self._tickets)
-            self._queue.append(ticket)
+            if owner not in self._served and self._waiting:
+                # a newcomer joins level with the least-served waiting owner, not ahead of everyone
+                self._served[owner] = min(self._served.get(o, 0) for _, _, o in self._waiting.values())
+            self._waiting[ticket] = (t0, weight, owner)
             try:
-                while self.holder is not None or self._queue[0] != ticket:
+                if self.holder is None and self._next is None:
+                    self._choose()
+                while self.holder is not None or self._next != ticket:
                     self._cond.wait()
             except BaseException:
-                self._queue.remove(ticket)
+                del self._waiting[ticket]
+                if self._next == ticket:
+                    self._choose()
                 self._cond.notify_all()
                 raise
-            self._queue.popleft()
+            del self._waiting[ticket]
+            self._next = None
+            self._served[owner] = self._served.get(owner, 0) + 1
             self.holder, self._owner = name, threading.get_ident()
             self._asked, self._entered = t0, time.perf_counter()
         return self._entered - t0
@@ -82,6 +126,7 @@ class ComputeSlot:
                 raise RuntimeError("the compute slot is not held")
             self.history.append((self.holder, self._asked, self._entered, time.perf_counter()))
             self.holder, self._owner = None, None
+            self._choose()
             self._cond.notify_all()
 
     def check_budget(self, stage: str) -> None:
@@ -95,9 +140,10 @@ class ComputeSlot:
                              "send fewer or smaller drawn-mask layers, or smaller images")
 
     @contextlib.contextmanager
-    def hold(self, name: str = "compute") -> Iterator[float]:
-        """Hold the slot for the block; yields the seconds waited for it."""
-        waited = self.acquire(name)
+    def hold(self, name: str = "compute", weight: Callable[[], int] | None = None,
+             owner: str | None = None) -> Iterator[float]:
+        """Hold the slot for the block; yields the seconds waited for it. weight, owner: as `acquire`."""
+        waited = self.acquire(name, weight, owner)
         try:
             yield waited
         finally:
