@@ -108,9 +108,9 @@ def test_bf16_path_within_bound(model, pairs):
 
 @pytest.mark.slow
 def test_the_mixed_path_holds_the_bound_on_real_pairs_where_bf16_alone_does_not():
-    """fp32 encoders with bf16 CFIs and decoder ("fast-mixed", the Lab's path where bf16 is
-    native) stay within the 2/255 bound on full-size real pairs, with the shipped weights, on
-    the bundled pairs where full bf16 deviates most."""
+    """fp32 encoders with bf16 CFIs and decoder ("fast-mixed") stay within the 2/255 bound on
+    full-size real pairs, with the shipped weights, on the bundled pairs where full bf16
+    deviates most."""
     from ivfusion.hub import DEFAULT_WEIGHTS, EXAMPLES_DIR, load_model
 
     trained = load_model(DEFAULT_WEIGHTS)

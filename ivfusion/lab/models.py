@@ -75,12 +75,12 @@ Progress = Callable[[int, int], None]  # (bytes done, bytes total)
 
 
 def lab_path() -> str:
-    """The Lab's inference path: "fast-mixed" where this CPU runs bf16 natively (within the
-    2/255 bound of the reference, and 1.3-1.4x faster per pass, which a class of 30 on two
-    cores needs: docs/PERFORMANCE.md), else "auto" (the fp32 fast path on CPUs)."""
-    from ..device import bf16_native
-
-    return "fast-mixed" if bf16_native() else "auto"
+    """The Lab's inference path on a CPU: "auto" (the fp32 fast path). Not "fast-mixed", though
+    it holds the 2/255 bound and its pass is 1.3-2x faster where bf16 is native: with it, the
+    server's RSS after the invented-hash attack of issue 25 stayed 207 MiB above its baseline
+    (bar: 100), against 54 MiB with fp32 (`python tools/fault_probe.py --only l`, 2026-12-08,
+    idle machine; docs/PERFORMANCE.md)."""
+    return "auto"
 
 
 def make_fuser(spec: str | os.PathLike | None = None, device: str = "auto", max_side: int | None = APP_MAX_SIDE,
