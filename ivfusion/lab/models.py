@@ -41,7 +41,6 @@ from typing import Callable
 from ..hub import hub_reachable  # noqa: F401 - re-exported by ivfusion.lab
 from ..hub import (DEFAULT_NAME, DEFAULT_WEIGHTS, NAMED_WEIGHTS, UNTRAINED, WeightsError, hub_deadline_s, hub_offline,
                    load_model, named_path, run_with_deadline)
-from ..device import resolve_device
 from ..predictor import Fuser
 from .settings import env_number
 
@@ -85,15 +84,13 @@ def lab_path() -> str:
 
 def make_fuser(spec: str | os.PathLike | None = None, device: str = "auto", max_side: int | None = APP_MAX_SIDE,
                fast: bool = True) -> Fuser:
-    """A Fuser for a weights spec (see `ivfusion.load_model`), on the Lab's path (`lab_path`)
-    on a CPU, the fastest that holds the deviation bound, or on the reference path when
-    fast=False. It and its forks keep no encoder features between calls
+    """A Fuser for a weights spec (see `ivfusion.load_model`), on the Lab's path (`lab_path`),
+    or on the reference path when fast=False. It and its forks keep no encoder features between calls
     (`Fuser(keep_features=False)`): on a shared server a session's or a stability run's cached
     features (about 200 MB at 768x768) would stay allocated while other requests run their
     forward passes."""
-    model = load_model(spec)
-    path = "reference" if not fast else (lab_path() if resolve_device(device).type == "cpu" else "auto")
-    return Fuser(model, device=device, max_side=max_side, path=path, keep_features=False)
+    return Fuser(load_model(spec), device=device, max_side=max_side, path=lab_path() if fast else "reference",
+                 keep_features=False)
 
 
 def cache_dir(env: dict[str, str] | None = None) -> Path:
