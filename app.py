@@ -490,8 +490,8 @@ def build_demo(bank: lab.ModelBank | None = None, max_size: int | None = None,
     lab.session.limit_malloc_arenas()  # before the model runs: bounds the peak RSS of a burst
     # A forward pass hands the GIL back and forth hundreds of times (once per torch call); with
     # Python's 5 ms switch interval, every busy thread beside it (the event loop serving a class,
-    # a handler encoding images) makes each hand-back wait up to 5 ms: a 640x480 pass took 1.8 s
-    # instead of 0.3 s beside one busy thread, 0.7 s with 0.5 ms (docs/PERFORMANCE.md).
+    # a handler encoding images) makes each hand-back wait up to 5 ms: a 640x480 pass took 3.1 s
+    # instead of 0.46 s beside one busy thread, 0.94 s at 0.5 ms (tools/pass_contention.py).
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     # no request holds the compute slot past this budget and one more step (ivfusion.lab.slot)
     lab.slot.COMPUTE.budget_s = lab.settings.env_number("IVFUSION_HOLD_BUDGET_S", lab.slot.HOLD_BUDGET_S, 1, 3600,

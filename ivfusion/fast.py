@@ -456,8 +456,8 @@ def resolve_path(path: str, device: str | torch.device) -> str:
     same figures on every CPU. "fast-bf16" does not hold the 2/255 bound with the shipped
     weights (4.0/255 on the bundled night pair msrs_00039N, 3.0/255 from the bf16 encoders
     alone; `tools/bf16_deviation.py`). "fast-mixed" (fp32 encoders, bf16 CFIs and decoder)
-    holds it (at most 1.4/255 on the bundled pairs) and is 1.3-1.4x faster where bf16 is
-    native (the Lab does not use it yet: `ivfusion.lab.models.lab_path`). Where bf16 is not native
+    holds it (at most 1.4/255 on the bundled pairs) and a pass is 1.3-2x faster where bf16 is
+    native (`tools/pass_contention.py`; the Lab does not use it yet: `ivfusion.lab.models.LAB_PATH`). Where bf16 is not native
     (AVX2, or AVX-512 without BF16) both bf16 paths are about 10x slower. On CUDA "auto" is the
     reference module, which cuDNN already runs fast and the CPU rewrites slow down (H200,
     `ivfusion bench --device cuda`: fast 0.99x at 256x256 and 0.47x at 640x480).

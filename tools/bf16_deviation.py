@@ -2,9 +2,9 @@
 
     python tools/bf16_deviation.py [--weights SPEC] [--pair msrs_00039N] [--threads 2]
 
-Prints the largest |fused - reference| (in grey levels, x255) of fast-bf16 on the bundled
-example pairs, then, on one pair, with only one part of the network in bf16 (encoders, CFIs,
-decoder) and the rest in fp32. On a CPU without native bf16 the bf16 convolutions are
+Prints the largest |fused - reference| (in grey levels, x255) of fast-bf16 and of fast-mixed
+(fp32 encoders) on the bundled example pairs, then, on one pair, with only one part of the
+network in bf16 (encoders, CFIs, decoder) and the rest in fp32. On a CPU without native bf16 the bf16 convolutions are
 emulated: expect about ten seconds per 640x480 pass.
 """
 from __future__ import annotations
@@ -63,9 +63,11 @@ def main() -> None:
     model = load_model(args.weights).eval()
     fp32, bf16 = build_fast(model, "cpu", "fp32"), build_fast(model, "cpu", "bf16")
     pairs = pair_tensors(EXAMPLES_DIR)
-    d = max_deviation(model, bf16, pairs)
-    print(f"fast-bf16 on {len(pairs)} bundled pairs: fused {d['fused'] * 255:.2f}/255 (worst: {d['pair']} {d['size']}), "
-          f"gates {d['gates'] * 255:.2f}/255", flush=True)
+    mixed = build_fast(model, "cpu", "bf16", fp32_encoders=True)
+    for name, net in (("fast-bf16", bf16), ("fast-mixed", mixed)):
+        d = max_deviation(model, net, pairs)
+        print(f"{name} on {len(pairs)} bundled pairs: fused {d['fused'] * 255:.2f}/255 (worst: {d['pair']} {d['size']}), "
+              f"gates {d['gates'] * 255:.2f}/255", flush=True)
     one = [p for p in pairs if p[0] == args.pair]
     if not one:
         raise SystemExit(f"no bundled pair named {args.pair!r}; names: {', '.join(p[0] for p in pairs)}")

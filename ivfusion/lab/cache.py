@@ -187,9 +187,9 @@ class Flight:
         self.result: Any = None  # set by the owner; None if the computation failed
         self.waiters = 1  # the owner and every request waiting for the result
 
-    def wait(self, timeout: float | None = None) -> Any | None:
-        """The result, or None when the owner failed (or `timeout` passed): then compute it."""
-        self.done.wait(timeout)
+    def wait(self) -> Any | None:
+        """The result, or None when the owner failed: then compute it."""
+        self.done.wait()
         return self.result
 
 

@@ -30,6 +30,7 @@ from ..hub import WeightsError
 from ..io import ImageError
 from ..levels import GATE_LEVELS
 from . import analysis, cache, downloads, examples, lesson, models, render, runs, session, settings, uploads
+from .guard import client_key
 from .slot import COMPUTE
 
 log = logging.getLogger("ivfusion.app")
@@ -202,8 +203,6 @@ class LabCallbacks:
         """The client a request comes from, for the compute slot's fairness (`slot.ComputeSlot`):
         its address as the queue's places count it (`guard.client_key`, with the proxy hops
         that `app.build_demo` sets); None when there is no request (the Lab's own work)."""
-        from .guard import client_key
-
         scope = getattr(getattr(request, "request", None), "scope", None)
         return client_key(scope, self.proxy_hops) if scope else None
 

@@ -73,23 +73,22 @@ FAILED_FETCH_TTL_S = 120.0  # a failed download is not tried again for this long
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
 
 
-def lab_path() -> str:
-    """The Lab's inference path on a CPU: "auto" (the fp32 fast path). Not "fast-mixed", though
-    it holds the 2/255 bound and its pass is 1.3-2x faster where bf16 is native: with it, the
-    server's RSS after the invented-hash attack of issue 25 stayed 207 MiB above its baseline
-    (bar: 100), against 54 MiB with fp32 (`python tools/fault_probe.py --only l`, 2026-12-08,
-    idle machine; docs/PERFORMANCE.md)."""
-    return "auto"
+# The Lab's inference path: "auto" (fp32 fast on CPUs). Not "fast-mixed", though it holds the
+# 2/255 bound and its pass is 1.3-2x faster where bf16 is native (tools/pass_contention.py):
+# with it, the server's RSS after issue 25's invented-hash attack stayed 207 MiB above its
+# baseline (bar: 100), against 54 MiB with fp32 (`python tools/fault_probe.py --only l`,
+# 2026-12-08, idle machine; docs/PERFORMANCE.md).
+LAB_PATH = "auto"
 
 
 def make_fuser(spec: str | os.PathLike | None = None, device: str = "auto", max_side: int | None = APP_MAX_SIDE,
                fast: bool = True) -> Fuser:
-    """A Fuser for a weights spec (see `ivfusion.load_model`), on the Lab's path (`lab_path`),
+    """A Fuser for a weights spec (see `ivfusion.load_model`), on the Lab's path (`LAB_PATH`),
     or on the reference path when fast=False. It and its forks keep no encoder features between calls
     (`Fuser(keep_features=False)`): on a shared server a session's or a stability run's cached
     features (about 200 MB at 768x768) would stay allocated while other requests run their
     forward passes."""
-    return Fuser(load_model(spec), device=device, max_side=max_side, path=lab_path() if fast else "reference",
+    return Fuser(load_model(spec), device=device, max_side=max_side, path=LAB_PATH if fast else "reference",
                  keep_features=False)
 
 

@@ -49,10 +49,10 @@ class OverBudget(ValueError):
 
 
 class ComputeSlot:
-    """A mutual-exclusion slot served by weight, then age (see the module docstring), with a
-    short record of its holders.
+    """A mutual-exclusion slot served fairly between owners, then by weight and age (see the
+    module docstring), with a short record of its holders.
 
-    `hold(name, weight)` is a context manager; `waiting` is the number of requests queued for
+    `hold(name, weight, owner)` is a context manager; `waiting` is the number of requests queued for
     it and `holder` the name of the current holder (None when free): the page says when a
     request waits. `history` keeps (name, asked, entered, left) of the last `keep` holds,
     perf_counter seconds: with `asked`, the holds that went first while a request waited can be
@@ -75,6 +75,10 @@ class ComputeSlot:
     def waiting(self) -> int:
         return len(self._waiting)
 
+    def _least_served(self) -> int:
+        """The fewest holds any waiting owner has had in this busy spell (the lock held)."""
+        return min(self._served.get(o, 0) for _, _, o in self._waiting.values())
+
     def _choose(self) -> None:
         """Pick the next holder among the waiting (called with the lock held, the slot free)."""
         if not self._waiting:
@@ -82,7 +86,7 @@ class ComputeSlot:
             self._served.clear()  # idle: a new busy spell starts even
             return
         now = time.perf_counter()
-        least = min(self._served.get(o, 0) for _, _, o in self._waiting.values())
+        least = self._least_served()
 
         def score(ticket: int) -> tuple[float, int]:
             asked, weight, _ = self._waiting[ticket]
@@ -100,7 +104,7 @@ class ComputeSlot:
             ticket = next(self._tickets)
             if owner not in self._served and self._waiting:
                 # a newcomer joins level with the least-served waiting owner, not ahead of everyone
-                self._served[owner] = min(self._served.get(o, 0) for _, _, o in self._waiting.values())
+                self._served[owner] = self._least_served()
             self._waiting[ticket] = (t0, weight, owner)
             try:
                 if self.holder is None and self._next is None:
